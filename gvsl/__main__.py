@@ -1,0 +1,5 @@
+import sys
+
+from gvsl.cli import main
+
+sys.exit(main())

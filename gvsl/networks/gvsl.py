@@ -1,0 +1,109 @@
+"""GVSL: shared backbone, Z-matching head (affine + deformable) and restoration head."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from gvsl.networks.affine import bound_affine_parameters, compose_affine_matrix
+from gvsl.networks.backbone import DEFAULT_CHANNELS, SIZE_MULTIPLE, UNetBackbone
+from gvsl.networks.blocks import DoubleConv, group_count
+from gvsl.networks.conventions import Conventions, check_conventions
+from gvsl.networks.warp import at_least_float32, warp_affine, warp_moving
+
+
+def check_volume(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless ``x`` is a finite float (N, 1, D, H, W) tensor, each side >= 16."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{name} must be 5-D (N, C, D, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if min(x.shape[2:]) < SIZE_MULTIPLE:
+        raise ValueError(f"{name} is {tuple(x.shape[2:])} voxels; every axis needs at least {SIZE_MULTIPLE}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+class GVSL(nn.Module):
+    """The GVSL pre-training network (He et al., CVPR 2023).
+
+    ``forward(a, b)`` with a = appearance-corrupted view A', b = B, both
+    (N, 1, D, H, W), returns:
+
+    - ``restored_a`` (N, 1, D, H, W): A restored from A' 's local features;
+    - ``warped_b`` (N, 1, D, H, W): B warped onto A by the affine then the field;
+    - ``affine_ba`` (N, 3, 4): the affine head's matrix [R | t];
+    - ``flow_ba`` (N, 3, D, H, W): displacement in voxels, channels (d, h, w).
+
+    What the affine and the field mean in voxels depends on ``conventions``
+    (see ``gvsl.networks.conventions``). Layer names follow the published
+    checkpoint so its state dict loads with ``strict=True``; the heads' widths
+    follow ``channels``: affine head 2*c[4] -> c[4]/2, deformable head
+    2*c[8] -> c[8]/2, restoration head c[8] -> c[8]/2 -> 1.
+    """
+
+    def __init__(self, channels: Sequence[int] = DEFAULT_CHANNELS, conventions: Conventions = "corrected",
+                 in_channels: int = 1):
+        super().__init__()
+        check_conventions(conventions)
+        self.conventions = conventions
+        self.unet = UNetBackbone(in_channels, channels)
+        c = self.unet.channels
+        g, l_ = c[4] // 2, c[8] // 2
+        # Affine head (global features of B and A).
+        self.f_conv = DoubleConv(2 * c[4], g)
+        self.fc_rot = nn.Linear(g, 3)
+        self.fc_scl = nn.Linear(g, 3)
+        self.fc_trans = nn.Linear(g, 3)
+        self.fc_shear = nn.Linear(g, 6)
+        # Deformable head (local features of affine-warped B and A).
+        self.sp_conv = DoubleConv(2 * c[8], l_)
+        self.out_flow = nn.Conv3d(l_, 3, 3, padding=1)
+        # Restoration head (local features of A').
+        self.res_conv = nn.Sequential(
+            nn.Conv3d(c[8], l_, 3, padding=1),
+            nn.GroupNorm(group_count(l_, per_group=4), l_),
+            nn.LeakyReLU(0.2),
+            nn.Conv3d(l_, 1, 1),
+        )
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return self.unet.channels
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone (global, local) features; see ``UNetBackbone.forward``."""
+        return self.unet(x)
+
+    def affine(self, global_b: torch.Tensor, global_a: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 4) affine matrix registering B to A from their global features."""
+        x = self.f_conv(torch.cat([global_b, global_a], dim=1)).mean(dim=(2, 3, 4))
+        # The matrix is built in at least float32, also under autocast.
+        rot, scale, trans, shear = (at_least_float32(fc(x)) for fc in (self.fc_rot, self.fc_scl, self.fc_trans,
+                                                                         self.fc_shear))
+        rot, scale, shear = bound_affine_parameters(rot, scale, shear)
+        return compose_affine_matrix(rot, scale, trans, shear)
+
+    def deformation(self, warped_local_b: torch.Tensor, local_a: torch.Tensor) -> torch.Tensor:
+        """(N, 3, D, H, W) displacement field (voxels) from local features."""
+        return self.out_flow(self.sp_conv(torch.cat([warped_local_b, local_a], dim=1)))
+
+    def restore(self, local_a: torch.Tensor) -> torch.Tensor:
+        return self.res_conv(local_a)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        check_volume(a, "a")
+        check_volume(b, "b")
+        if a.shape != b.shape:
+            raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        # One backbone call on [a; b]: GroupNorm is per sample, so this equals two calls and is faster.
+        global_f, local_f = self.features(torch.cat([a, b], dim=0))
+        global_a, global_b = global_f.chunk(2)
+        local_a, local_b = local_f.chunk(2)
+        theta = self.affine(global_b, global_a)
+        flow = self.deformation(warp_affine(local_b, theta, self.conventions), local_a)
+        warped_b = warp_moving(b, theta, flow, self.conventions)
+        return self.restore(local_a), warped_b, theta, flow
