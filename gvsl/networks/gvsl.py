@@ -53,22 +53,20 @@ class GVSL(nn.Module):
         self.unet = UNetBackbone(in_channels, channels)
         c = self.unet.channels
         g, l_ = c[4] // 2, c[8] // 2
-        # Affine head (global features of B and A).
-        self.f_conv = DoubleConv(2 * c[4], g)
-        self.fc_rot = nn.Linear(g, 3)
-        self.fc_scl = nn.Linear(g, 3)
-        self.fc_trans = nn.Linear(g, 3)
-        self.fc_shear = nn.Linear(g, 6)
-        # Deformable head (local features of affine-warped B and A).
-        self.sp_conv = DoubleConv(2 * c[8], l_)
-        self.out_flow = nn.Conv3d(l_, 3, 3, padding=1)
-        # Restoration head (local features of A').
-        self.res_conv = nn.Sequential(
+        # Attribute order = the published state dict's key order.
+        self.f_conv = DoubleConv(2 * c[4], g)  # affine head, on global features of B and A
+        self.sp_conv = DoubleConv(2 * c[8], l_)  # deformable head, on local features of warped B and A
+        self.res_conv = nn.Sequential(  # restoration head, on local features of A'
             nn.Conv3d(c[8], l_, 3, padding=1),
             nn.GroupNorm(group_count(l_, per_group=4), l_),
             nn.LeakyReLU(0.2),
             nn.Conv3d(l_, 1, 1),
         )
+        self.out_flow = nn.Conv3d(l_, 3, 3, padding=1)
+        self.fc_rot = nn.Linear(g, 3)
+        self.fc_scl = nn.Linear(g, 3)
+        self.fc_trans = nn.Linear(g, 3)
+        self.fc_shear = nn.Linear(g, 6)
 
     @property
     def channels(self) -> tuple[int, ...]:

@@ -1,0 +1,178 @@
+"""Saving and loading GVSL checkpoints: ours and the published GVSL state dict.
+
+Our checkpoint is a dict ``{"format": "gvsl", "version": 1, "model": state_dict,
+"channels": [9 ints], "conventions": str, "iteration": int, ...}`` holding only
+tensors and plain Python values, so it loads with ``weights_only=True``. A
+published GVSL checkpoint is a plain state dict of the original network; it
+uses the ``"original"`` conventions and its widths are read off the shapes.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gvsl.networks import GVSL
+from gvsl.networks.conventions import check_conventions
+
+FORMAT = "gvsl"
+VERSION = 1
+# (key of a conv weight, axis holding the width) for each of the nine backbone widths.
+_WIDTH_KEYS = (
+    ("unet.inc.double_conv.0.weight", 0),
+    *((f"unet.down{i}.maxpool_conv.1.double_conv.0.weight", 0) for i in range(1, 5)),
+    *((f"unet.up{i}.conv.double_conv.0.weight", 0) for i in range(1, 5)),
+)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds: ``kind`` is "gvsl" (ours) or "published" (a plain original state dict)."""
+
+    kind: str
+    channels: tuple[int, ...]
+    conventions: str
+    iteration: int | None
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
+
+    A failure (read-only folder, full disk) raises OSError with a message naming
+    the path and leaves any existing file at ``path`` untouched.
+    """
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write checkpoint in {folder}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise OSError(exc.errno, f"cannot write checkpoint {path}: {reason}") from exc
+        raise
+    _fsync_folder(folder)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported everywhere (e.g. Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True``.
+
+    Raises ValueError for a missing, truncated or non-checkpoint file, and for
+    a pickle that would need to run code (which is never executed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"checkpoint {path} holds Python objects that would need code execution to load; refused for safety "
+            "(GVSL checkpoints hold only tensors and plain values)"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"checkpoint {path} is not a readable PyTorch file (truncated or corrupt?): {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
+    return payload
+
+
+def describe(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """The model state dict in ``payload`` and what it is (ours or published)."""
+    if payload.get("format") == FORMAT:
+        state = payload.get("model")
+        if not isinstance(state, dict):
+            raise ValueError("GVSL checkpoint has no 'model' state dict")
+        conventions = str(payload.get("conventions", "corrected"))
+        check_conventions(conventions)
+        channels = tuple(int(c) for c in payload.get("channels") or infer_channels(state))
+        return state, CheckpointInfo("gvsl", channels, conventions, payload.get("iteration"))
+    if all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload, CheckpointInfo("published", infer_channels(payload), "original", None)
+    raise ValueError("not a GVSL checkpoint: neither our format nor a plain state dict of tensors")
+
+
+def infer_channels(state: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """The nine backbone widths read off a GVSL state dict's tensor shapes."""
+    missing = [k for k, _ in _WIDTH_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"not a GVSL state dict: missing {', '.join(missing[:3])}"
+                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    return tuple(int(state[k].shape[axis]) for k, axis in _WIDTH_KEYS)
+
+
+def model_state_dict_matches(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError naming missing, unexpected and mis-shaped keys, if any."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", extra), ("mis-shaped", shaped)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            problems.append(f"{label}: {', '.join(items[:5])}{more}")
+    if problems:
+        raise ValueError("checkpoint does not fit this GVSL network; " + "; ".join(problems))
+
+
+def load_gvsl(source: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu",
+              conventions: str | None = None) -> tuple[GVSL, CheckpointInfo]:
+    """Build a GVSL network with the checkpoint's widths and load its weights.
+
+    ``source`` is a file path or an already loaded payload. ``conventions``
+    overrides the checkpoint's own (rarely right: a network trained under one
+    convention predicts matrices and fields meant for it).
+    """
+    payload = source if isinstance(source, dict) else load_checkpoint(source)
+    state, info = describe(payload)
+    if conventions is not None:
+        check_conventions(conventions)
+        info = CheckpointInfo(info.kind, info.channels, conventions, info.iteration)
+    model = GVSL(channels=info.channels, conventions=info.conventions)
+    model_state_dict_matches(model, state)
+    model.load_state_dict(state, strict=True)
+    return model.to(device), info
+
+
+def gvsl_payload(model: GVSL, iteration: int, **extra: Any) -> dict[str, Any]:
+    """Our checkpoint payload for ``model`` (add optimizer, scaler, rng, config via ``extra``)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.state_dict(),
+        "channels": list(model.channels),
+        "conventions": model.conventions,
+        "iteration": int(iteration),
+        **extra,
+    }
