@@ -1,0 +1,214 @@
+"""`gvsl pretrain`: configuration, exact resume, stopping, checkpoints, events and user-facing errors.
+
+Runs are tiny (widths 8..16, 32^3 patches, batch 1, a few iterations, CPU, no workers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy.ndimage import gaussian_filter
+
+from gvsl.checkpoints import load_checkpoint
+from gvsl.cli import main
+from gvsl.networks import GVSL
+from gvsl.train.config import TrainConfig, resolve_config
+from gvsl.train.engine import TrainingError, run_training
+from gvsl.train.events import EVENTS, read_events
+from gvsl.train.state import list_checkpoints
+from gvsl.train.step import TrainStep
+
+WIDTHS = (8, 8, 16, 16, 16, 16, 16, 8, 8)
+TINY = dict(patch=32, batch=1, channels=WIDTHS, workers=0, tensorboard=False, progress=False, log_every=1)
+TINY_FLAGS = ["--patch", "32", "--batch", "1", "--channels", ",".join(map(str, WIDTHS)), "--workers", "0",
+              "--no-tensorboard", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A prepared cache of three smooth random MR-like volumes (40 x 44 x 36 voxels of 1 mm)."""
+    from gvsl.data import prepare_cache
+
+    root = tmp_path_factory.mktemp("pretrain")
+    (root / "volumes").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        image = sitk.GetImageFromArray(gaussian_filter(rng.random((40, 44, 36)), 3).astype(np.float32) * 1000)
+        sitk.WriteImage(image, str(root / "volumes" / f"vol{i}.nii.gz"))
+    prepare_cache(root / "volumes", root / "cache", progress=False)
+    return root / "cache"
+
+
+def _config(cache: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(data=str(cache), out=str(out), **{**TINY, **kw})
+
+
+def _stop_at(run_dir: Path, iteration: int):
+    """Event listener that creates RUN_DIR/STOP when ``iteration`` has been logged."""
+    def listener(record: dict) -> None:
+        if record["event"] == "iteration" and record["iteration"] == iteration:
+            (run_dir / "STOP").touch()
+    return listener
+
+
+def _final(run_dir: Path) -> dict:
+    return load_checkpoint(list_checkpoints(run_dir)[-1][1])
+
+
+def test_config_precedence_and_resume_locks(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"iterations": 7, "lr": 3e-4, "patch": [32, 48, 64]}))
+    config = resolve_config({"lr": 1e-3, "data": "x", "out": str(tmp_path / "run")}, tmp_path / "c.json")
+    assert (config.iterations, config.lr, config.patch, config.batch) == (7, 1e-3, (32, 48, 64), 2)
+    with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
+        resolve_config({"learning_rate": 1})
+    with pytest.raises(ValueError, match="nine widths"):
+        TrainConfig(channels="8,8,8")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))
+    resumed = resolve_config({"iterations": 20, "workers": 3}, resume_dir=tmp_path / "run")
+    assert (resumed.iterations, resumed.workers, resumed.lr) == (20, 3, 1e-3)
+    with pytest.raises(ValueError, match="cannot change: lr, patch"):
+        resolve_config({"lr": 1.0, "patch": (64, 64, 64)}, resume_dir=tmp_path / "run")
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(cache, tmp_path):
+    """Stops at 3 (off a checkpoint boundary) and at 4 (on one), resumes to 8: bit-identical to one run of 8."""
+    whole = run_training(_config(cache, tmp_path / "whole", iterations=8, checkpoint_every=4))
+    assert (whole.iteration, whole.stopped) == (8, False)
+    reference = _final(tmp_path / "whole")
+    for stop_at in (3, 4):
+        run_dir = tmp_path / f"stop{stop_at}"
+        first = run_training(_config(cache, run_dir, iterations=8, checkpoint_every=4),
+                             on_event=_stop_at(run_dir, stop_at))
+        assert (first.iteration, first.stopped) == (stop_at, True)
+        assert first.checkpoint.name == f"iter_{stop_at:06d}.pt"
+        second = run_training(resolve_config({}, resume_dir=run_dir), resume=True)
+        assert (second.iteration, second.stopped) == (8, False)
+        assert not (run_dir / "STOP").exists()
+        resumed = _final(run_dir)
+        for key, value in reference["model"].items():
+            assert torch.equal(value, resumed["model"][key]), key
+        for key, state in reference["optimizer"]["state"].items():
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(state[name], resumed["optimizer"]["state"][key][name])
+        starts = [r for r in read_events(run_dir / "events.jsonl") if r["event"] == "start"]
+        assert starts[1]["resumed_from"].endswith(f"iter_{stop_at:06d}.pt") and starts[1]["iteration"] == stop_at
+
+
+def test_checkpoints_events_and_config(cache, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_training(_config(cache, run_dir, iterations=5, checkpoint_every=2, keep_checkpoints=2))
+    assert [i for i, _ in list_checkpoints(run_dir)] == [4, 5]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary files
+    payload = load_checkpoint(result.checkpoint)  # weights_only=True
+    assert payload["format"] == "gvsl" and payload["iteration"] == 5 and payload["channels"] == list(WIDTHS)
+    assert payload["conventions"] == "corrected" and payload["config"]["iterations"] == 5
+    assert {"optimizer", "scaler", "rng", "config"} <= set(payload)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["channels"] == list(WIDTHS) and saved["cache"] == str(cache)
+    records = read_events(run_dir / "events.jsonl")
+    assert all(r["event"] in EVENTS and isinstance(r["time"], float) for r in records)
+    assert records[0]["event"] == "start" and records[-1]["event"] == "end"
+    iterations = [r for r in records if r["event"] == "iteration"]
+    assert [r["iteration"] for r in iterations] == [1, 2, 3, 4, 5]
+    for key in ("loss", "ncc", "mse", "smooth", "lr", "it_per_s", "eta_s", "peak_memory_bytes"):
+        assert all(np.isfinite(r[key]) for r in iterations), key
+    assert [r["iteration"] for r in records if r["event"] == "checkpoint"] == [2, 4, 5]
+
+
+def test_signal_stops_with_a_checkpoint(cache, tmp_path):
+    def interrupt(record: dict) -> None:
+        if record["event"] == "iteration" and record["iteration"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = run_training(_config(cache, tmp_path / "run", iterations=50), on_event=interrupt)
+    assert (result.iteration, result.stopped) == (2, True)
+    assert [i for i, _ in list_checkpoints(tmp_path / "run")] == [2]
+    stop = [r for r in read_events(tmp_path / "run" / "events.jsonl") if r["event"] == "stop"]
+    assert stop == [{**stop[0], "iteration": 2, "reason": "SIGINT"}]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_cli_new_run_resume_and_refusals(cache, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", str(cache), "--out", str(run_dir), "--iterations", "2", *TINY_FLAGS]) == 0
+    assert "finished at iteration 2" in capsys.readouterr().out
+    # Same folder again without --resume: refused, nothing touched.
+    before = (run_dir / "events.jsonl").read_text()
+    assert main(["pretrain", str(cache), "--out", str(run_dir), "--iterations", "2", *TINY_FLAGS]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run_dir / "events.jsonl").read_text() == before
+    assert main(["pretrain", "--resume", str(run_dir), "--iterations", "3"]) == 0
+    assert [i for i, _ in list_checkpoints(run_dir)] == [2, 3]
+    assert main(["pretrain", "--resume", str(run_dir), "--lr", "0.1"]) == 1
+    assert "cannot change: lr" in capsys.readouterr().err
+
+
+def test_init_from_published_state_dict_and_wrong_architecture(cache, tmp_path, capsys):
+    published = tmp_path / "published.pth"
+    torch.save(GVSL(channels=WIDTHS, conventions="original").state_dict(), published)
+    config = _config(cache, tmp_path / "run", iterations=1, init=str(published), channels=None)
+    result = run_training(config)
+    assert result.model.conventions == "original" and result.model.channels == WIDTHS
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["conventions"] == "original"
+    wrong = ",".join(["8"] * 9)
+    flags = [f if f != ",".join(map(str, WIDTHS)) else wrong for f in TINY_FLAGS]
+    assert main(["pretrain", str(cache), "--out", str(tmp_path / "w"), "--init", str(published), *flags]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit this GVSL network" in err and "mis-shaped" in err
+
+
+def test_user_errors_are_clear(cache, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pretrain", str(empty), "--out", str(tmp_path / "r1"), *TINY_FLAGS]) == 1
+    assert "gvsl pretrain: error:" in capsys.readouterr().err
+    if os.name == "posix" and os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        try:
+            assert main(["pretrain", str(cache), "--out", str(locked / "run"), *TINY_FLAGS]) == 1
+            assert "cannot write to the output folder" in capsys.readouterr().err
+        finally:
+            locked.chmod(0o755)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(TrainStep, "__call__", out_of_memory)
+    with pytest.raises(TrainingError, match="lower --patch, --batch or --channels"):
+        run_training(_config(cache, tmp_path / "oom", iterations=2))
+    error = read_events(tmp_path / "oom" / "events.jsonl")[-1]
+    assert error["event"] == "error" and "activation-checkpointing" in error["message"]
+
+
+def test_kill_9_leaves_only_loadable_checkpoints(cache, tmp_path):
+    """A hard kill right after a checkpoint event: every checkpoint file left loads, and resuming works."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "gvsl", "pretrain", str(cache), "--out", str(run_dir), "--iterations", "1000",
+               "--checkpoint-every", "1", "--keep-checkpoints", "2", *TINY_FLAGS]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        events = run_dir / "events.jsonl"
+        while not (events.exists() and sum(r["event"] == "checkpoint" for r in read_events(events)) >= 3):
+            assert process.poll() is None, "training ended early"
+            time.sleep(0.2)
+    finally:
+        process.kill()
+        process.wait()
+    checkpoints = list_checkpoints(run_dir)
+    assert checkpoints
+    for _, path in checkpoints:
+        assert load_checkpoint(path)["format"] == "gvsl"
+    last = checkpoints[-1][0]
+    assert main(["pretrain", "--resume", str(run_dir), "--iterations", str(last + 1)]) == 0

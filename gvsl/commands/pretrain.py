@@ -1,0 +1,84 @@
+"""``gvsl pretrain DATA --out RUN_DIR``: prepare or update the cache, then pre-train GVSL (resumable, multi-GPU)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from gvsl.train.config import PRECISIONS, TrainConfig, parse_channels, parse_patch, resolve_config
+from gvsl.train.distributed import context_from_environment
+from gvsl.train.engine import TrainingError, run_training
+
+HELP = "pre-train GVSL on unlabeled CT/MR (a DICOM folder, a folder of volumes, or a prepared cache)"
+EPILOG = """\
+defaults follow the paper: Adam, lr 1e-4, 128^3 crops, batch 2, 200000 iterations, loss = NCC + MSE + smoothness.
+Settings: defaults < --config FILE (JSON, e.g. an earlier run's config.json) < flags. The resolved configuration
+is saved as RUN_DIR/config.json; progress goes to RUN_DIR/events.jsonl and RUN_DIR/tensorboard.
+Stop with Ctrl-C, SIGTERM or by creating RUN_DIR/STOP: a checkpoint is saved; continue with --resume RUN_DIR.
+Several GPUs: torchrun --nproc_per_node=N -m gvsl pretrain DATA --out RUN_DIR (see the README)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    s = argparse.SUPPRESS  # unset flags stay absent, so the config file and a resumed run's settings apply
+    parser.add_argument("data", nargs="?", default=s, metavar="DATA",
+                        help="DICOM folder, folder of volumes, or a prepared cache (not needed with --resume)")
+    parser.add_argument("--out", default=s, metavar="RUN_DIR", help="new run folder (refused if it holds a run)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--config", metavar="FILE", help="JSON file of settings (field names as in config.json)")
+    parser.add_argument("--cache", default=s, metavar="DIR", help="where to prepare the cache (default RUN_DIR/cache)")
+    parser.add_argument("--init", default=s, metavar="FILE",
+                        help="start from a checkpoint of ours or the published GVSL state dict (original conventions)")
+    parser.add_argument("--iterations", type=int, default=s, help="total iterations (a resumed run continues to it)")
+    parser.add_argument("--patch", type=parse_patch, default=s, metavar="N[,N,N]",
+                        help="crop size in voxels: one number for a cube or D,H,W (default 128)")
+    parser.add_argument("--batch", type=int, default=s, help="pairs per iteration and process (default 2)")
+    parser.add_argument("--channels", type=parse_channels, default=s, metavar="C1,...,C9",
+                        help="nine backbone widths (default 32,64,128,256,512,256,128,64,32 or --init's)")
+    parser.add_argument("--conventions", choices=("corrected", "original"), default=s,
+                        help="network conventions (default: corrected, or --init's)")
+    parser.add_argument("--lr", type=float, default=s, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--weight-ncc", type=float, default=s, help="weight of the NCC term (default 1)")
+    parser.add_argument("--weight-mse", type=float, default=s, help="weight of the restoration MSE (default 1)")
+    parser.add_argument("--weight-smooth", type=float, default=s, help="weight of the smoothness term (default 1)")
+    parser.add_argument("--seed", type=int, default=s, help="seed of weights, pairs and augmentation (default 0)")
+    parser.add_argument("--device", default=s, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", choices=PRECISIONS, default=s,
+                        help="auto: bf16 on GPUs that support it, else fp16 with a loss scaler; fp32 on CPU/MPS")
+    parser.add_argument("--workers", type=int, default=s, help="data loading processes (default 2)")
+    parser.add_argument("--checkpoint-every", type=int, default=s, help="iterations between checkpoints (500)")
+    parser.add_argument("--keep-checkpoints", type=int, default=s, help="how many recent checkpoints to keep (3)")
+    parser.add_argument("--log-every", type=int, default=s, help="iterations between progress events (10)")
+    parser.add_argument("--image-every", type=int, default=s, help="iterations between TensorBoard panels (1000)")
+    boolean = argparse.BooleanOptionalAction
+    parser.add_argument("--activation-checkpointing", action=boolean, default=s,
+                        help="recompute activations in backward to save memory (about 30 %% slower)")
+    parser.add_argument("--channels-last", action=boolean, default=s, help="channels-last-3d memory layout (on)")
+    parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
+    parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in fields}
+    try:
+        if args.resume is None and ("data" not in flags or "out" not in flags):
+            raise ValueError("give DATA and --out RUN_DIR for a new run, or --resume RUN_DIR")
+        if args.resume is not None and flags.get("out", args.resume) != args.resume:
+            raise ValueError("--resume RUN_DIR continues in RUN_DIR; leave out --out")
+        config = resolve_config(flags, args.config, args.resume)
+        result = run_training(config, resume=args.resume is not None)
+    except (ValueError, TrainingError, OSError) as exc:
+        print(f"gvsl pretrain: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gvsl pretrain: interrupted without saving (second stop signal)", file=sys.stderr)
+        return 130
+    if not context_from_environment().is_main:
+        return 0
+    state = "stopped at" if result.stopped else "finished at"
+    print(f"gvsl pretrain: {state} iteration {result.iteration}; run folder {result.run_dir}; "
+          f"checkpoint {result.checkpoint}" + (f"; continue with: gvsl pretrain --resume {result.run_dir}"
+                                               if result.stopped else ""))
+    return 0

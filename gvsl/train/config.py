@@ -1,0 +1,161 @@
+"""The pre-training configuration: defaults (the paper's), a JSON config file, command-line flags.
+
+Precedence: defaults < ``--config FILE`` < flags. On ``--resume`` the run's
+own ``config.json`` takes the place of the defaults and only the fields in
+``RESUME_OVERRIDABLE`` may change (the others define the run).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+CONFIG_NAME = "config.json"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Fields a resumed run may change; the others (data, model, optimiser, seed) define the run.
+RESUME_OVERRIDABLE = frozenset({
+    "iterations", "device", "precision", "workers", "checkpoint_every", "keep_checkpoints", "log_every",
+    "image_every", "tensorboard", "activation_checkpointing", "channels_last", "progress",
+})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a pre-training run. Defaults follow the GVSL paper.
+
+    Sizes are in voxels of the cache's grid; ``lr`` is Adam's learning rate;
+    ``checkpoint_every``, ``log_every`` and ``image_every`` are in iterations
+    (one iteration = one optimiser step; with several processes each draws
+    ``batch`` pairs, so the effective batch is ``batch * world_size``).
+    ``channels``/``conventions`` of None mean: those of ``init``, else the
+    default widths and the "corrected" conventions.
+    """
+
+    data: Optional[str] = None
+    out: Optional[str] = None
+    cache: Optional[str] = None
+    init: Optional[str] = None
+    iterations: int = 200_000
+    patch: Tuple[int, int, int] = (128, 128, 128)
+    batch: int = 2
+    channels: Optional[Tuple[int, ...]] = None
+    conventions: Optional[str] = None
+    lr: float = 1e-4
+    weight_ncc: float = 1.0
+    weight_mse: float = 1.0
+    weight_smooth: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    activation_checkpointing: bool = False
+    workers: int = 2
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    image_every: int = 1000
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.patch = parse_patch(self.patch)
+        if self.channels is not None:
+            self.channels = parse_channels(self.channels)
+        for name in ("iterations", "batch", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if min(self.weight_ncc, self.weight_mse, self.weight_smooth) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "configuration") -> TrainConfig:
+        """Build from a mapping of field names; unknown names raise ValueError naming them and ``source``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def parse_patch(value: int | str | Sequence[int]) -> tuple[int, int, int]:
+    """One size for a cube or three (D, H, W); from an int, a list, or "128" / "128,128,96"."""
+    if isinstance(value, str):
+        value = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+    sizes = [int(value)] * 3 if isinstance(value, int) else [int(v) for v in value]
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3 or min(sizes) < 16:
+        raise ValueError(f"patch must be one size or three sizes (D, H, W), each >= 16 voxels; got {value!r}")
+    return tuple(sizes)
+
+
+def parse_channels(value: str | Sequence[int]) -> tuple[int, ...]:
+    """Nine backbone widths from "8,16,32,64,128,64,32,16,8" or a sequence."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    try:
+        widths = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"channels must be nine comma-separated integers, got {value!r}") from exc
+    if len(widths) != 9 or min(widths) < 2:
+        raise ValueError(f"channels must be nine widths >= 2 (encoder 5, decoder 4), got {value!r}")
+    return widths
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings in a JSON config file (a ``config.json`` of an earlier run works too)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of settings")
+    return values
+
+
+def resolve_config(flags: Mapping[str, Any], config_file: str | os.PathLike | None = None,
+                   resume_dir: str | os.PathLike | None = None) -> TrainConfig:
+    """The run's configuration from the given flags (only those the user set), a file, and a run to resume.
+
+    Raises ValueError for unknown settings, invalid values, or (on resume) a
+    change to a setting that defines the run.
+    """
+    file_values = read_config_file(config_file) if config_file else {}
+    overrides = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    if resume_dir is None:
+        return TrainConfig.from_dict(overrides, source=str(config_file or "flags"))
+    saved_path = Path(resume_dir) / CONFIG_NAME
+    saved = TrainConfig.from_dict(read_config_file(saved_path), source=str(saved_path))
+    overrides.pop("out", None)
+    requested = TrainConfig.from_dict({**saved.to_dict(), **overrides}, source="flags")
+    changed = [k for k in overrides if k not in RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
+    if changed:
+        raise ValueError(f"--resume continues the run in {resume_dir} as configured; these settings cannot change: "
+                         f"{', '.join(sorted(changed))} (start a new run with --init to change them)")
+    requested.out = str(resume_dir)
+    return requested
+
+
+def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
+    """Write ``run_dir/config.json`` (through a temporary file and a rename, so never half written)."""
+    path = Path(run_dir) / CONFIG_NAME
+    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

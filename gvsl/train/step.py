@@ -1,0 +1,106 @@
+"""One GVSL pre-training step: augmentation, forward (under autocast), the paper's loss, optimiser update.
+
+Shared by the training loop and ``benchmarks/step.py`` so that both measure the same work.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
+from gvsl.networks.blocks import DoubleConv
+from gvsl.train.device import Precision
+
+# (a, b, generator) -> (A, A', B), each (N, 1, D, H, W) on the device: see gvsl.augment.GVSLAugmentation.
+Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three terms of the GVSL loss (the paper uses 1, 1, 1)."""
+
+    ncc: float = 1.0
+    mse: float = 1.0
+    smooth: float = 1.0
+
+
+def gvsl_losses(restored_a: torch.Tensor, warped_b: torch.Tensor, flow_ba: torch.Tensor, clean_a: torch.Tensor,
+                weights: LossWeights) -> dict[str, torch.Tensor]:
+    """The paper's loss and its terms (scalars): ``loss`` = w_ncc NCC(warped B, A) + w_mse MSE(restored A, A) +
+    w_smooth smoothness(field). NCC is computed in float32 whatever the autocast dtype."""
+    terms = {
+        "ncc": local_ncc_loss(warped_b, clean_a),
+        "mse": restoration_loss(restored_a, clean_a),
+        "smooth": smoothness_loss(flow_ba.float()),
+    }
+    total = weights.ncc * terms["ncc"] + weights.mse * terms["mse"] + weights.smooth * terms["smooth"]
+    return {"loss": total, **terms}
+
+
+def enable_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute every DoubleConv's activations during backward instead of keeping them; returns how many.
+
+    Trades about one extra forward pass for the memory of the stored
+    activations. The state dict is unchanged.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, DoubleConv)]
+    for block in blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    return len(blocks)
+
+
+@dataclass
+class StepOutput:
+    """Detached scalar losses; ``views`` = (A, B, warped B, restored A) of the first pair, (D, H, W), if asked."""
+
+    losses: dict[str, torch.Tensor]
+    views: Optional[tuple[torch.Tensor, ...]] = None
+
+
+class TrainStep:
+    """Runs one optimisation step on a batch of pairs.
+
+    ``model`` is a GVSL network (or its DistributedDataParallel wrapper) on
+    ``device``; ``scaler`` is a ``torch.amp.GradScaler`` (disabled unless
+    float16). ``channels_last`` feeds the network channels-last-3d inputs
+    (the model should be converted the same way).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 augmentation: Augmentation, precision: Precision, device: torch.device,
+                 weights: LossWeights = LossWeights(), channels_last: bool = False):
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.augmentation = augmentation
+        self.precision = precision
+        self.device = device
+        self.weights = weights
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator,
+                 keep_views: bool = False) -> StepOutput:
+        """One update from ``a``, ``b``: (N, 1, D, H, W) float32 in [0, 1] (any device).
+
+        ``generator`` (on ``device``) drives the augmentation; ``keep_views`` returns the first pair's views.
+        """
+        a = a.to(self.device, non_blocking=True)
+        b = b.to(self.device, non_blocking=True)
+        clean_a, corrupted_a, b = self.augmentation(a, b, generator)
+        with self.precision.autocast(self.device):
+            restored_a, warped_b, _, flow_ba = self.model(corrupted_a.contiguous(memory_format=self.memory_format),
+                                                          b.contiguous(memory_format=self.memory_format))
+        losses = gvsl_losses(restored_a, warped_b, flow_ba, clean_a, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        views = None
+        if keep_views:
+            views = tuple(v[0, 0].detach().float() for v in (clean_a, b, warped_b, restored_a))
+        return StepOutput({k: v.detach() for k, v in losses.items()}, views)
