@@ -1,0 +1,387 @@
+"""gvsl.match: exact geometry against oracle fields, warping, labels, feature similarity, metrics and the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from pydicom.uid import generate_uid
+from real_images import mni_block
+
+from gvsl.checkpoints import gvsl_payload, save_checkpoint
+from gvsl.cli import main
+from gvsl.commands.match import read_image
+from gvsl.data import PrepareConfig
+from gvsl.match import MatchConfig, match_volumes, network_to_physical, prepare_network_inputs
+from gvsl.networks import GVSL, affine_voxel_matrix, flow_sampled_voxels, warp_moving
+from gvsl.sample_data import write_dicom_series
+
+CHANNELS = (8, 8, 16, 16, 16, 16, 16, 8, 8)
+CONFIG = MatchConfig(prepare=PrepareConfig(target_spacing=(2.5, 2.5, 2.5)), max_size_xyz=(64, 64, 64))
+
+
+def rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    """3x3 rotation matrix about ``axis`` (Rodrigues)."""
+    k = np.asarray(axis, float) / np.linalg.norm(axis)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    a = math.radians(degrees)
+    return np.eye(3) + math.sin(a) * cross + (1 - math.cos(a)) * cross @ cross
+
+
+def make_image(array_kji: np.ndarray, spacing, origin, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array_kji.astype(np.float32))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection([float(d) for d in np.asarray(direction).ravel()])
+    return image
+
+
+def fixed_image() -> sitk.Image:
+    """Anisotropic spacing, oblique direction."""
+    return make_image(mni_block((36, 44, 40)), (2.0, 1.6, 2.4), (12.0, -30.0, 7.0), rotation((1, 2, 0.5), 20))
+
+
+def moving_image() -> sitk.Image:
+    """Another size, spacing, origin and direction."""
+    return make_image(mni_block((40, 40, 44)), (1.8, 2.2, 2.0), (-40.0, 15.0, -20.0), rotation((0, 1, 1), -12))
+
+
+def known_transform(fixed: sitk.Image, moving: sitk.Image, domain: sitk.Image) -> sitk.CompositeTransform:
+    """Fixed LPS -> moving LPS: an affine (rotation, scaling, centres matched) after a smooth B-spline deformation.
+
+    The B-spline is defined over ``domain`` plus a margin (outside its domain a B-spline transform moves nothing,
+    which would put a step into the oracle).
+    """
+    centre = lambda im: np.asarray(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))  # noqa: E731
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(centre(fixed).tolist())
+    affine.SetMatrix((rotation((1, -1, 2), 8) @ np.diag([1.05, 0.95, 1.02])).ravel().tolist())
+    affine.SetTranslation((centre(moving) - centre(fixed) + [1.5, -2.0, 0.7]).tolist())
+    bspline = sitk.BSplineTransformInitializer(sitk.ConstantPad(domain, [8] * 3, [8] * 3), [4, 4, 4])
+    params = np.random.default_rng(0).uniform(-4, 4, len(bspline.GetParameters()))
+    bspline.SetParameters(params.tolist())
+    return sitk.CompositeTransform([affine, bspline])
+
+
+def voxel_to_mm(grid: sitk.Image) -> np.ndarray:
+    """(4, 4) map of an index (d, h, w, 1) to LPS, written independently of gvsl.match."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(grid.GetDirection()).reshape(3, 3) @ np.diag(grid.GetSpacing()) @ np.eye(3)[::-1]
+    m[:3, 3] = grid.GetOrigin()
+    return m
+
+
+def oracle_network_outputs(truth: sitk.Transform, fixed_net: sitk.Image, moving_net: sitk.Image, conventions: str):
+    """(theta, flow) with which the network would sample the moving network grid where ``truth`` says.
+
+    theta is an arbitrary mild affine; the flow is solved so that M(g(p)) = G_m^-1(truth(G_f(p))), using only that
+    the field's voxel map g is affine in the flow, channel by channel.
+    """
+    shape = tuple(reversed(fixed_net.GetSize()))
+    disp = sitk.GetArrayFromImage(sitk.TransformToDisplacementField(
+        truth, sitk.sitkVectorFloat64, fixed_net.GetSize(), fixed_net.GetOrigin(), fixed_net.GetSpacing(),
+        fixed_net.GetDirection()))
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij"), axis=-1)
+    fixed_mm = grid @ voxel_to_mm(fixed_net)[:3, :3].T + voxel_to_mm(fixed_net)[:3, 3]
+    target_mm = fixed_mm + disp
+    to_moving = np.linalg.inv(voxel_to_mm(moving_net))
+    q = target_mm @ to_moving[:3, :3].T + to_moving[:3, 3]  # moving voxels (d, h, w)
+    theta = torch.zeros(1, 3, 4, dtype=torch.float64)
+    theta[0, :, :3] = torch.from_numpy(rotation((0.3, 1, -0.4), 6) * 1.03)
+    theta[0, :, 3] = torch.tensor([0.8, -1.5, 0.4])
+    matrix = affine_voxel_matrix(theta, shape, conventions)[0].numpy()
+    inverse = np.linalg.inv(matrix)
+    g = torch.from_numpy(np.moveaxis(q @ inverse[:3, :3].T + inverse[:3, 3], -1, 0)[None].copy())
+    g0 = flow_sampled_voxels(torch.zeros_like(g), conventions)
+    per_unit = flow_sampled_voxels(torch.ones_like(g), conventions) - g0
+    return theta, (g - g0) / per_unit
+
+
+def landmarks_mm(image: sitk.Image, count: int = 200) -> np.ndarray:
+    """Random physical points inside the image's voxel-centre box."""
+    rng = np.random.default_rng(1)
+    index = rng.uniform(0, 1, (count, 3)) * (np.asarray(image.GetSize()) - 1)
+    return np.array([image.TransformContinuousIndexToPhysicalPoint(i.tolist()) for i in index])
+
+
+def network_grids(fixed: sitk.Image, moving: sitk.Image):
+    fixed_in, moving_in = prepare_network_inputs(fixed, moving, "MR", "MR", CONFIG)
+    return fixed_in.image, moving_in.image
+
+
+def zero_head_network() -> GVSL:
+    """A small GVSL whose Z-matching head always says identity affine and zero field."""
+    torch.manual_seed(0)
+    model = GVSL(CHANNELS)
+    with torch.no_grad():
+        for layer in (model.fc_rot, model.fc_scl, model.fc_trans, model.fc_shear, model.out_flow):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return model
+
+
+def interior_mask(sampled: sitk.Image, fixed_net: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+    """Fixed network voxels that ``transform`` sends two voxels inside ``sampled``'s grid (no zero padding reaches
+    the interpolation)."""
+    ones = np.ones(tuple(reversed(sampled.GetSize())))
+    ones[[0, 1, -2, -1], :, :] = ones[:, [0, 1, -2, -1], :] = ones[:, :, [0, 1, -2, -1]] = 0
+    image = sitk.GetImageFromArray(ones)
+    image.CopyInformation(sampled)
+    inside = sitk.Resample(image, fixed_net, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    return sitk.GetArrayFromImage(inside) > 1 - 1e-9
+
+
+def ramp_like(grid: sitk.Image) -> sitk.Image:
+    """A float64 image linear in the voxel index, on ``grid``."""
+    d, h, w = np.meshgrid(*[np.arange(n, dtype=float) for n in reversed(grid.GetSize())], indexing="ij")
+    ramp = sitk.GetImageFromArray(0.3 * d - 0.7 * h + 0.5 * w)
+    ramp.CopyInformation(grid)
+    return ramp
+
+
+# --- geometry with oracle fields ---------------------------------------------------------------------------------
+
+def test_composite_applies_last_transform_first():
+    shift = sitk.TranslationTransform(3, (1.0, 0.0, 0.0))
+    scale = sitk.ScaleTransform(3, (2.0, 2.0, 2.0))
+    assert sitk.CompositeTransform([shift, scale]).TransformPoint((1.0, 1.0, 1.0)) == (3.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("conventions", ["corrected", "original"])
+def test_oracle_field_maps_landmarks_like_simpleitk(conventions):
+    fixed, moving = fixed_image(), moving_image()
+    fixed_net, moving_net = network_grids(fixed, moving)
+    assert fixed_net.GetSize() == moving_net.GetSize()
+    truth = known_transform(fixed, moving, fixed_net)
+    theta, flow = oracle_network_outputs(truth, fixed_net, moving_net, conventions)
+    physical = network_to_physical(theta, flow, conventions, fixed_net, moving_net)
+    points = landmarks_mm(fixed)
+    errors = [np.linalg.norm(np.subtract(physical.transform.TransformPoint(p), truth.TransformPoint(p)))
+              for p in points.tolist()]
+    print(f"{conventions}: landmark error max {max(errors):.4f} mm, mean {np.mean(errors):.4f} mm")
+    assert max(errors) <= 0.5
+    # At the network grid's voxels the conversion is exact.
+    for index in [(3, 5, 7), (20, 31, 12), (40, 8, 25)]:
+        point = fixed_net.TransformIndexToPhysicalPoint(index)
+        assert np.allclose(physical.transform.TransformPoint(point), truth.TransformPoint(point), atol=1e-6)
+    # The parts compose as documented.
+    point = points[0].tolist()
+    assert np.allclose(physical.affine.TransformPoint(physical.deformable.TransformPoint(point)),
+                       physical.transform.TransformPoint(point))
+
+
+@pytest.mark.parametrize("conventions", ["corrected", "original"])
+def test_resampling_with_transform_equals_network_warp(conventions):
+    fixed, moving = fixed_image(), moving_image()
+    fixed_net, moving_net = network_grids(fixed, moving)
+    theta, flow = oracle_network_outputs(known_transform(fixed, moving, fixed_net), fixed_net, moving_net, conventions)
+    physical = network_to_physical(theta, flow, conventions, fixed_net, moving_net)
+    # Also away from the fixed grid's border, where "original" samples its intermediate (affine-warped) image.
+    mask = interior_mask(moving_net, fixed_net, physical.transform) & interior_mask(fixed_net, fixed_net,
+                                                                                     physical.deformable)
+    assert mask.mean() > 0.3
+    # A linear ramp is reproduced exactly by any number of trilinear interpolations: an exact test of the mapping for
+    # both conventions. The real image is exact too with one resampling ("corrected"); "original" resamples twice.
+    real = sitk.Cast(moving_net, sitk.sitkFloat64)
+    for image, exact in ((ramp_like(moving_net), True), (real, conventions == "corrected")):
+        values = torch.from_numpy(sitk.GetArrayFromImage(image))[None, None]
+        network = warp_moving(values, theta, flow, conventions)[0, 0].numpy()
+        resampled = sitk.GetArrayFromImage(sitk.Resample(image, fixed_net, physical.transform, sitk.sitkLinear))
+        diff = np.abs(network - resampled)[mask]
+        print(f"{conventions}: |network warp - sitk resample| max {diff.max():.2e}, mean {diff.mean():.2e}")
+        if exact:
+            assert diff.max() < 1e-9
+        else:
+            assert np.corrcoef(network[mask], resampled[mask])[0, 1] > 0.98
+
+
+@pytest.mark.parametrize("conventions", ["corrected", "original"])
+def test_zero_outputs_map_network_voxels_to_the_same_network_voxels(conventions):
+    fixed, moving = fixed_image(), moving_image()
+    fixed_net, moving_net = network_grids(fixed, moving)
+    shape = tuple(reversed(fixed_net.GetSize()))
+    theta = torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1)
+    physical = network_to_physical(theta, torch.zeros(3, *shape), conventions, fixed_net, moving_net)
+    if conventions == "corrected":  # identity in voxels: network voxel p of the fixed grid -> voxel p of the moving
+        for index in [(0, 0, 0), (10, 20, 30), (47, 47, 47)]:
+            point = physical.transform.TransformPoint(fixed_net.TransformIndexToPhysicalPoint(index))
+            assert np.allclose(moving_net.TransformPhysicalPointToContinuousIndex(point), index, atol=1e-9)
+    # In both conventions the zero-flow part of the field's voxel map lies in the affine: no displacement.
+    assert np.abs(sitk.GetArrayViewFromImage(physical.displacement_mm)).max() < 1e-9
+
+
+# --- match_volumes --------------------------------------------------------------------------------------------------
+
+def axis_aligned_pair(shift_mm=(7.5, -5.0, 12.0)) -> tuple[sitk.Image, sitk.Image]:
+    """The same real volume twice at the target spacing, the moving copy translated by ``shift_mm``."""
+    array = mni_block((40, 44, 36))
+    fixed = make_image(array, (2.5, 2.5, 2.5), (-40.0, -60.0, -30.0))
+    moving = make_image(array, (2.5, 2.5, 2.5), np.add(fixed.GetOrigin(), shift_mm))
+    return fixed, moving
+
+
+def test_zero_heads_recover_a_translation_exactly():
+    shift = np.array([7.5, -5.0, 12.0])
+    fixed, moving = axis_aligned_pair(tuple(shift))
+    result = match_volumes(fixed, moving, zero_head_network(), config=CONFIG)
+    for point in landmarks_mm(fixed, 10):
+        assert np.allclose(result.transform.TransformPoint(point.tolist()), point + shift, atol=1e-6)
+    assert np.allclose(sitk.GetArrayFromImage(result.warped), sitk.GetArrayFromImage(moving), atol=1e-5)
+    displacement = sitk.GetArrayFromImage(result.displacement_mm_lps)
+    assert result.displacement_mm_lps.GetPixelID() == sitk.sitkVectorFloat64
+    assert displacement.shape == (*reversed(fixed.GetSize()), 3) and np.allclose(displacement, shift, atol=1e-6)
+    labels = sitk.Cast(sitk.BinaryThreshold(moving, 0.3, 0.6, 1, 0) + 2 * sitk.BinaryThreshold(moving, 0.6, 2.0, 1, 0),
+                       sitk.sitkUInt8)
+    propagated = result.propagate_labels(labels)
+    assert propagated.GetPixelID() == sitk.sitkUInt8 and propagated.GetSize() == fixed.GetSize()
+    assert np.array_equal(sitk.GetArrayFromImage(propagated), sitk.GetArrayFromImage(labels))
+    metrics = result.metrics
+    assert set(metrics) == {"ncc_before", "ncc_after", "nonpositive_jacobian_percent", "displacement_mean_mm",
+                            "displacement_max_mm"}
+    assert metrics["nonpositive_jacobian_percent"] == 0.0
+    assert metrics["displacement_mean_mm"] == pytest.approx(np.linalg.norm(shift), abs=1e-6)
+    assert metrics["displacement_max_mm"] == pytest.approx(np.linalg.norm(shift), abs=1e-6)
+    assert metrics["ncc_after"] == pytest.approx(metrics["ncc_before"], abs=1e-6)
+    assert 0 < metrics["ncc_after"] <= 1
+
+
+@pytest.mark.parametrize("conventions", ["corrected", "original"])
+def test_transform_reproduces_the_networks_own_warp(conventions):
+    torch.manual_seed(1)
+    model = GVSL(CHANNELS, conventions=conventions)
+    result = match_volumes(fixed_image(), moving_image(), model, config=CONFIG)
+    assert result.conventions == conventions
+    mask = interior_mask(result.moving_network, result.fixed_network, result.transform) & interior_mask(
+        result.fixed_network, result.fixed_network, result.deformable)
+    resampled = sitk.GetArrayFromImage(sitk.Resample(result.moving_network, result.fixed_network, result.transform))
+    network = sitk.GetArrayFromImage(result.warped_network)
+    diff = np.abs(network - resampled)[mask]
+    print(f"{conventions}: random network, |network warp - sitk resample| max {diff.max():.2e} on {mask.sum()} voxels")
+    if conventions == "corrected":
+        assert diff.max() < 1e-4
+    else:  # two resamplings in the network
+        assert np.corrcoef(network[mask], resampled[mask])[0, 1] > 0.98
+    # Exact for both conventions on a linear ramp, with the network's own affine and field for this pair.
+    pair = [torch.from_numpy(sitk.GetArrayFromImage(im))[None, None] for im in (result.fixed_network,
+                                                                                 result.moving_network)]
+    with torch.no_grad():
+        _, _, theta, flow = model(*pair)
+    ramp = ramp_like(result.moving_network)
+    network = warp_moving(torch.from_numpy(sitk.GetArrayFromImage(ramp))[None, None], theta.double(), flow.double(),
+                          conventions)[0, 0].numpy()
+    resampled = sitk.GetArrayFromImage(sitk.Resample(ramp, result.fixed_network, result.transform))
+    assert np.abs(network - resampled)[mask].max() < 1e-6
+    assert result.warped.GetSize() == result.fixed.GetSize()
+    assert result.warped.GetDirection() == result.fixed.GetDirection()
+    assert 0 <= result.metrics["nonpositive_jacobian_percent"] <= 100
+
+
+def test_feature_similarity_is_one_at_the_same_point_of_an_identical_pair():
+    fixed, moving = axis_aligned_pair((0.0, 0.0, 0.0))
+    torch.manual_seed(2)
+    result = match_volumes(fixed, moving, GVSL(CHANNELS), config=CONFIG)
+    index = (18, 22, 17)
+    similarity = result.feature_similarity(fixed.TransformIndexToPhysicalPoint(index))
+    assert similarity.GetPixelID() == sitk.sitkFloat32 and similarity.GetSize() == moving.GetSize()
+    values = sitk.GetArrayFromImage(similarity)
+    assert values[index[::-1]] == pytest.approx(1.0, abs=1e-5)
+    assert np.unravel_index(np.argmax(values), values.shape) == index[::-1]
+    assert values.min() >= -1 - 1e-5
+    with pytest.raises(ValueError, match="outside"):
+        result.feature_similarity((1000.0, 0.0, 0.0))
+
+
+def test_large_volume_is_seen_whole_at_a_coarser_spacing():
+    fixed, moving = axis_aligned_pair()
+    config = MatchConfig(prepare=PrepareConfig(target_spacing=(2.5, 2.5, 2.5)), max_size_xyz=(32, 32, 32))
+    fixed_in, moving_in = prepare_network_inputs(fixed, moving, "MR", "MR", config)
+    for item in (fixed_in, moving_in):
+        assert item.image.GetSize() == (32, 32, 32)
+        assert item.image.GetSpacing()[0] > 2.5 and len(set(item.image.GetSpacing())) == 1
+        assert all(0 <= i and i + n <= 32 for i, n in zip(item.region_index_xyz, item.region_size_xyz))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        MatchConfig(max_size_xyz=(40, 32, 32))
+
+
+def test_unusable_inputs_give_clear_errors():
+    fixed, moving = axis_aligned_pair()
+    model = GVSL(CHANNELS)
+    with pytest.raises(ValueError, match="moving image is 2D"):
+        match_volumes(fixed, moving[:, :, 5], model, config=CONFIG)
+    nan = sitk.Image(moving) * float("nan")
+    with pytest.raises(ValueError, match="moving image: no finite voxel"):
+        match_volumes(fixed, nan, model, config=CONFIG)
+    with pytest.raises(ValueError, match="GVSL network"):
+        match_volumes(fixed, moving, torch.nn.Linear(2, 2), config=CONFIG)
+
+
+# --- gvsl match -----------------------------------------------------------------------------------------------------
+
+CLI_OPTIONS = ["--spacing", "2.5", "2.5", "2.5", "--max-size", "64", "64", "64", "--fixed-modality", "MR"]
+
+
+def write_checkpoint(folder) -> str:
+    torch.manual_seed(3)
+    return str(save_checkpoint(folder / "model.pt", gvsl_payload(GVSL(CHANNELS), iteration=0)))
+
+
+def test_cli_writes_outputs_that_itk_tools_reproduce(tmp_path):
+    fixed_path, moving_path, labels_path = (str(tmp_path / n) for n in ("fixed.nii.gz", "moving.nrrd", "labels.nrrd"))
+    sitk.WriteImage(fixed_image(), fixed_path)
+    moving = moving_image()
+    sitk.WriteImage(moving, moving_path)
+    sitk.WriteImage(sitk.Cast(sitk.BinaryThreshold(moving, 0.4, 2.0, 1, 0), sitk.sitkUInt8), labels_path)
+    out = tmp_path / "out"
+    rc = main(["match", fixed_path, moving_path, "--checkpoint", write_checkpoint(tmp_path), "--out", str(out),
+               "--labels", labels_path, *CLI_OPTIONS])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["labels_propagated.nii.gz", "metrics.json", "moving_warped.nii.gz",
+                                                     "transform.h5"]
+    fixed, moving = sitk.ReadImage(fixed_path), sitk.ReadImage(moving_path)
+    transform = sitk.ReadTransform(str(out / "transform.h5"))
+    warped = sitk.ReadImage(str(out / "moving_warped.nii.gz"))
+    assert warped.GetSize() == fixed.GetSize()
+    assert np.allclose(sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform)), sitk.GetArrayFromImage(warped),
+                       atol=1e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["conventions"] == "corrected" and "ncc_after" in metrics
+    labels = sitk.ReadImage(str(out / "labels_propagated.nii.gz"))
+    assert labels.GetSize() == fixed.GetSize() and set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 1}
+
+
+def test_cli_reads_a_dicom_series_folder(tmp_path):
+    image = fixed_image() * 1000.0
+    write_dicom_series(image, tmp_path / "series", modality="MR", patient_id="P", study_uid=generate_uid())
+    read = read_image(tmp_path / "series")
+    assert read.GetSize() == image.GetSize()
+    assert np.allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert np.allclose(read.GetDirection(), image.GetDirection(), atol=1e-5)
+    assert np.allclose(sitk.GetArrayFromImage(read), np.rint(sitk.GetArrayFromImage(image)))
+    with pytest.raises(ValueError, match="0 DICOM series"):
+        read_image(tmp_path)
+
+
+def test_cli_bad_inputs_fail_clearly_and_write_nothing(tmp_path, capsys):
+    good = str(tmp_path / "good.nii.gz")
+    sitk.WriteImage(fixed_image(), good)
+    flat = str(tmp_path / "flat.nii.gz")
+    sitk.WriteImage(fixed_image()[:, :, 3], flat)
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not an image")
+    not_gvsl = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(2)}, not_gvsl)
+    checkpoint = write_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    cases = [
+        ([good, str(tmp_path / "missing.nii.gz"), checkpoint], "does not exist"),
+        ([good, str(junk), checkpoint], "cannot read"),
+        ([good, flat, checkpoint], "2D"),
+        ([good, good, str(not_gvsl)], "not a GVSL state dict"),
+    ]
+    for (fixed, moving, ckpt), message in cases:
+        assert main(["match", fixed, moving, "--checkpoint", ckpt, "--out", str(out), *CLI_OPTIONS]) == 1
+        assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,113 @@
+"""``gvsl match FIXED MOVING --checkpoint C --out DIR``: register two scans with a GVSL network."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import SimpleITK as sitk
+
+from ..checkpoints import load_gvsl
+from ..data import PrepareConfig
+from ..match import MatchConfig, MatchResult, match_volumes
+
+HELP = "Register two scans with a GVSL network: ITK transform, warped moving image, metrics, propagated labels."
+TRANSFORM_FILE = "transform.h5"
+WARPED_FILE = "moving_warped.nii.gz"
+METRICS_FILE = "metrics.json"
+LABELS_FILE = "labels_propagated.nii.gz"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults, prepare = MatchConfig(), PrepareConfig()
+    source = "a volume file (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM series"
+    parser.add_argument("fixed", help=f"fixed scan: {source}; outputs are on its grid")
+    parser.add_argument("moving", help=f"moving scan: {source}")
+    parser.add_argument("--checkpoint", required=True, help="GVSL checkpoint (ours or the published state dict)")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--labels", help="label map defined on the moving scan, to carry onto the fixed grid")
+    for name in ("fixed", "moving"):
+        parser.add_argument(f"--{name}-modality", choices=("auto", "CT", "MR"), default="auto",
+                            help=f"modality of the {name} scan (default: inferred from its intensities)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=prepare.target_spacing, metavar=("X", "Y", "Z"),
+                        help="target voxel size in mm, as in training (default 1 1 1)")
+    parser.add_argument("--ct-window", type=float, nargs=2, default=prepare.ct_window, metavar=("LO", "HI"),
+                        help="HU mapped to 0 and 1, as in training (default -1024 1024)")
+    parser.add_argument("--mr-percentiles", type=float, nargs=2, default=prepare.mr_percentiles,
+                        metavar=("LO", "HI"),
+                        help="MR percentiles mapped to 0 and 1, as in training (default 0.5 99.5)")
+    parser.add_argument("--max-size", type=int, nargs=3, default=defaults.max_size_xyz, metavar=("X", "Y", "Z"),
+                        help="largest network input in voxels, multiples of 16 (default 160 160 160); larger scans "
+                             "are seen whole at a coarser spacing")
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """A volume file, or the one DICOM series in a folder; ValueError naming the path when it cannot be read."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if len(series) != 1:
+                raise ValueError(f"{path}: {len(series)} DICOM series in this folder; a folder holding one is needed")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            return reader.Execute()
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist")
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read {path} as an image: {reason}") from exc
+
+
+def write_outputs(out_dir: Path, result: MatchResult, extra: dict[str, object],
+                  labels: sitk.Image | None) -> list[Path]:
+    """Write every output under a temporary name, then rename them all: a failure leaves no partial file."""
+    writers: dict[str, Callable[[Path], None]] = {
+        TRANSFORM_FILE: lambda p: sitk.WriteTransform(result.transform, str(p)),
+        WARPED_FILE: lambda p: sitk.WriteImage(result.warped, str(p), useCompression=True),
+        METRICS_FILE: lambda p: p.write_text(json.dumps({**result.metrics, **extra}, indent=2) + "\n"),
+    }
+    if labels is not None:
+        propagated = result.propagate_labels(labels)
+        writers[LABELS_FILE] = lambda p: sitk.WriteImage(propagated, str(p), useCompression=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in writers.items():
+            staged.append((out_dir / f".partial-{os.getpid()}-{name}", out_dir / name))  # keeps the extension last
+            write(staged[-1][0])
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+    return [final for _, final in staged]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = MatchConfig(prepare=PrepareConfig(target_spacing=tuple(args.spacing),
+                                                   ct_window=tuple(args.ct_window),
+                                                   mr_percentiles=tuple(args.mr_percentiles)),
+                             max_size_xyz=tuple(args.max_size))
+        fixed, moving = read_image(args.fixed), read_image(args.moving)
+        labels = read_image(args.labels) if args.labels else None
+        model, info = load_gvsl(args.checkpoint, device=args.device)
+        result = match_volumes(fixed, moving, model, fixed_modality=args.fixed_modality,
+                               moving_modality=args.moving_modality, config=config, device=args.device)
+        extra = {"conventions": info.conventions, "fixed": str(args.fixed), "moving": str(args.moving),
+                 "checkpoint": str(args.checkpoint)}
+        written = write_outputs(Path(args.out), result, extra, labels)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"gvsl match: {exc}", file=sys.stderr)
+        return 1
+    for key, value in result.metrics.items():
+        print(f"{key}: {value:.4g}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
