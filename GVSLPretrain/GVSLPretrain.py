@@ -1,12 +1,37 @@
-"""GVSL Pre-training: the Slicer module (Module / Widget / Test). Logic that touches MRML lives in GVSLPretrainLib."""
-import os
+"""GVSL Pre-training: the Slicer module (Module / Widget / Logic / Test).
 
+The widget wires the panel; the logic calls ``GVSLPretrainLib`` (MRML and the
+``gvsl`` backend processes, no Qt) and never imports torch: pre-training,
+scanning and matching run as ``gvsl`` processes with Slicer's Python.
+"""
+import importlib.util
+import os
+import pathlib
+import tempfile
+import time
+from types import SimpleNamespace
+from typing import Annotated
+
+import qt
 import slicer
+import vtk
+from GVSLPretrainLib import dependencies, dicom_selection, match, plots, probe, runs, volumes
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
+from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+
+POLL_INTERVAL_MS = 1000
+STOP_GRACE_S = 120.0
+LAST_RUN_SETTING = "GVSLPretrain/lastRunFolder"
+FIXED_VIEWS = ("vtkMRMLSliceNodeRed", "vtkMRMLSliceNodeGreen", "vtkMRMLViewNode1")
+MOVING_VIEW = "Yellow"  # the moving volume in its own space, with the matched points and the similarity map
+SIMILARITY_NAME = "GVSL feature similarity"
 
 
 def _ui_path(module_dir):
@@ -15,6 +40,16 @@ def _ui_path(module_dir):
     if os.path.exists(installed):
         return installed
     return os.path.join(module_dir, os.pardir, "Resources", "UI", "GVSLPretrain.ui")
+
+
+def _pathOrNone(path):
+    """A path parameter, or None when empty (an empty ctkPathLineEdit reads as Path("."))."""
+    return None if path is None or str(path) in ("", ".") else pathlib.Path(path)
+
+
+#
+# Module
+#
 
 
 class GVSLPretrain(ScriptedLoadableModule):
@@ -26,8 +61,11 @@ class GVSLPretrain(ScriptedLoadableModule):
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
         self.parent.helpText = (
             "Pre-train a 3D network on your own unlabeled CT/MR collection with Geometric Visual Similarity Learning "
-            "and inspect the correspondences it learned. "
-            "This version provides the backend (the <code>gvsl</code> command); the module's panels are being built."
+            "and inspect the correspondences it learned. <b>Data</b>: choose series from the DICOM database or a "
+            "folder and scan them. <b>Pre-training</b>: runs <code>gvsl pretrain</code> in the background; the run "
+            "folder keeps its progress, so the module reconnects to it later. <b>Inspect matches</b>: matches a "
+            "moving volume to a fixed one with a checkpoint and shows the transform, the warped volume and linked "
+            "point lists."
         )
         self.parent.acknowledgementText = (
             "Geometric Visual Similarity Learning: Y. He et al., CVPR 2023. "
@@ -35,20 +73,578 @@ class GVSLPretrain(ScriptedLoadableModule):
         )
 
 
-class GVSLPretrainWidget(ScriptedLoadableModuleWidget):
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class GVSLPretrainParameterNode:
+    """The module's settings, saved with the scene (names match SlicerParameterName in the .ui file)."""
+
+    modalities: str = "CT MR"
+    dataFolder: pathlib.Path
+    runFolder: pathlib.Path
+    iterations: Annotated[int, WithinRange(1, 10_000_000)] = 200_000
+    patchSize: Annotated[int, WithinRange(16, 512)] = 128
+    batchSize: Annotated[int, WithinRange(1, 256)] = 2
+    learningRate: Annotated[float, WithinRange(1e-7, 1.0), Decimals(7)] = 1e-4
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
+    device: str = "auto"
+    initCheckpoint: pathlib.Path
+    checkpoint: pathlib.Path
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    outputTransform: vtkMRMLTransformNode
+    foregroundOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showCheckerboard: bool = False
+    fixedPoints: vtkMRMLMarkupsFiducialNode
+    movingPoints: vtkMRMLMarkupsFiducialNode
+    movingSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# Widget
+#
+
+
+class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._timer = None
+        self._scanJob = None  # (process, json path)
+        self._trainProcess = None
+        self._run = None  # runs.RunFolder being shown
+        self._chartShown = False
+        self._matchJob = None  # SimpleNamespace(process, outDir, inputs)
+        self._matchInputs = None  # inputs of the match shown, for the similarity job
+        self._matchNodes = None
+        self._matchTransform = None  # SimpleITK fixed -> moving (LPS) of the match shown
+        self._similarityJob = None  # (process, output folder)
+        self._probe = None
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        ui_widget = slicer.util.loadUI(_ui_path(os.path.dirname(__file__)))
-        self.layout.addWidget(ui_widget)
-        self.ui = slicer.util.childWidgetVariables(ui_widget)
-        ui_widget.setMRMLScene(slicer.mrmlScene)
-        self.layout.addStretch(1)
+        uiWidget = slicer.util.loadUI(_ui_path(os.path.dirname(__file__)))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = GVSLPretrainLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.databaseRadioButton.connect("toggled(bool)", self.updateDataSource)
+        self.ui.refreshDatabaseButton.connect("clicked(bool)", self.onRefreshDatabase)
+        self.ui.scanButton.connect("clicked(bool)", self.onScan)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResume)
+        self.ui.latestCheckpointButton.connect("clicked(bool)", self.onUseLatestCheckpoint)
+        self.ui.computeMatchesButton.connect("clicked(bool)", self.onComputeMatches)
+        self.ui.propagateSegmentationButton.connect("clicked(bool)", self.onPropagateSegmentation)
+        self.ui.opacitySliderWidget.connect("valueChanged(double)", self.updateSliceViews)
+        self.ui.checkerboardCheckBox.connect("toggled(bool)", self.updateSliceViews)
+        for selector in (self.ui.fixedPointsSelector, self.ui.movingPointsSelector, self.ui.outputTransformSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateProbe)
+
+        self.initializeParameterNode()
+        self.updateDataSource()
+        self.onRefreshDatabase()
+        self._timer.start()
+
+    def cleanup(self):
+        """Short jobs end with the widget; a pre-training run goes on and is reconnected to later."""
+        self._timer.stop()
+        for process in (self._scanJob and self._scanJob[0], self._matchJob and self._matchJob.process,
+                        self._similarityJob and self._similarityJob[0]):
+            if process is not None:
+                process.kill()
+        if self._probe is not None:
+            self._probe.close()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if _pathOrNone(self._parameterNode.runFolder) is None:
+            last = qt.QSettings().value(LAST_RUN_SETTING)
+            if last:
+                self._parameterNode.runFolder = pathlib.Path(last)
+        self.onRunFolderChanged()
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # Dependencies
+
+    def ensureBackend(self):
+        """torch (PyTorch extension) and the gvsl backend, installed on this user action after confirmation."""
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay("GVSL needs the PyTorch extension: install it with the Extensions Manager.")
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=True) is None:
+            return False
+        missing = self.logic.missingBackendPackages()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                "GVSL will install these Python packages into Slicer's Python (Slicer's own numpy, SimpleITK "
+                "and VTK are kept):\n\n" + "\n".join(missing)):
+            return False
+        with slicer.util.tryWithErrorDisplay("Installing the GVSL backend failed.", waitCursor=True):
+            self.logic.installBackend()
+        return True
+
+    # Data
+
+    def updateDataSource(self, _checked=None):
+        fromDatabase = self.ui.databaseRadioButton.checked
+        self.ui.seriesTreeWidget.enabled = fromDatabase
+        self.ui.refreshDatabaseButton.enabled = fromDatabase
+        self.ui.dataFolderPathLineEdit.enabled = not fromDatabase
+
+    def _modalities(self):
+        return [m for m in self._parameterNode.modalities.upper().split() if m]
+
+    def onRefreshDatabase(self, _checked=None):
+        tree = self.ui.seriesTreeWidget
+        tree.clear()
+        database = slicer.dicomDatabase
+        if database is None or not database.isOpen:
+            return
+        patients, studies = {}, {}
+        for series in dicom_selection.database_series(database, self._modalities()):
+            if series.patient not in patients:
+                patients[series.patient] = self._treeItem(tree, [series.patient_name or series.patient, "", ""], None)
+            if series.study not in studies:
+                studies[series.study] = self._treeItem(
+                    patients[series.patient], [series.study_description or series.study, "", ""], None)
+            self._treeItem(studies[series.study], [series.description or series.series, series.modality,
+                                                   str(series.n_files)], series.series)
+        tree.expandToDepth(0)
+
+    @staticmethod
+    def _treeItem(parent, texts, seriesUid):
+        item = qt.QTreeWidgetItem(parent, texts)
+        item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsAutoTristate)
+        item.setCheckState(0, qt.Qt.Unchecked)
+        item.setData(0, qt.Qt.UserRole, seriesUid)
+        return item
+
+    def _checkedSeriesUids(self):
+        """Series UIDs of the ticked series (leaves of the patient / study / series tree)."""
+        tree = self.ui.seriesTreeWidget
+        pending = [tree.topLevelItem(i) for i in range(tree.topLevelItemCount)]
+        uids = []
+        while pending:
+            item = pending.pop()
+            pending.extend(item.child(i) for i in range(item.childCount()))
+            uid = item.data(0, qt.Qt.UserRole)
+            if uid and item.checkState(0) == qt.Qt.Checked:
+                uids.append(uid)
+        return uids
+
+    def _dataPath(self):
+        """The collection as a folder: the chosen folder, or links to the ticked series in the run folder."""
+        if not self.ui.databaseRadioButton.checked:
+            folder = _pathOrNone(self._parameterNode.dataFolder)
+            if folder is None:
+                raise ValueError("Choose the collection's folder.")
+            return folder
+        uids = self._checkedSeriesUids()
+        runFolder = _pathOrNone(self._parameterNode.runFolder)
+        if not uids or runFolder is None:
+            raise ValueError("Tick series in the DICOM database and choose the output folder (the selection is "
+                             "linked there).")
+        return self.logic.linkDatabaseSelection(slicer.dicomDatabase, uids, runFolder)
+
+    def onScan(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Scanning failed.", waitCursor=True):
+            dataPath = self._dataPath()
+            if not self.ensureBackend():
+                return
+            self._scanJob = self.logic.startScan(dataPath, self._modalities())
+            self.ui.scanSummaryLabel.text = "Scanning…"
+            self.ui.scanButton.enabled = False
+
+    def _pollScan(self):
+        process, jsonPath = self._scanJob
+        code = process.poll()
+        if code is None:
+            return
+        self._scanJob = None
+        self.ui.scanButton.enabled = True
+        if code == 0:
+            summary = dicom_selection.summarize_scan(jsonPath.read_text(encoding="utf-8"))
+            self.ui.scanSummaryLabel.text = summary.describe()
+        else:
+            self.ui.scanSummaryLabel.text = f"gvsl scan failed ({code}): {process.new_output()[-2000:]}"
+
+    # Pre-training
+
+    def onRunFolderChanged(self, _path=None):
+        """Show the run in the output folder (reconnect to a running or finished run) or prepare a new one."""
+        runFolder = _pathOrNone(self.ui.runFolderPathLineEdit.currentPath)
+        if self._run is not None and runFolder == self._run.path:
+            return
+        self._run = runs.RunFolder(runFolder) if runFolder is not None else None
+        self._chartShown = False
+        self.ui.logTextEdit.clear()
+        if self._run is not None and self._run.exists():
+            qt.QSettings().setValue(LAST_RUN_SETTING, str(runFolder))
+            self._run.poll()
+            self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
+        self.updateRunPanel()
+
+    def onStart(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not start pre-training.", waitCursor=True):
+            dataPath = self._dataPath()
+            if not self.ensureBackend():
+                return
+            self._trainProcess = self.logic.startPretraining(self._parameterNode, dataPath)
+            self._startedRun()
+
+    def onResume(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not resume pre-training.", waitCursor=True):
+            if not self.ensureBackend():
+                return
+            self._trainProcess = self.logic.resumePretraining(self._run.path)
+            self._startedRun()
+
+    def _startedRun(self):
+        qt.QSettings().setValue(LAST_RUN_SETTING, str(self._run.path))
+        self.ui.logTextEdit.appendPlainText(" ".join(self._trainProcess.command))
+        self._run.progress.state = "running"
+        self.updateRunPanel()
+
+    def onStop(self, _checked=None):
+        self._run.request_stop()
+        if self._trainProcess is not None:
+            self._trainProcess.stop(grace_s=STOP_GRACE_S)
+        self.ui.logTextEdit.appendPlainText(
+            f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
+
+    def _pollRun(self):
+        changed = self._run is not None and bool(self._run.poll())
+        if self._trainProcess is not None:
+            output = self._trainProcess.new_output()
+            if output:
+                self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
+            self._trainProcess.kill_if_overdue()
+            code = self._trainProcess.poll()
+            if code is not None:
+                self._trainProcess = None
+                self.ui.logTextEdit.appendPlainText(f"gvsl pretrain exited with status {code}.")
+                if self._run.progress.state == "running":
+                    self._run.progress.state = "failed" if code else "stopped"
+                changed = True
+        if changed:
+            self.updateRunPanel()
+
+    def updateRunPanel(self):
+        run = self._run
+        progress = run.progress if run is not None else runs.RunProgress()
+        running = self._trainProcess is not None or progress.state == "running"
+        hasRun = run is not None and run.exists()
+        self.ui.startButton.enabled = run is not None and not hasRun and not running
+        self.ui.stopButton.enabled = running
+        self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
+            run.checkpoints())
+        self.ui.progressBar.value = int(round(100 * progress.fraction))
+        if run is None:
+            self.ui.progressLabel.text = "Choose an output folder."
+            return
+        parts = [progress.message or progress.state, f"iteration {progress.iteration}"
+                 + (f" of {progress.iterations}" if progress.iterations else "")]
+        if progress.it_per_s:
+            parts.append(f"{progress.it_per_s:.2f} it/s")
+        if progress.eta_s is not None and progress.state == "running":
+            parts.append(f"ETA {runs.format_duration(progress.eta_s)}")
+        self.ui.progressLabel.text = ", ".join(parts)
+        if progress.curves:
+            chart = plots.update_loss_chart(slicer.mrmlScene, progress.curves)
+            if not self._chartShown:
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
+                self._chartShown = True
+
+    # Inspect matches
+
+    def onUseLatestCheckpoint(self, _checked=None):
+        checkpoints = self._run.checkpoints() if self._run is not None else []
+        if not checkpoints:
+            slicer.util.warningDisplay("The output folder's run has no checkpoint yet.")
+            return
+        self._parameterNode.checkpoint = checkpoints[-1]
+
+    def onComputeMatches(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not compute matches.", waitCursor=True):
+            p = self._parameterNode
+            checkpoint = _pathOrNone(p.checkpoint)
+            if checkpoint is None or not p.fixedVolume or not p.movingVolume:
+                raise ValueError("Choose a checkpoint, a fixed volume and a moving volume.")
+            if not self.ensureBackend():
+                return
+            self._matchJob = self.logic.startMatch(p.fixedVolume, p.movingVolume, checkpoint, p.device)
+            self.ui.computeMatchesButton.enabled = False
+            self.ui.matchStatusLabel.text = "Matching…"
+
+    def _pollMatch(self):
+        job = self._matchJob
+        code = job.process.poll()
+        if code is None:
+            return
+        self._matchJob = None
+        self.ui.computeMatchesButton.enabled = True
+        if code != 0:
+            self.ui.matchStatusLabel.text = f"gvsl match failed ({code}): {job.process.new_output()[-2000:]}"
+            return
+        with slicer.util.tryWithErrorDisplay("Could not show the match.", waitCursor=True):
+            p = self._parameterNode
+            result = match.load_match_outputs(job.outDir)
+            self._matchNodes = match.show_match(slicer.mrmlScene, result, p.fixedVolume)
+            self._matchTransform = result.transform
+            self._matchInputs = job.inputs
+            p.outputTransform = self._matchNodes["transforms"][-1]
+            self.ui.metricsLabel.text = match.format_metrics(result.metrics)
+            self.ui.matchStatusLabel.text = f"Match in {job.outDir}."
+            if not p.fixedPoints:
+                p.fixedPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL fixed points")
+            if not p.movingPoints:
+                p.movingPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL matched points")
+            for points, views in ((p.fixedPoints, FIXED_VIEWS), (p.movingPoints, (f"vtkMRMLSliceNode{MOVING_VIEW}",))):
+                points.CreateDefaultDisplayNodes()
+                points.GetDisplayNode().SetViewNodeIDs(views)
+            slicer.modules.markups.logic().SetActiveList(p.fixedPoints)
+            self.updateSliceViews()
+            self.updateProbe()
+
+    def onPropagateSegmentation(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not propagate the segmentation.", waitCursor=True):
+            p = self._parameterNode
+            if self._matchTransform is None or not p.movingSegmentation:
+                raise ValueError("Compute matches and choose the moving volume's segmentation first.")
+            match.propagate_segmentation(slicer.mrmlScene, p.movingSegmentation, p.movingVolume, p.fixedVolume,
+                                         self._matchTransform, f"{p.movingSegmentation.GetName()} on "
+                                         f"{p.fixedVolume.GetName()}")
+
+    @staticmethod
+    def _setViewLayers(viewName, background, foreground=None, opacity=0.0):
+        composite = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceCompositeNode()
+        composite.SetBackgroundVolumeID(background.GetID() if background else None)
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
+        composite.SetForegroundOpacity(opacity)
+
+    def updateSliceViews(self, _value=None):
+        """Red and Green: the fixed volume under the warped moving one (or the checkerboard); Yellow: the moving
+        volume in its own space under the feature-similarity map."""
+        if self._matchNodes is None or self._parameterNode is None:
+            return
+        p = self._parameterNode
+        for viewName in ("Red", "Green"):
+            if p.showCheckerboard:
+                self._setViewLayers(viewName, self._matchNodes["checkerboard"])
+            else:
+                self._setViewLayers(viewName, p.fixedVolume, self._matchNodes["warped"], p.foregroundOpacity)
+        self._setViewLayers(MOVING_VIEW, p.movingVolume, slicer.mrmlScene.GetFirstNodeByName(SIMILARITY_NAME), 0.5)
+
+    def updateProbe(self, _node=None):
+        """Link the matched point list to the fixed one through the output transform."""
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        p = self._parameterNode
+        if p is None or not (p.fixedPoints and p.movingPoints and p.outputTransform):
+            self.ui.probeLabel.text = "Compute matches, then place points on the fixed volume."
+            return
+        self._probe = probe.LinkedPointLists(p.fixedPoints, p.movingPoints, p.outputTransform, self.onProbePoint)
+        self.ui.probeLabel.text = "Place or drag points on the fixed volume; their matches follow."
+
+    def onProbePoint(self, index, pointFixedRas, pointMovingRas):
+        """Show where the point went, centre the moving view on it, and recompute the similarity map for it."""
+        fixedText = ", ".join(f"{c:.1f}" for c in pointFixedRas)
+        movingText = ", ".join(f"{c:.1f}" for c in pointMovingRas)
+        self.ui.probeLabel.text = f"Point {index + 1}: fixed RAS ({fixedText}) → moving RAS ({movingText}) mm"
+        slicer.app.layoutManager().sliceWidget(MOVING_VIEW).mrmlSliceNode().JumpSliceByCentering(*pointMovingRas)
+        if self._matchInputs is None:
+            return
+        if self._similarityJob is not None:
+            self._similarityJob[0].kill()  # only the last point's map is wanted
+        self._similarityJob = self.logic.startSimilarity(self._matchInputs, pointFixedRas)
+
+    def _pollSimilarity(self):
+        process, outDir = self._similarityJob
+        code = process.poll()
+        if code is None:
+            return
+        self._similarityJob = None
+        if code != 0:
+            self.ui.probeLabel.text += f"\nFeature similarity failed: {process.new_output()[-500:]}"
+            return
+        match.show_overlay(slicer.mrmlScene, match.load_similarity(outDir), SIMILARITY_NAME)
+        self.updateSliceViews()
+
+    # Timer
+
+    def onPoll(self):
+        """Non-blocking check of the background jobs, once per timer tick."""
+        if self._scanJob is not None:
+            self._pollScan()
+        if self._matchJob is not None:
+            self._pollMatch()
+        if self._similarityJob is not None:
+            self._pollSimilarity()
+        self._pollRun()
+
+
+#
+# Logic
+#
+
+
+class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
+    """Starts the ``gvsl`` processes and turns their outputs into nodes; no Qt widgets, no torch."""
+
+    def getParameterNode(self):
+        return GVSLPretrainParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def missingBackendPackages():
+        """What still has to be installed (empty when ``gvsl`` and its requirements are there)."""
+        if importlib.util.find_spec("gvsl") is None:
+            return [dependencies.backend_install_target(pathlib.Path(__file__).parent)]
+        return dependencies.missing_requirements(dependencies.backend_requirements())
+
+    @staticmethod
+    def installBackend():
+        """pip-install the backend without its dependencies, then what it lacks, with Slicer's packages pinned."""
+        if importlib.util.find_spec("gvsl") is None:
+            slicer.util.pip_install(["--no-deps", dependencies.backend_install_target(pathlib.Path(__file__).parent)])
+        missing = dependencies.missing_requirements(dependencies.backend_requirements())
+        if missing:
+            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
+                constraints.write(dependencies.pins_of_provided())
+            slicer.util.pip_install([*missing, "-c", constraints.name])
+            os.remove(constraints.name)
+
+    @staticmethod
+    def _workFolder(kind):
+        folder = pathlib.Path(slicer.app.temporaryPath) / "GVSL" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def linkDatabaseSelection(database, seriesUids, runFolder):
+        return dicom_selection.link_series_files(database, seriesUids, pathlib.Path(runFolder) / "dicom_selection")
+
+    def startScan(self, dataPath, modalities):
+        """``gvsl scan --json`` in the background; returns (process, path of its JSON output)."""
+        folder = self._workFolder("scan")
+        jsonPath = folder / "scan.json"
+        process = runs.BackgroundProcess(runs.scan_command(dataPath, modalities), folder / "scan.log", jsonPath)
+        return process, jsonPath
+
+    @staticmethod
+    def startPretraining(parameterNode, dataPath):
+        p = parameterNode
+        runFolder = _pathOrNone(p.runFolder)
+        if runFolder is None:
+            raise ValueError("Choose the output folder.")
+        command = runs.pretrain_command(dataPath, runFolder, iterations=p.iterations, patch=p.patchSize,
+                                        batch=p.batchSize, lr=p.learningRate, precision=p.precision,
+                                        device=p.device or "auto", init=_pathOrNone(p.initCheckpoint))
+        return runs.BackgroundProcess(command, runFolder / "slicer-process.log")
+
+    @staticmethod
+    def resumePretraining(runFolder):
+        return runs.BackgroundProcess(runs.resume_command(runFolder), pathlib.Path(runFolder) / "slicer-process.log")
+
+    def startMatch(self, fixedNode, movingNode, checkpoint, device="auto"):
+        """``gvsl match`` on the two volumes in the background; returns the job: ``process``, ``outDir`` and
+        ``inputs`` (what ``startSimilarity`` needs).
+
+        ``device`` as for pre-training; "auto" picks CUDA when Slicer's torch sees a GPU, else the CPU.
+        """
+        folder = self._workFolder("match")
+        fixedPath, movingPath = match.write_match_inputs(fixedNode, movingNode, folder)
+        outDir = folder / "out"
+        if device in ("", "auto"):
+            import torch  # the logic may: torch is installed by now (ensureBackend); the widget never imports it
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        inputs = (fixedPath, movingPath, checkpoint, device)
+        process = runs.BackgroundProcess(match.match_command(*inputs[:3], outDir, device), folder / "match.log")
+        return SimpleNamespace(process=process, outDir=outDir, inputs=inputs)
+
+    @staticmethod
+    def startSimilarity(inputs, pointFixedRas):
+        """The feature-similarity map of a fixed RAS point, in the background; returns (process, output folder)."""
+        fixedPath, movingPath, checkpoint, device = inputs
+        outDir = fixedPath.parent / f"similarity-{time.monotonic_ns()}"
+        command = match.similarity_command(fixedPath, movingPath, checkpoint, outDir, device, pointFixedRas)
+        return runs.BackgroundProcess(command, outDir / "similarity.log"), outDir
+
+
+#
+# Test
+#
 
 
 class GVSLPretrainTest(ScriptedLoadableModuleTest):
-    def runTest(self):
+    def setUp(self):
         slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
         self.test_widget_loads()
+        self.test_volume_round_trip()
 
     def test_widget_loads(self):
         self.assertTrue(os.path.exists(_ui_path(os.path.dirname(__file__))))
+        self.assertIsNotNone(GVSLPretrainLogic().getParameterNode())
+
+    def test_volume_round_trip(self):
+        """A volume node's voxels and IJK-to-RAS survive the trip to SimpleITK and back in Slicer itself."""
+        import numpy as np
+
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        node.SetAndObserveImageData(volumes.image_data_from_array(np.arange(24, dtype=np.int16).reshape(2, 3, 4)))
+        node.SetSpacing(0.5, 1.0, 2.5)
+        node.SetOrigin(-10.0, 20.0, 5.0)
+        copy = volumes.add_volume_node(slicer.mrmlScene, volumes.image_from_volume_node(node), "copy")
+        before, after = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(before)
+        copy.GetIJKToRASMatrix(after)
+        self.assertEqual(volumes.numpy_from_vtk_matrix(before).tolist(), volumes.numpy_from_vtk_matrix(after).tolist())
+        self.assertEqual(slicer.util.arrayFromVolume(node).tolist(), slicer.util.arrayFromVolume(copy).tolist())
+        self.delayDisplay("Volume round trip OK")

@@ -1,1 +1,9 @@
-"""Logic of the GVSLPretrain module that talks to MRML and calls the gvsl backend; imports no Qt."""
+"""Logic of the GVSL modules that talks to MRML and runs the gvsl backend; imports no Qt and no torch.
+
+``volumes`` (volume nodes ↔ SimpleITK, the LPS ↔ RAS boundary), ``transforms``
+(transform nodes from a match), ``probe`` (linked point lists), ``match``
+(``gvsl match`` inputs/outputs and display nodes), ``runs`` (event files, run
+folders, background processes), ``plots`` (loss chart), ``dicom_selection``
+(series from the DICOM database, ``gvsl scan`` summary) and ``dependencies``
+(what to pip-install inside Slicer). GVSLSegment imports the shared parts from here.
+"""

@@ -1,0 +1,229 @@
+"""Run folders and background ``gvsl`` processes, without Qt: the Slicer widget polls these from a timer.
+
+A run folder (``gvsl pretrain --out RUN_DIR``) holds ``events.jsonl`` (one JSON
+record per line, key ``"event"``), ``config.json``, ``checkpoints/*.pt`` and,
+while stopping, ``STOP``. The module never imports the backend (it may not be
+installed yet, and it imports torch), so the few names it relies on are
+repeated here; a test checks them against ``gvsl.train``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+EVENTS_NAME = "events.jsonl"  # gvsl.train.events.EVENTS_NAME
+STOP_NAME = "STOP"  # gvsl.train.stopping.STOP_NAME
+CHECKPOINT_DIR = "checkpoints"  # gvsl.train.state.CHECKPOINT_DIR
+CONFIG_NAME = "config.json"
+FINAL_EVENTS = ("end", "error")
+NOT_LOSSES = frozenset({"event", "time", "iteration", "iterations", "lr", "it_per_s", "eta_s", "peak_memory_bytes",
+                        "memory_kind"})
+
+
+def gvsl_command(*args: str) -> list[str]:
+    """The command line running ``gvsl ARGS`` with this Python (Slicer's Python inside Slicer)."""
+    return [sys.executable, "-m", "gvsl", *args]
+
+
+def pretrain_command(data: os.PathLike, run_dir: os.PathLike, *, iterations: int, patch: int, batch: int, lr: float,
+                     precision: str, device: str, init: Optional[os.PathLike] = None) -> list[str]:
+    """``gvsl pretrain DATA --out RUN_DIR ...`` for a new run (``init``: a checkpoint to start from)."""
+    args = ["pretrain", str(data), "--out", str(run_dir), "--iterations", str(iterations), "--patch", str(patch),
+            "--batch", str(batch), "--lr", repr(float(lr)), "--precision", precision, "--device", device,
+            "--no-progress"]
+    return gvsl_command(*args, *(["--init", str(init)] if init else []))
+
+
+def resume_command(run_dir: os.PathLike) -> list[str]:
+    """``gvsl pretrain --resume RUN_DIR``: continue from the run's latest checkpoint."""
+    return gvsl_command("pretrain", "--resume", str(run_dir), "--no-progress")
+
+
+def scan_command(path: os.PathLike, modalities: Sequence[str] = ("CT", "MR")) -> list[str]:
+    """``gvsl scan PATH --json`` keeping the given modalities."""
+    return gvsl_command("scan", str(path), "--json", "--modality", *modalities)
+
+
+class EventTail:
+    """Reads the records appended to an event file since the last ``poll()`` (a partial last line waits)."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        self._offset = 0
+
+    def poll(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as file:
+            file.seek(self._offset)
+            data = file.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        records = []
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "event" in record:
+                records.append(record)
+        return records
+
+
+@dataclass
+class RunProgress:
+    """What the events of one run say so far: state, position, speed, and the loss curves."""
+
+    state: str = "new"  # new | running | stopped | finished | failed
+    iteration: int = 0
+    iterations: Optional[int] = None
+    it_per_s: Optional[float] = None
+    eta_s: Optional[float] = None
+    message: str = ""
+    checkpoint: Optional[str] = None
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def add(self, record: dict) -> None:
+        """Fold one event record in (unknown events and fields are ignored)."""
+        kind = record.get("event")
+        self.iteration = int(record.get("iteration") or self.iteration)
+        self.iterations = record.get("iterations", self.iterations)
+        if kind == "start":
+            self.state, self.message = "running", f"running on {record.get('device', '?')}"
+        elif kind == "iteration":
+            self.state = "running"
+            self.it_per_s, self.eta_s = record.get("it_per_s"), record.get("eta_s")
+            for name, value in record.items():
+                if name not in NOT_LOSSES and isinstance(value, (int, float)):
+                    self.curves.setdefault(name, []).append((self.iteration, float(value)))
+        elif kind == "checkpoint":
+            self.checkpoint = record.get("path", self.checkpoint)
+        elif kind == "stop":
+            self.message = f"stopping ({record.get('reason', 'requested')})"
+        elif kind == "end":
+            self.state = "stopped" if record.get("stopped") else "finished"
+            self.checkpoint = record.get("checkpoint") or self.checkpoint
+            self.eta_s = None
+            self.message = f"{self.state} at iteration {self.iteration}"
+        elif kind == "error":
+            self.state, self.message = "failed", f"{record.get('type', 'error')}: {record.get('message', '')}"
+
+    @property
+    def fraction(self) -> float:
+        """Progress in [0, 1] (0 while the total is unknown)."""
+        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``1h 02m``, ``3m 05s`` or ``42s``; empty for None."""
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+class RunFolder:
+    """A pre-training run folder: its progress (from the event file), checkpoints and stop request."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        self.progress = RunProgress()
+        self._tail = EventTail(self.path / EVENTS_NAME)
+
+    def exists(self) -> bool:
+        """Whether a run has started here (it has an event file)."""
+        return (self.path / EVENTS_NAME).exists()
+
+    def poll(self) -> list[dict]:
+        """Fold the new events into ``progress``; returns them."""
+        records = self._tail.poll()
+        for record in records:
+            self.progress.add(record)
+        return records
+
+    def checkpoints(self) -> list[Path]:
+        """The run's checkpoint files, oldest first."""
+        return sorted((self.path / CHECKPOINT_DIR).glob("*.pt"))
+
+    def config(self) -> dict:
+        path = self.path / CONFIG_NAME
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def request_stop(self) -> None:
+        """Ask the training loop to save a checkpoint and exit (it polls for the ``STOP`` file)."""
+        (self.path / STOP_NAME).touch()
+
+
+class BackgroundProcess:
+    """A child process in its own process group (session on POSIX), its output in a log file.
+
+    With ``stdout_path``, standard output goes there (e.g. ``gvsl scan --json``) and only errors to the log.
+
+    ``poll()`` never blocks. ``stop()`` asks politely first (the caller's ``request_stop`` callback, e.g. writing
+    ``STOP``), and ``kill_if_overdue()``, called from the same timer as ``poll()``, ends the whole process tree
+    once ``grace_s`` has passed.
+    """
+
+    def __init__(self, command: Sequence[str], log_path: os.PathLike, stdout_path: Optional[os.PathLike] = None):
+        self.command = list(command)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._files = [open(self.log_path, "ab")]
+        self._log_offset = self.log_path.stat().st_size
+        if stdout_path is not None:
+            self._files.append(open(stdout_path, "wb"))
+        options = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+                   else {"start_new_session": True})
+        self.process = subprocess.Popen(self.command, stdout=self._files[-1],
+                                        stderr=self._files[0] if stdout_path is not None else subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, **options)
+        self._kill_at: Optional[float] = None
+
+    def poll(self) -> Optional[int]:
+        """The exit status, or None while running."""
+        code = self.process.poll()
+        if code is not None:
+            for file in self._files:
+                file.close()
+        return code
+
+    def new_output(self) -> str:
+        """Output written to the log since the last call."""
+        with open(self.log_path, "rb") as file:
+            file.seek(self._log_offset)
+            data = file.read()
+        self._log_offset += len(data)
+        return data.decode("utf-8", errors="replace")
+
+    def stop(self, grace_s: float = 60.0) -> None:
+        """Schedule a kill of the process tree ``grace_s`` from now (0: now)."""
+        self._kill_at = time.monotonic() + grace_s
+        self.kill_if_overdue()
+
+    def kill_if_overdue(self) -> bool:
+        """Kill the process tree if a stop is overdue and it still runs; returns whether it killed."""
+        if self._kill_at is None or time.monotonic() < self._kill_at or self.poll() is not None:
+            return False
+        self.kill()
+        return True
+
+    def kill(self) -> None:
+        """End the process and its children now (the whole process group)."""
+        if self.poll() is not None:
+            return
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False)
+        else:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.poll()
