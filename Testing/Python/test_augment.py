@@ -48,10 +48,10 @@ def pair() -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def pure_affine(shape, rot=(0.0, 0.0, 0.0), scale=(1.0, 1.0, 1.0), trans=(0.0, 0.0, 0.0)) -> SpatialTransform:
-    as_row = lambda v: torch.tensor([v], dtype=torch.float32)  # noqa: E731
-    return SpatialTransform(affine_voxel_map(as_row(rot), as_row(scale), as_row(trans), torch.zeros(1, 6), shape),
-                            None, tuple(shape))
+def translation(shape, trans) -> SpatialTransform:
+    """A pure translation of ``trans`` voxels along (d, h, w), batch of one."""
+    matrix = affine_voxel_map(torch.zeros(1, 3), torch.ones(1, 3), torch.tensor([trans]), torch.zeros(1, 6), shape)
+    return SpatialTransform(matrix, None, tuple(shape))
 
 
 def test_same_seed_same_output_and_different_seed_different_output(pair):
@@ -94,7 +94,7 @@ def test_translation_samples_input_at_p_plus_t(pair, axis, t):
     a, _ = pair
     trans = [0.0, 0.0, 0.0]
     trans[axis] = float(t)
-    (out,) = pure_affine(SHAPE, trans=trans).apply(a)
+    (out,) = translation(SHAPE, trans).apply(a)
     n = SHAPE[axis]
     inside = slice(max(0, -t), n - max(0, t))  # output voxels whose p + t is in the volume
     torch.testing.assert_close(out.narrow(2 + axis, inside.start, inside.stop - inside.start),

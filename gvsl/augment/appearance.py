@@ -112,10 +112,10 @@ def bezier_intensity_map(x: torch.Tensor, generator: torch.Generator | None,
     """
     n_batch = x.shape[0]
     table = bezier_lookup_table(uniform((n_batch, 2, 2), 0.0, 1.0, generator, x.device))
-    pos = x.reshape(n_batch, -1).to(table.dtype).clamp(0, 1) * (table.shape[1] - 1)
-    lo = pos.long().clamp(max=table.shape[1] - 2)
-    mapped = torch.lerp(table.gather(1, lo), table.gather(1, lo + 1), pos - lo).view_as(x).to(x.dtype)
-    if apply is None:
+    pos = x.reshape(n_batch, -1).to(table.dtype).clamp(0, 1).mul_(table.shape[1] - 1)
+    lo = pos.long().clamp_(max=table.shape[1] - 2)
+    mapped = torch.lerp(table.gather(1, lo), table.gather(1, lo + 1), pos.sub_(lo)).view_as(x).to(x.dtype)
+    if apply is None or all(apply):
         return mapped
     keep = torch.tensor(apply, device=x.device).view(-1, 1, 1, 1, 1)
     return torch.where(keep, mapped, x)
