@@ -32,6 +32,7 @@ LAST_RUN_SETTING = "GVSLPretrain/lastRunFolder"
 FIXED_VIEWS = ("vtkMRMLSliceNodeRed", "vtkMRMLSliceNodeGreen", "vtkMRMLViewNode1")
 MOVING_VIEW = "Yellow"  # the moving volume in its own space, with the matched points and the similarity map
 SIMILARITY_NAME = "GVSL feature similarity"
+SIMILARITY_DELAY_MS = 700
 
 
 def _ui_path(module_dir):
@@ -116,6 +117,8 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._timer = None
+        self._similarityTimer = None  # waits for a dragged point to settle before computing its similarity map
+        self._similarityPoint = None  # fixed RAS point whose similarity map is wanted
         self._scanJob = None  # (process, json path)
         self._trainProcess = None
         self._run = None  # runs.RunFolder being shown
@@ -138,6 +141,10 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPoll)
+        self._similarityTimer = qt.QTimer()
+        self._similarityTimer.setSingleShot(True)
+        self._similarityTimer.setInterval(SIMILARITY_DELAY_MS)
+        self._similarityTimer.connect("timeout()", self.startSimilarity)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -165,6 +172,7 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         """Short jobs end with the widget; a pre-training run goes on and is reconnected to later."""
         self._timer.stop()
+        self._similarityTimer.stop()
         for process in (self._scanJob and self._scanJob[0], self._matchJob and self._matchJob.process,
                         self._similarityJob and self._similarityJob[0]):
             if process is not None:
@@ -323,8 +331,8 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         if self._run is not None and self._run.exists():
             qt.QSettings().setValue(LAST_RUN_SETTING, str(runFolder))
-            self._run.poll()
             self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
+            self._pollRun()
         self.updateRunPanel()
 
     def onStart(self, _checked=None):
@@ -344,7 +352,6 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _startedRun(self):
         qt.QSettings().setValue(LAST_RUN_SETTING, str(self._run.path))
-        self.ui.logTextEdit.appendPlainText(" ".join(self._trainProcess.command))
         self._run.progress.state = "running"
         self.updateRunPanel()
 
@@ -356,11 +363,13 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
 
     def _pollRun(self):
-        changed = self._run is not None and bool(self._run.poll())
+        if self._run is None:
+            return
+        changed = bool(self._run.poll())
+        output = self._run.new_log()
+        if output:
+            self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
         if self._trainProcess is not None:
-            output = self._trainProcess.new_output()
-            if output:
-                self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
             self._trainProcess.kill_if_overdue()
             code = self._trainProcess.poll()
             if code is not None:
@@ -467,27 +476,33 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateSliceViews(self, _value=None):
         """Red and Green: the fixed volume under the warped moving one (or the checkerboard); Yellow: the moving
-        volume in its own space under the feature-similarity map."""
-        if self._matchNodes is None or self._parameterNode is None:
+        volume in its own space under the feature-similarity map.
+
+        Reads the widgets: this slot may run before the parameter node has taken the new value.
+        """
+        if self._matchNodes is None:
             return
-        p = self._parameterNode
         for viewName in ("Red", "Green"):
-            if p.showCheckerboard:
+            if self.ui.checkerboardCheckBox.checked:
                 self._setViewLayers(viewName, self._matchNodes["checkerboard"])
             else:
-                self._setViewLayers(viewName, p.fixedVolume, self._matchNodes["warped"], p.foregroundOpacity)
-        self._setViewLayers(MOVING_VIEW, p.movingVolume, slicer.mrmlScene.GetFirstNodeByName(SIMILARITY_NAME), 0.5)
+                self._setViewLayers(viewName, self.ui.fixedVolumeSelector.currentNode(), self._matchNodes["warped"],
+                                    self.ui.opacitySliderWidget.value)
+        self._setViewLayers(MOVING_VIEW, self.ui.movingVolumeSelector.currentNode(),
+                            slicer.mrmlScene.GetFirstNodeByName(SIMILARITY_NAME), 0.5)
 
     def updateProbe(self, _node=None):
-        """Link the matched point list to the fixed one through the output transform."""
+        """Link the matched point list to the fixed one through the output transform (read from the selectors,
+        which may be ahead of the parameter node)."""
         if self._probe is not None:
             self._probe.close()
             self._probe = None
-        p = self._parameterNode
-        if p is None or not (p.fixedPoints and p.movingPoints and p.outputTransform):
+        nodes = [selector.currentNode() for selector in (self.ui.fixedPointsSelector, self.ui.movingPointsSelector,
+                                                          self.ui.outputTransformSelector)]
+        if not all(nodes) or nodes[0] is nodes[1]:
             self.ui.probeLabel.text = "Compute matches, then place points on the fixed volume."
             return
-        self._probe = probe.LinkedPointLists(p.fixedPoints, p.movingPoints, p.outputTransform, self.onProbePoint)
+        self._probe = probe.LinkedPointLists(*nodes, self.onProbePoint)
         self.ui.probeLabel.text = "Place or drag points on the fixed volume; their matches follow."
 
     def onProbePoint(self, index, pointFixedRas, pointMovingRas):
@@ -496,11 +511,15 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         movingText = ", ".join(f"{c:.1f}" for c in pointMovingRas)
         self.ui.probeLabel.text = f"Point {index + 1}: fixed RAS ({fixedText}) → moving RAS ({movingText}) mm"
         slicer.app.layoutManager().sliceWidget(MOVING_VIEW).mrmlSliceNode().JumpSliceByCentering(*pointMovingRas)
-        if self._matchInputs is None:
-            return
+        if self._matchInputs is not None:
+            self._similarityPoint = pointFixedRas
+            self._similarityTimer.start()  # restarted by every move: computed once the point rests
+
+    def startSimilarity(self):
+        """Compute the similarity map of the last placed or moved point (an older computation is abandoned)."""
         if self._similarityJob is not None:
-            self._similarityJob[0].kill()  # only the last point's map is wanted
-        self._similarityJob = self.logic.startSimilarity(self._matchInputs, pointFixedRas)
+            self._similarityJob[0].kill()
+        self._similarityJob = self.logic.startSimilarity(self._matchInputs, self._similarityPoint)
 
     def _pollSimilarity(self):
         process, outDir = self._similarityJob
@@ -583,11 +602,12 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
         command = runs.pretrain_command(dataPath, runFolder, iterations=p.iterations, patch=p.patchSize,
                                         batch=p.batchSize, lr=p.learningRate, precision=p.precision,
                                         device=p.device or "auto", init=_pathOrNone(p.initCheckpoint))
-        return runs.BackgroundProcess(command, runFolder / "slicer-process.log")
+        return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
 
     @staticmethod
     def resumePretraining(runFolder):
-        return runs.BackgroundProcess(runs.resume_command(runFolder), pathlib.Path(runFolder) / "slicer-process.log")
+        command = runs.resume_command(runFolder)
+        return runs.BackgroundProcess(command, pathlib.Path(runFolder) / runs.PROCESS_LOG_NAME)
 
     def startMatch(self, fixedNode, movingNode, checkpoint, device="auto"):
         """``gvsl match`` on the two volumes in the background; returns the job: ``process``, ``outDir`` and

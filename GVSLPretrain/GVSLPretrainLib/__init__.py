@@ -2,7 +2,8 @@
 
 ``volumes`` (volume nodes ↔ SimpleITK, the LPS ↔ RAS boundary), ``transforms``
 (transform nodes from a match), ``probe`` (linked point lists), ``match``
-(``gvsl match`` inputs/outputs and display nodes), ``runs`` (event files, run
+(``gvsl match`` inputs/outputs, display nodes, segmentation propagation),
+``similarity_job`` (a script run in its own process: the probe's similarity map), ``runs`` (event files, run
 folders, background processes), ``plots`` (loss chart), ``dicom_selection``
 (series from the DICOM database, ``gvsl scan`` summary) and ``dependencies``
 (what to pip-install inside Slicer). GVSLSegment imports the shared parts from here.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ EVENTS_NAME = "events.jsonl"  # gvsl.train.events.EVENTS_NAME
 STOP_NAME = "STOP"  # gvsl.train.stopping.STOP_NAME
 CHECKPOINT_DIR = "checkpoints"  # gvsl.train.state.CHECKPOINT_DIR
 CONFIG_NAME = "config.json"
+PROCESS_LOG_NAME = "slicer-process.log"  # output of the process the module started, in the run folder
 FINAL_EVENTS = ("end", "error")
 NOT_LOSSES = frozenset({"event", "time", "iteration", "iterations", "lr", "it_per_s", "eta_s", "peak_memory_bytes",
                         "memory_kind"})
@@ -52,30 +54,37 @@ def scan_command(path: os.PathLike, modalities: Sequence[str] = ("CT", "MR")) ->
     return gvsl_command("scan", str(path), "--json", "--modality", *modalities)
 
 
-class EventTail:
-    """Reads the records appended to an event file since the last ``poll()`` (a partial last line waits)."""
+class FileTail:
+    """Reads what has been appended to a (growing) file since the last ``read()``, from ``offset`` on."""
 
-    def __init__(self, path: os.PathLike):
+    def __init__(self, path: os.PathLike, offset: int = 0):
         self.path = Path(path)
-        self._offset = 0
+        self.offset = offset
 
-    def poll(self) -> list[dict]:
+    def read(self, whole_lines: bool = False) -> str:
+        """The new text (empty while the file does not exist); ``whole_lines`` leaves a partial last line for later."""
         if not self.path.exists():
-            return []
+            return ""
         with open(self.path, "rb") as file:
-            file.seek(self._offset)
+            file.seek(self.offset)
             data = file.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        records = []
-        for line in complete.decode("utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "event" in record:
-                records.append(record)
-        return records
+        if whole_lines:
+            data = data[: data.rfind(b"\n") + 1]
+        self.offset += len(data)
+        return data.decode("utf-8", errors="replace")
+
+
+def parse_events(text: str) -> list[dict]:
+    """The event records in JSON-lines text (lines that are not JSON objects with ``"event"`` are skipped)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "event" in record:
+            records.append(record)
+    return records
 
 
 @dataclass
@@ -133,12 +142,16 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 class RunFolder:
-    """A pre-training run folder: its progress (from the event file), checkpoints and stop request."""
+    """A pre-training run folder: its progress (from the event file), process log, checkpoints and stop request.
+
+    Everything is read from files, so a run started earlier (or by another Slicer session) is followed the same way.
+    """
 
     def __init__(self, path: os.PathLike):
         self.path = Path(path)
         self.progress = RunProgress()
-        self._tail = EventTail(self.path / EVENTS_NAME)
+        self._events = FileTail(self.path / EVENTS_NAME)
+        self._log = FileTail(self.path / PROCESS_LOG_NAME)
 
     def exists(self) -> bool:
         """Whether a run has started here (it has an event file)."""
@@ -146,10 +159,14 @@ class RunFolder:
 
     def poll(self) -> list[dict]:
         """Fold the new events into ``progress``; returns them."""
-        records = self._tail.poll()
+        records = parse_events(self._events.read(whole_lines=True))
         for record in records:
             self.progress.add(record)
         return records
+
+    def new_log(self) -> str:
+        """Output of the module's ``gvsl pretrain`` processes (``PROCESS_LOG_NAME``) since the last call."""
+        return self._log.read()
 
     def checkpoints(self) -> list[Path]:
         """The run's checkpoint files, oldest first."""
@@ -165,7 +182,8 @@ class RunFolder:
 
 
 class BackgroundProcess:
-    """A child process in its own process group (session on POSIX), its output in a log file.
+    """A child process in its own process group (session on POSIX), its output in a log file (appended to, after
+    a ``$ command`` line).
 
     With ``stdout_path``, standard output goes there (e.g. ``gvsl scan --json``) and only errors to the log.
 
@@ -179,7 +197,9 @@ class BackgroundProcess:
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._files = [open(self.log_path, "ab")]
-        self._log_offset = self.log_path.stat().st_size
+        self._log = FileTail(self.log_path, offset=self.log_path.stat().st_size)
+        self._files[0].write(f"$ {shlex.join(self.command)}\n".encode())
+        self._files[0].flush()
         if stdout_path is not None:
             self._files.append(open(stdout_path, "wb"))
         options = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
@@ -199,11 +219,7 @@ class BackgroundProcess:
 
     def new_output(self) -> str:
         """Output written to the log since the last call."""
-        with open(self.log_path, "rb") as file:
-            file.seek(self._log_offset)
-            data = file.read()
-        self._log_offset += len(data)
-        return data.decode("utf-8", errors="replace")
+        return self._log.read()
 
     def stop(self, grace_s: float = 60.0) -> None:
         """Schedule a kill of the process tree ``grace_s`` from now (0: now)."""

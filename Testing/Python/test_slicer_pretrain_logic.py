@@ -313,6 +313,19 @@ def test_run_folder_follows_the_backend_event_log(tmp_path):
     assert runs.RunFolder(tmp_path).poll()[-1]["event"] == "end"  # reconnecting reads the whole history
 
 
+def test_run_folder_streams_the_process_log(tmp_path):
+    run = runs.RunFolder(tmp_path)
+    assert run.new_log() == ""
+    process = runs.BackgroundProcess([sys.executable, "-c", "print('hello from the run')"],
+                                     tmp_path / runs.PROCESS_LOG_NAME)
+    process.process.wait(timeout=60)
+    assert process.poll() == 0
+    text = run.new_log()
+    assert text.startswith(f"$ {sys.executable} -c") and "hello from the run" in text
+    assert run.new_log() == ""
+    assert "hello from the run" in runs.RunFolder(tmp_path).new_log()  # a reconnected panel shows the whole log
+
+
 def test_error_event_fails_the_run():
     progress = runs.RunProgress()
     progress.add({"event": "error", "iteration": 3, "type": "RuntimeError", "message": "out of memory"})
