@@ -1,0 +1,317 @@
+"""Discovery: walk a folder tree, group DICOM files into series by Series Instance UID (never by folder), and
+decide for each series (and each volume file: NIfTI, NRRD, MHA/MHD) whether it forms a usable CT/MR volume.
+
+Only headers are read here (pydicom with ``stop_before_pixels``; SimpleITK ``ReadImageInformation`` for volume
+files), so scanning is cheap. Geometry is reported as SimpleITK would build it: (x, y, z) order, mm, LPS.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
+from .series import DICOM, VOLUME, Geometry, SeriesInfo, error_text, hash_id
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+SUPPORTED_MODALITIES = ("CT", "MR")
+#: Modalities that never hold an image volume: reports, structure sets, segmentations, presentation states,
+#: key-object selections, encapsulated documents, waveforms, registrations.
+NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "SEG", "PR", "KO", "DOC", "ECG", "HD", "AU",
+                        "REG", "RWV", "PLAN", "FID"}
+
+
+@dataclass
+class ScanOptions:
+    """What counts as usable, and which usable series to keep.
+
+    ``modalities``: subset of CT/MR to keep. ``description_regex``: kept if it matches (``re.search``, case
+    insensitive) the series or the study description. ``min_slices``: fewer slices is a localizer/scout.
+    ``max_series``: keep at most this many usable series (in scan order). ``spacing_tolerance``: largest allowed
+    deviation of a slice gap from the median gap, as a fraction of the median. ``volume_modality``: modality
+    assumed for NIfTI/NRRD/MHA files ("auto": decided from intensities when the volume is read).
+    """
+
+    modalities: tuple[str, ...] = SUPPORTED_MODALITIES
+    description_regex: str | None = None
+    min_slices: int = 10
+    max_series: int | None = None
+    spacing_tolerance: float = 0.1
+    volume_modality: str = "auto"
+
+
+@dataclass
+class _Header:
+    """What discovery needs from one DICOM file (read with ``stop_before_pixels``)."""
+
+    path: str
+    size: int
+    ds: pydicom.Dataset
+    truncated: bool
+
+    def get(self, name: str, default=None):
+        value = self.ds.get(name, default)
+        return default if value is None or value == "" else value
+
+
+def is_volume_file(path: Path | str) -> bool:
+    """True for file names that SimpleITK reads as whole volumes (NIfTI, NRRD, MHA/MHD)."""
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool = False) -> list[SeriesInfo]:
+    """Every candidate volume under ``root`` (a folder, walked recursively, or a single file).
+
+    Returns usable and skipped records alike (``usable``/``reason``), sorted by patient, study and series. Files
+    that are neither DICOM nor volume files are ignored; DICOM files whose header cannot be parsed are reported one
+    record each.
+    """
+    options = options or ScanOptions()
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    records: list[SeriesInfo] = []
+    by_series: dict[str, list[_Header]] = defaultdict(list)
+    for path in tqdm(list(_walk(root)), desc="scan", unit="file", disable=not progress):
+        if is_volume_file(path):
+            records.append(_assess_volume(path, root, options))
+            continue
+        header = _read_header(path)
+        if isinstance(header, SeriesInfo):
+            records.append(header)
+        elif header is not None and not _is_directory_record(header):
+            by_series[str(header.get("SeriesInstanceUID", ""))].append(header)
+    for header in by_series.pop("", []):
+        record = SeriesInfo(key=hash_id(header.path), kind=DICOM, files=[header.path], size_bytes=header.size)
+        records.append(record.skip("corrupt or incomplete DICOM header (no SeriesInstanceUID)"))
+    for uid, headers in by_series.items():
+        try:
+            records.extend(_assess_dicom_series(uid, headers, options))
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # malformed values, e.g. "1A"
+            record = SeriesInfo(key=hash_id(uid), kind=DICOM, files=sorted(h.path for h in headers), series_uid=uid,
+                                size_bytes=sum(h.size for h in headers))
+            records.append(record.skip(f"invalid DICOM header values ({type(exc).__name__}: {error_text(exc)})"))
+    records.sort(key=lambda r: (r.patient_id, r.study_uid, r.series_uid, r.key))
+    return _apply_filters(records, options)
+
+
+def _walk(root: Path) -> Iterator[str]:
+    """Files under ``root`` in a stable order, skipping hidden files and folders."""
+    if root.is_file():
+        yield str(root)
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.join(folder, name)
+
+
+def _read_header(path: str) -> _Header | SeriesInfo | None:
+    """The file's header; a skipped record for a broken DICOM file; None for a file that is not DICOM."""
+    try:
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # malformed elements: judged below from what could be parsed
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            remaining = os.fstat(fp.fileno()).st_size - fp.tell()
+    except InvalidDicomError:
+        return None
+    except Exception as exc:  # any parser failure means an unreadable file, reported with its cause
+        return SeriesInfo(key=hash_id(path), kind=DICOM, files=[path], size_bytes=_size(path)).skip(
+            f"unreadable DICOM file ({type(exc).__name__}: {exc})")
+    return _Header(path=path, size=_size(path), ds=ds, truncated=_is_truncated(ds, remaining))
+
+
+def _is_truncated(ds: pydicom.Dataset, remaining: int) -> bool:
+    """Whether fewer bytes follow the header than uncompressed pixel data needs (plus 8 bytes of element header)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if "Rows" not in ds or syntax is None or syntax.is_compressed:
+        return False
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated)
+    except (ValueError, TypeError, AttributeError):
+        return False  # cannot tell from malformed values; judged with the rest of the header
+    return remaining < needed // 8 + 8
+
+
+def _is_directory_record(header: _Header) -> bool:
+    """DICOMDIR index files list other files; they are not series."""
+    return str(header.ds.file_meta.get("MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _assess_volume(path: str, root: Path, options: ScanOptions) -> SeriesInfo:
+    """A NIfTI/NRRD/MHA/MHD file: usable when it is a 3D scalar volume with enough slices."""
+    rel = os.path.relpath(path, root) if root.is_dir() else os.path.basename(path)
+    modality = "" if options.volume_modality == "auto" else options.volume_modality
+    info = SeriesInfo(key=hash_id(rel), kind=VOLUME, files=[path], modality=modality, size_bytes=_size(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        return info.skip(f"unreadable volume file ({error_text(exc)})")
+    size = reader.GetSize()
+    if len(size) == 4 and size[3] == 1:
+        size = size[:3]
+    if len(size) != 3:
+        return info.skip(f"{len(size)}D image (a 3D volume is needed)")
+    direction = np.asarray(reader.GetDirection()).reshape(len(reader.GetSize()), -1)[:3, :3]
+    info.geometry = Geometry(tuple(size), reader.GetSpacing()[:3], reader.GetOrigin()[:3], tuple(direction.ravel()))
+    if reader.GetNumberOfComponents() != 1:
+        return info.skip(f"colour or vector image ({reader.GetNumberOfComponents()} components per voxel)")
+    if min(size) < options.min_slices:
+        return info.skip(f"too few slices ({min(size)} < {options.min_slices}): localizer or 2D stack")
+    return info
+
+
+def _assess_dicom_series(uid: str, headers: list[_Header], options: ScanOptions) -> list[SeriesInfo]:
+    """One record per series, or one per part when mixed orientations/sizes split it into stacks."""
+    first = headers[0]
+    info = SeriesInfo(
+        key=hash_id(uid or first.path), kind=DICOM, files=sorted(h.path for h in headers),
+        modality=str(first.get("Modality", "")).upper(), patient_id=str(first.get("PatientID", "")),
+        study_uid=str(first.get("StudyInstanceUID", "")), series_uid=uid,
+        description=str(first.get("SeriesDescription", "")), size_bytes=sum(h.size for h in headers),
+        extra={"study_description": str(first.get("StudyDescription", ""))},
+    )
+    reason = _series_problem(info, headers, options)
+    if reason:
+        return [info.skip(reason)]
+    if int(first.get("NumberOfFrames") or 1) > 1:
+        return [_assess_multiframe(info, options)]
+    stacks = _split_stacks(headers)
+    if len(stacks) == 1:
+        return [_assess_stack(info, headers, options)]
+    parts = []
+    for n, stack in enumerate(stacks, start=1):
+        part = replace(info, key=f"{info.key}.{n}", files=[h.path for h in stack],
+                       size_bytes=sum(h.size for h in stack), note=f"part {n} of {len(stacks)} (series mixes "
+                       "orientations or image sizes)")
+        parts.append(_assess_stack(part, stack, options))
+    return parts
+
+
+def _series_problem(info: SeriesInfo, headers: list[_Header], options: ScanOptions) -> str:
+    """Why the series as a whole cannot be a volume ("" when it might be)."""
+    first = headers[0]
+    if info.modality in NON_IMAGE_MODALITIES or ("Rows" not in first.ds and info.modality not in SUPPORTED_MODALITIES):
+        return f"non-image object (Modality {info.modality or '?'}, {_sop_class_name(first.ds)})"
+    if info.modality not in SUPPORTED_MODALITIES:
+        return f"modality {info.modality or '?'} is not CT or MR"
+    if any("Rows" not in h.ds for h in headers):
+        return "incomplete DICOM header: no image attributes (truncated file?)"
+    broken = [h for h in headers if h.truncated]
+    if broken:
+        return f"truncated file(s): {len(broken)} of {len(headers)} ({os.path.basename(broken[0].path)}, ...)"
+    image_type = [str(v).upper() for v in (first.get("ImageType") or [])]
+    if "LOCALIZER" in image_type:
+        return "localizer/scout (ImageType LOCALIZER)"
+    samples, photometric = int(first.get("SamplesPerPixel", 1)), str(first.get("PhotometricInterpretation", ""))
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        return f"colour image (PhotometricInterpretation {photometric or '?'}, {samples} samples per pixel)"
+    multiframe = int(first.get("NumberOfFrames") or 1) > 1
+    if multiframe and len(headers) > 1:
+        return f"{len(headers)} multi-frame files in one series (one enhanced volume per series is supported)"
+    if not multiframe and len(headers) == 1:
+        return "single 2D image"
+    return ""
+
+
+def _sop_class_name(ds: pydicom.Dataset) -> str:
+    sop = ds.get("SOPClassUID")
+    return getattr(sop, "name", str(sop)) if sop else "no SOP class"
+
+
+def _assess_multiframe(info: SeriesInfo, options: ScanOptions) -> SeriesInfo:
+    """An enhanced (multi-frame) CT/MR file: usable when SimpleITK/GDCM reads it as a 3D volume."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(info.files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        return info.skip(f"enhanced multi-frame file not readable by SimpleITK/GDCM ({error_text(exc)})")
+    size = reader.GetSize()
+    if len(size) != 3 or size[2] < options.min_slices:
+        return info.skip(f"enhanced multi-frame file read as size {size}, not a 3D volume of >= {options.min_slices}"
+                         " slices")
+    info.geometry = Geometry(tuple(size), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    return info
+
+
+def _split_stacks(headers: list[_Header]) -> list[list[_Header]]:
+    """Group slices by orientation, image size and pixel spacing (each group is one candidate stack)."""
+    groups: dict[tuple, list[_Header]] = defaultdict(list)
+    for h in headers:
+        orientation = tuple(np.round(np.asarray(h.get("ImageOrientationPatient", [0] * 6), float), 3) + 0.0)
+        spacing = tuple(np.round(np.asarray(h.get("PixelSpacing", [0, 0]), float), 3))
+        groups[(orientation, int(h.get("Rows", 0)), int(h.get("Columns", 0)), spacing)].append(h)
+    return list(groups.values())
+
+
+def _assess_stack(info: SeriesInfo, headers: list[_Header], options: ScanOptions) -> SeriesInfo:
+    """Sort slices along their normal and check count, positions and spacing; fill in the geometry."""
+    if any(h.get("ImagePositionPatient") is None or h.get("ImageOrientationPatient") is None for h in headers):
+        return info.skip("missing ImagePositionPatient or ImageOrientationPatient")
+    iop = np.asarray(headers[0].get("ImageOrientationPatient"), float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    positions = np.array([np.asarray(h.get("ImagePositionPatient"), float) for h in headers])
+    order = np.argsort(positions @ normal)
+    positions, headers = positions[order], [headers[i] for i in order]
+    info.files = [h.path for h in headers]
+    pixel_spacing = [float(v) for v in headers[0].get("PixelSpacing", [1.0, 1.0])]
+    gaps = np.diff(positions @ normal)
+    gap = float(np.median(gaps)) if len(gaps) else 0.0
+    info.geometry = Geometry((int(headers[0].get("Columns")), int(headers[0].get("Rows")), len(headers)),
+                             (pixel_spacing[1], pixel_spacing[0], gap), tuple(positions[0]),
+                             tuple(np.stack([row, col, normal], axis=1).ravel()))
+    if len(headers) < options.min_slices:
+        return info.skip(f"too few slices ({len(headers)} < {options.min_slices}): localizer or 2D stack")
+    if gaps.min() < 1e-3:
+        return info.skip(f"{int(np.sum(gaps < 1e-3))} slices share a position (several echoes, phases or repeats)")
+    if np.abs(gaps - gap).max() > options.spacing_tolerance * gap:
+        return info.skip(f"irregular slice spacing: gaps {gaps.min():.2f} to {gaps.max():.2f} mm, median {gap:.2f} mm"
+                         " (missing slices?)")
+    lateral = positions - positions[:1] - np.outer((positions - positions[:1]) @ normal, normal)
+    if np.linalg.norm(lateral, axis=1).max() > options.spacing_tolerance * gap:
+        return info.skip("slices are not stacked along their normal (gantry tilt or shifted slices)")
+    return info
+
+
+def _apply_filters(records: list[SeriesInfo], options: ScanOptions) -> list[SeriesInfo]:
+    """Mark usable records that the modality / description / count filters exclude."""
+    pattern = re.compile(options.description_regex, re.IGNORECASE) if options.description_regex else None
+    kept = 0
+    for r in records:
+        if not r.usable:
+            continue
+        if r.modality and r.modality not in options.modalities:
+            r.skip(f"filtered out: modality {r.modality} not in {', '.join(options.modalities)}")
+        elif pattern and not any(pattern.search(d) for d in _descriptions(r)):
+            r.skip(f"filtered out: description does not match {options.description_regex!r}")
+        elif options.max_series is not None and kept >= options.max_series:
+            r.skip(f"filtered out: beyond the first {options.max_series} series")
+        else:
+            kept += 1
+    return records
+
+
+def _descriptions(record: SeriesInfo) -> Iterable[str]:
+    return (record.description, str(record.extra.get("study_description", "")))
