@@ -479,3 +479,79 @@ def test_similarity_job_peaks_at_the_same_point_of_the_same_scan(tmp_path):
     assert similarity.GetSize() == image.GetSize() and similarity.GetSpacing() == image.GetSpacing()
     values = sitk.GetArrayFromImage(similarity)
     assert values.max() <= 1.0 + 1e-5 and values[14, 11, 20] > 0.99
+
+
+def test_real_gvsl_match_outputs_become_matching_nodes(scene, tmp_path):
+    """Volumes from the scene → ``gvsl match`` (the real command, in-process) → transform nodes that map fixed
+    points where the written transform does."""
+    import torch
+    from GVSLPretrainLib import match, transforms, volumes
+
+    from gvsl.checkpoints import gvsl_payload, save_checkpoint
+    from gvsl.cli import main
+    from gvsl.networks import GVSL
+    torch.manual_seed(1)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", gvsl_payload(GVSL((8, 8, 16, 16, 16, 16, 16, 8, 8)), 0))
+    fixed = sitk.SmoothingRecursiveGaussian(oblique_image(size=(30, 26, 22)), 2.0)
+    moving = sitk.SmoothingRecursiveGaussian(oblique_image(size=(28, 28, 20), seed=5), 2.0)
+    fixed_node = volumes.add_volume_node(scene, fixed, "fixed")
+    moving_node = volumes.add_volume_node(scene, moving, "moving")
+    fixed_path, moving_path = match.write_match_inputs(fixed_node, moving_node, tmp_path / "inputs")
+    command = match.match_command(fixed_path, moving_path, checkpoint, tmp_path / "out", "cpu")
+    assert main([*command[3:], "--spacing", "2", "2", "2", "--max-size", "32", "32", "32", "--fixed-modality", "MR",
+                 "--moving-modality", "MR"]) == 0
+
+    result = match.load_match_outputs(tmp_path / "out")
+    shown = match.show_match(scene, result, fixed_node)
+    assert [n.GetClassName() for n in shown["transforms"]] == ["vtkMRMLGridTransformNode",
+                                                               "vtkMRMLLinearTransformNode"]
+    np.testing.assert_allclose(ijk_to_ras(shown["warped"]), ijk_to_ras(fixed_node), atol=1e-9)
+    rng = np.random.default_rng(2)
+    for index in rng.uniform(3, 18, size=(20, 3)):
+        point_lps = fixed.TransformContinuousIndexToPhysicalPoint(tuple(index))
+        moved_ras = transforms.transform_point_from_world(shown["transforms"][-1], volumes.flip_lps_ras(point_lps))
+        np.testing.assert_allclose(volumes.flip_lps_ras(moved_ras), result.transform.TransformPoint(point_lps),
+                                   atol=1e-3)
+
+
+def test_real_pretraining_is_followed_stopped_and_resumed(tmp_path):
+    """``gvsl pretrain`` started as the module starts it: progress from its event file, Stop by the STOP file (a
+    clean exit with a checkpoint), then Resume. Tiny network and volumes on the CPU."""
+    from scipy.ndimage import gaussian_filter
+    (tmp_path / "volumes").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image = sitk.GetImageFromArray(gaussian_filter(rng.random((36, 40, 36)), 3).astype(np.float32) * 1000)
+        sitk.WriteImage(image, str(tmp_path / "volumes" / f"vol{i}.nii.gz"))
+    tiny = ["--channels", "8,8,16,16,16,16,16,8,8", "--workers", "0", "--no-tensorboard", "--log-every", "1",
+            "--checkpoint-every", "1000"]
+    run_dir = tmp_path / "run"
+    command = runs.pretrain_command(tmp_path / "volumes", run_dir, iterations=10_000, patch=32, batch=1, lr=1e-4,
+                                    precision="fp32", device="cpu")
+    process = runs.BackgroundProcess(command + tiny, run_dir / runs.PROCESS_LOG_NAME)
+    run = runs.RunFolder(run_dir)
+
+    def follow(until, timeout=240):
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            run.poll()
+            process.kill_if_overdue()
+            time.sleep(0.2)
+        run.poll()
+        assert until(), run.new_log()
+
+    follow(lambda: run.progress.iteration >= 2)
+    assert run.progress.state == "running" and run.progress.iterations == 10_000
+    assert {"loss"} <= set(run.progress.curves) and run.progress.eta_s > 0
+    run.request_stop()
+    process.stop(grace_s=120)
+    follow(lambda: process.poll() is not None)
+    assert process.poll() == 0 and run.progress.state == "stopped" and run.checkpoints()
+    stopped_at = run.progress.iteration
+
+    process = runs.BackgroundProcess(runs.resume_command(run_dir) + ["--iterations", str(stopped_at + 2)],
+                                     run_dir / runs.PROCESS_LOG_NAME)
+    follow(lambda: process.poll() is not None)
+    assert process.poll() == 0 and run.progress.state == "finished"
+    assert run.progress.iteration == stopped_at + 2 and run.progress.fraction == 1.0
+    assert "gvsl pretrain" in run.new_log()
