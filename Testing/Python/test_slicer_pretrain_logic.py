@@ -346,7 +346,7 @@ def test_commands_parse_with_the_backend_cli(tmp_path):
     assert scan.json and scan.modality == ["MR"]
 
 
-def test_match_command_and_files_agree_with_the_backend(tmp_path):
+def test_match_command_and_files_agree_with_the_backend(scene, tmp_path):
     from GVSLPretrainLib import match
 
     from gvsl.cli import available_commands, build_parser
@@ -454,7 +454,7 @@ def test_slicer_provided_packages_are_never_installed():
     assert missing == ["surely-not-installed-gvsl-test>=1"]
 
 
-def test_similarity_job_peaks_at_the_same_point_of_the_same_scan(tmp_path):
+def test_similarity_job_peaks_at_the_same_point_of_the_same_scan(scene, tmp_path):
     import subprocess
 
     import torch
