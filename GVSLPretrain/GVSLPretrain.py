@@ -613,15 +613,12 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
         """``gvsl match`` on the two volumes in the background; returns the job: ``process``, ``outDir`` and
         ``inputs`` (what ``startSimilarity`` needs).
 
-        ``device`` as for pre-training; "auto" picks CUDA when Slicer's torch sees a GPU, else the CPU.
+        ``device`` as for pre-training; "auto" lets the backend pick CUDA, then Apple MPS, then the CPU.
         """
         folder = self._workFolder("match")
         fixedPath, movingPath = match.write_match_inputs(fixedNode, movingNode, folder)
         outDir = folder / "out"
-        if device in ("", "auto"):
-            import torch  # the logic may: torch is installed by now (ensureBackend); the widget never imports it
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device or "auto"
         inputs = (fixedPath, movingPath, checkpoint, device)
         process = runs.BackgroundProcess(match.match_command(*inputs[:3], outDir, device), folder / "match.log")
         return SimpleNamespace(process=process, outDir=outDir, inputs=inputs)

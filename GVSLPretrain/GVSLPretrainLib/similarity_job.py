@@ -15,10 +15,7 @@ SIMILARITY_NAME = "similarity.nrrd"
 def main(argv=None) -> int:
     import SimpleITK as sitk
 
-    from gvsl.checkpoints import load_gvsl
     from gvsl.commands import match as match_command
-    from gvsl.data import PrepareConfig
-    from gvsl.match import MatchConfig, match_volumes
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     match_command.add_arguments(parser)
@@ -26,13 +23,7 @@ def main(argv=None) -> int:
                         help="the fixed point, physical LPS millimetres")
     args = parser.parse_args(argv)
     try:
-        config = MatchConfig(prepare=PrepareConfig(target_spacing=tuple(args.spacing), ct_window=tuple(args.ct_window),
-                                                   mr_percentiles=tuple(args.mr_percentiles)),
-                             max_size_xyz=tuple(args.max_size))
-        model, _ = load_gvsl(args.checkpoint, device=args.device)
-        result = match_volumes(match_command.read_image(args.fixed), match_command.read_image(args.moving), model,
-                               fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
-                               config=config, device=args.device)
+        result, _, _ = match_command.compute_match(args)
         similarity = result.feature_similarity(args.point_lps)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(similarity, str(Path(args.out) / SIMILARITY_NAME))

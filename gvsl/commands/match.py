@@ -10,9 +10,10 @@ from typing import Callable
 
 import SimpleITK as sitk
 
-from ..checkpoints import load_gvsl
+from ..checkpoints import CheckpointInfo, load_gvsl
 from ..data import PrepareConfig
 from ..match import MatchConfig, MatchResult, match_volumes
+from ..train.device import select_device
 
 HELP = "Register two scans with a GVSL network: ITK transform, warped moving image, metrics, propagated labels."
 TRANSFORM_FILE = "transform.h5"
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("fixed", "moving"):
         parser.add_argument(f"--{name}-modality", choices=("auto", "CT", "MR"), default="auto",
                             help=f"modality of the {name} scan (default: inferred from its intensities)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--spacing", type=float, nargs=3, default=prepare.target_spacing, metavar=("X", "Y", "Z"),
                         help="target voxel size in mm, as in training (default 1 1 1)")
     parser.add_argument("--ct-window", type=float, nargs=2, default=prepare.ct_window, metavar=("LO", "HI"),
@@ -89,17 +91,27 @@ def write_outputs(out_dir: Path, result: MatchResult, extra: dict[str, object],
     return [final for _, final in staged]
 
 
+def compute_match(args: argparse.Namespace) -> tuple[MatchResult, CheckpointInfo, sitk.Image | None]:
+    """Read the inputs named by the parsed ``args``, load the checkpoint and match (also used by Slicer's probe).
+
+    Returns the match, what the checkpoint is, and the label image to propagate (None without ``--labels``).
+    """
+    config = MatchConfig(prepare=PrepareConfig(target_spacing=tuple(args.spacing),
+                                               ct_window=tuple(args.ct_window),
+                                               mr_percentiles=tuple(args.mr_percentiles)),
+                         max_size_xyz=tuple(args.max_size))
+    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    labels = read_image(args.labels) if args.labels else None
+    device = select_device(args.device)
+    model, info = load_gvsl(args.checkpoint, device=device)
+    result = match_volumes(fixed, moving, model, fixed_modality=args.fixed_modality,
+                           moving_modality=args.moving_modality, config=config, device=device)
+    return result, info, labels
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        config = MatchConfig(prepare=PrepareConfig(target_spacing=tuple(args.spacing),
-                                                   ct_window=tuple(args.ct_window),
-                                                   mr_percentiles=tuple(args.mr_percentiles)),
-                             max_size_xyz=tuple(args.max_size))
-        fixed, moving = read_image(args.fixed), read_image(args.moving)
-        labels = read_image(args.labels) if args.labels else None
-        model, info = load_gvsl(args.checkpoint, device=args.device)
-        result = match_volumes(fixed, moving, model, fixed_modality=args.fixed_modality,
-                               moving_modality=args.moving_modality, config=config, device=args.device)
+        result, info, labels = compute_match(args)
         extra = {"conventions": info.conventions, "fixed": str(args.fixed), "moving": str(args.moving),
                  "checkpoint": str(args.checkpoint)}
         written = write_outputs(Path(args.out), result, extra, labels)
