@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-every", type=int, default=s, help="iterations between TensorBoard panels (1000)")
     boolean = argparse.BooleanOptionalAction
     parser.add_argument("--activation-checkpointing", action=boolean, default=s,
-                        help="recompute activations in backward to save memory (about 30 %% slower)")
-    parser.add_argument("--channels-last", action=boolean, default=s, help="channels-last-3d memory layout (on)")
+                        help="recompute activations in backward to save memory (costs about one more forward pass)")
+    parser.add_argument("--channels-last", action=boolean, default=s,
+                        help="channels-last-3d memory layout (default: on CUDA only)")
     parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
     parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
 

@@ -69,6 +69,11 @@ def select_precision(name: str, device: torch.device) -> Precision:
     raise ValueError(f"unknown precision {name!r} (use auto, fp32, bf16 or fp16)")
 
 
+def use_channels_last(setting: Optional[bool], device: torch.device) -> bool:
+    """The channels-last-3d layout: as set, or (None) on CUDA only, where it speeds up cuDNN convolutions."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak for ``peak_memory_bytes`` on CUDA (the process RSS peak cannot be reset)."""
     if device.type == "cuda":

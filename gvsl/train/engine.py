@@ -42,6 +42,7 @@ from gvsl.train.device import (
     peak_memory_bytes,
     select_device,
     select_precision,
+    use_channels_last,
 )
 from gvsl.train.distributed import (
     DistributedContext,
@@ -160,7 +161,8 @@ class Trainer:
         self.context, self.device, self.precision, self.events = context, device, precision, events
         payload = load_checkpoint(resume_from, map_location=device) if resume_from else None
         self.model = load_gvsl(payload, device=device)[0] if payload else build_model(config, device)
-        if config.channels_last:
+        channels_last = use_channels_last(config.channels_last, device)
+        if channels_last:
             self.model.to(memory_format=torch.channels_last_3d)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
@@ -178,7 +180,7 @@ class Trainer:
             network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         weights = LossWeights(config.weight_ncc, config.weight_mse, config.weight_smooth)
         self.step = TrainStep(network, self.optimizer, self.scaler, GVSLAugmentation(AugmentationConfig()),
-                              precision, device, weights, channels_last=config.channels_last)
+                              precision, device, weights, channels_last=channels_last)
         self.writer = None
         if config.tensorboard and context.is_main:
             from torch.utils.tensorboard import SummaryWriter
