@@ -1,12 +1,37 @@
-"""GVSL Segmentation: the Slicer module (Module / Widget / Test). Logic that touches MRML lives in GVSLSegmentLib."""
-import os
+"""GVSL Segmentation: the Slicer module (Module / Widget / Logic / Test).
 
+The widget wires the panel; the logic calls ``GVSLSegmentLib`` and the shared ``GVSLPretrainLib`` (MRML and the
+``gvsl`` backend processes, no Qt) and never imports torch: fine-tuning, segmentation and matching run as ``gvsl``
+processes with Slicer's Python.
+"""
+import os
+import pathlib
+import shutil
+from types import SimpleNamespace
+from typing import Annotated
+
+import qt
 import slicer
+import vtk
+from GVSLPretrainLib import match, plots, runs, volumes
+from GVSLSegmentLib import finetuning, results, training_data
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+
+from GVSLPretrain import GVSLPretrainLogic, GVSLPretrainWidget, _pathOrNone
+
+POLL_INTERVAL_MS = 1000
+STOP_GRACE_S = 120.0
+LAST_RUN_SETTING = "GVSLSegment/lastRunFolder"
+TRAINING_DATA_DIR = "training_data"  # the scene's cases are exported into the run folder, next to the run
+CHART = "GVSL fine-tuning"  # losses at logged iterations, validation Dice at validations
 
 
 def _ui_path(module_dir):
@@ -17,17 +42,25 @@ def _ui_path(module_dir):
     return os.path.join(module_dir, os.pardir, "Resources", "UI", "GVSLSegment.ui")
 
 
+#
+# Module
+#
+
+
 class GVSLSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "GVSL Segmentation"
         self.parent.categories = ["GVSL"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["GVSLPretrain"]
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
         self.parent.helpText = (
-            "Fine-tune a pre-trained GVSL network into a segmentation model with few labelled cases, "
-            "and segment new scans. "
-            "This version provides the backend (the <code>gvsl</code> command); the module's panels are being built."
+            "Fine-tune a pre-trained GVSL network into a segmentation model with few labelled cases, and segment "
+            "new scans. <b>Training data</b>: (volume, segmentation) pairs from the scene, whose segments are "
+            "matched by name, or a folder of labelled cases. <b>Fine-tune</b>: runs <code>gvsl finetune</code> "
+            "in the background; the run folder keeps its progress, so the module reconnects to it later. "
+            "<b>Segment</b>: runs the fine-tuned model on a volume, or carries an atlas segmentation onto it "
+            "through the matches a pre-trained network finds (no fine-tuning)."
         )
         self.parent.acknowledgementText = (
             "Geometric Visual Similarity Learning: Y. He et al., CVPR 2023. "
@@ -35,20 +68,443 @@ class GVSLSegment(ScriptedLoadableModule):
         )
 
 
-class GVSLSegmentWidget(ScriptedLoadableModuleWidget):
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class GVSLSegmentParameterNode:
+    """The module's settings, saved with the scene (names match SlicerParameterName in the .ui file).
+
+    The training cases' table lives in the widget (its rows are node pairs).
+    """
+
+    caseVolume: vtkMRMLScalarVolumeNode
+    caseSegmentation: vtkMRMLSegmentationNode
+    dataFolder: pathlib.Path
+    runFolder: pathlib.Path
+    initCheckpoint: pathlib.Path
+    mode: Annotated[str, Choice(list(finetuning.MODES))] = "finetune"
+    iterations: Annotated[int, WithinRange(1, 10_000_000)] = 5000
+    patchSize: Annotated[int, WithinRange(16, 512)] = 96
+    batchSize: Annotated[int, WithinRange(1, 256)] = 2
+    learningRate: Annotated[float, WithinRange(1e-7, 1.0), Decimals(7)] = 1e-4
+    validationInterval: Annotated[int, WithinRange(1, 10_000_000)] = 250
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
+    device: str = "auto"
+    model: pathlib.Path
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    matchCheckpoint: pathlib.Path
+    atlasVolume: vtkMRMLScalarVolumeNode
+    atlasSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# Widget
+#
+
+
+class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    ensureBackend = GVSLPretrainWidget.ensureBackend  # the same confirmation and installation as GVSLPretrain
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._timer = None
+        self._trainProcess = None
+        self._run = None  # runs.RunFolder being shown
+        self._chartShown = False
+        self._segmentJob = None  # SimpleNamespace(process, labels, table, inputNode, outputName)
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        ui_widget = slicer.util.loadUI(_ui_path(os.path.dirname(__file__)))
-        self.layout.addWidget(ui_widget)
-        self.ui = slicer.util.childWidgetVariables(ui_widget)
-        ui_widget.setMRMLScene(slicer.mrmlScene)
-        self.layout.addStretch(1)
+        uiWidget = slicer.util.loadUI(_ui_path(os.path.dirname(__file__)))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = GVSLSegmentLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+
+        self.ui.sceneRadioButton.connect("toggled(bool)", self.updateDataSource)
+        self.ui.addCaseButton.connect("clicked(bool)", self.onAddCase)
+        self.ui.removeCaseButton.connect("clicked(bool)", self.onRemoveCases)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRunFolderChanged)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResume)
+        self.ui.useRunModelButton.connect("clicked(bool)", self.onUseRunModel)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.segmentByMatchingButton.connect("clicked(bool)", self.onSegmentByMatching)
+
+        self.initializeParameterNode()
+        self.updateDataSource()
+        self._timer.start()
+
+    def cleanup(self):
+        """A segmentation job ends with the widget; a fine-tuning run goes on and is reconnected to later."""
+        self._timer.stop()
+        if self._segmentJob is not None:
+            self._segmentJob.process.kill()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+        self.ui.casesTableWidget.setRowCount(0)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if _pathOrNone(self._parameterNode.runFolder) is None:
+            last = qt.QSettings().value(LAST_RUN_SETTING)
+            if last:
+                self._parameterNode.runFolder = pathlib.Path(last)
+        self.onRunFolderChanged()
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # Training data
+
+    def updateDataSource(self, _checked=None):
+        fromScene = self.ui.sceneRadioButton.checked
+        for widget in (self.ui.casesTableWidget, self.ui.caseVolumeSelector, self.ui.caseSegmentationSelector,
+                       self.ui.addCaseButton, self.ui.removeCaseButton):
+            widget.enabled = fromScene
+        self.ui.dataFolderPathLineEdit.enabled = not fromScene
+
+    def onAddCase(self, _checked=None):
+        """Add the chosen (volume, segmentation) pair as a row; each node shows by name, its ID kept with it."""
+        volume, segmentation = self.ui.caseVolumeSelector.currentNode(), self.ui.caseSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            slicer.util.warningDisplay("Choose a volume and the segmentation drawn on it.")
+            return
+        table = self.ui.casesTableWidget
+        row = table.rowCount
+        table.insertRow(row)
+        for column, node in enumerate((volume, segmentation)):
+            item = qt.QTableWidgetItem(node.GetName())
+            item.setData(qt.Qt.UserRole, node.GetID())
+            table.setItem(row, column, item)
+
+    def onRemoveCases(self, _checked=None):
+        table = self.ui.casesTableWidget
+        for row in sorted({item.row() for item in table.selectedItems()}, reverse=True):
+            table.removeRow(row)
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node):
+        """Rows whose volume or segmentation left the scene go with it."""
+        table = self.ui.casesTableWidget
+        for row in reversed(range(table.rowCount)):
+            if node.GetID() in (table.item(row, column).data(qt.Qt.UserRole) for column in (0, 1)):
+                table.removeRow(row)
+
+    def _cases(self):
+        table = self.ui.casesTableWidget
+        return [training_data.TrainingCase(*(slicer.mrmlScene.GetNodeByID(table.item(row, column).data(qt.Qt.UserRole))
+                                             for column in (0, 1)))
+                for row in range(table.rowCount)]
+
+    def _trainingData(self, runFolder):
+        """DATA for ``gvsl finetune``: the chosen folder, or the scene's cases exported into the run folder."""
+        if not self.ui.sceneRadioButton.checked:
+            folder = _pathOrNone(self._parameterNode.dataFolder)
+            if folder is None:
+                raise ValueError("Choose the folder of labelled cases.")
+            return folder
+        table = self.logic.exportTrainingData(self._cases(), runFolder / TRAINING_DATA_DIR)
+        names = ", ".join(entry["name"] for entry in table["labels"])
+        self.ui.logTextEdit.appendPlainText(f"Exported {self.ui.casesTableWidget.rowCount} cases; labels: {names}.")
+        return runFolder / TRAINING_DATA_DIR
+
+    # Fine-tuning
+
+    def onRunFolderChanged(self, _path=None):
+        """Show the run in the output folder (reconnect to a running or finished run) or prepare a new one."""
+        runFolder = _pathOrNone(self.ui.runFolderPathLineEdit.currentPath)
+        if self._run is not None and runFolder == self._run.path:
+            return
+        self._run = runs.RunFolder(runFolder) if runFolder is not None else None
+        self._chartShown = False
+        self.ui.logTextEdit.clear()
+        if self._run is not None and self._run.exists():
+            qt.QSettings().setValue(LAST_RUN_SETTING, str(runFolder))
+            self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
+            self._pollRun()
+        self.updateRunPanel()
+
+    def onStart(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
+            p = self._parameterNode
+            runFolder = _pathOrNone(p.runFolder)
+            if runFolder is None:
+                raise ValueError("Choose the output folder.")
+            if p.mode != "scratch" and _pathOrNone(p.initCheckpoint) is None:
+                raise ValueError("Choose the pre-trained checkpoint (or the scratch mode).")
+            dataPath = self._trainingData(runFolder)
+            if not self.ensureBackend():
+                return
+            self._trainProcess = self.logic.startFinetuning(p, dataPath)
+            self._startedRun()
+
+    def onResume(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not resume fine-tuning.", waitCursor=True):
+            if not self.ensureBackend():
+                return
+            self._trainProcess = self.logic.resumeFinetuning(self._run.path)
+            self._startedRun()
+
+    def _startedRun(self):
+        qt.QSettings().setValue(LAST_RUN_SETTING, str(self._run.path))
+        self._run.progress.state = "running"
+        self.updateRunPanel()
+
+    def onStop(self, _checked=None):
+        self._run.request_stop()
+        if self._trainProcess is not None:
+            self._trainProcess.stop(grace_s=STOP_GRACE_S)
+        self.ui.logTextEdit.appendPlainText(
+            f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
+
+    def _pollRun(self):
+        if self._run is None:
+            return
+        changed = bool(self._run.poll())
+        output = self._run.new_log()
+        if output:
+            self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
+        if self._trainProcess is not None:
+            self._trainProcess.kill_if_overdue()
+            code = self._trainProcess.poll()
+            if code is not None:
+                self._trainProcess = None
+                self.ui.logTextEdit.appendPlainText(f"gvsl finetune exited with status {code}.")
+                if self._run.progress.state == "running":
+                    self._run.progress.state = "failed" if code else "stopped"
+                changed = True
+        if changed:
+            self.updateRunPanel()
+
+    def updateRunPanel(self):
+        run = self._run
+        progress = run.progress if run is not None else runs.RunProgress()
+        running = self._trainProcess is not None or progress.state == "running"
+        hasRun = run is not None and run.exists()
+        self.ui.startButton.enabled = run is not None and not hasRun and not running
+        self.ui.stopButton.enabled = running
+        self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
+            run.checkpoints())
+        self.ui.progressBar.value = int(round(100 * progress.fraction))
+        if run is None:
+            self.ui.progressLabel.text = "Choose an output folder."
+            return
+        losses, dice = finetuning.split_curves(progress.curves)
+        parts = [progress.message or progress.state, f"iteration {progress.iteration}"
+                 + (f" of {progress.iterations}" if progress.iterations else "")]
+        if losses.get("loss"):
+            parts.append(f"loss {losses['loss'][-1][1]:.4f}")
+        if dice.get(finetuning.MEAN_DICE_NAME):
+            parts.append(f"validation Dice {dice[finetuning.MEAN_DICE_NAME][-1][1]:.3f}")
+        if progress.eta_s is not None and progress.state == "running":
+            parts.append(f"ETA {runs.format_duration(progress.eta_s)}")
+        self.ui.progressLabel.text = ", ".join(parts)
+        if losses:
+            chart = plots.update_loss_chart(slicer.mrmlScene, losses, CHART, y_title="loss / Dice")
+            if dice:
+                plots.update_loss_chart(slicer.mrmlScene, dice, CHART, y_title="loss / Dice",
+                                        table_name=f"{CHART} Dice table")
+            if not self._chartShown:
+                slicer.modules.plots.logic().ShowChartInLayout(chart)
+                self._chartShown = True
+
+    # Segmentation
+
+    def onUseRunModel(self, _checked=None):
+        """The output folder's run as the model (``gvsl segment`` takes its best model)."""
+        if self._run is None or not self._run.exists():
+            slicer.util.warningDisplay("Choose the fine-tuning run's output folder first.")
+            return
+        self._parameterNode.model = self._run.path
+
+    def onSegment(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not segment.", waitCursor=True):
+            p = self._parameterNode
+            model = _pathOrNone(p.model)
+            if model is None or not p.inputVolume:
+                raise ValueError("Choose a model (a fine-tuning run folder or its checkpoint) and an input volume.")
+            if not self.ensureBackend():
+                return
+            self._startSegmentJob(self.logic.startSegmentation(p.inputVolume, model, p.device),
+                                  f"{p.inputVolume.GetName()} segmentation")
+
+    def onSegmentByMatching(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay("Could not segment by matching.", waitCursor=True):
+            p = self._parameterNode
+            checkpoint = _pathOrNone(p.matchCheckpoint)
+            if checkpoint is None or not p.inputVolume or not p.atlasVolume or not p.atlasSegmentation:
+                raise ValueError("Choose a pre-trained checkpoint, an input volume, and an atlas volume with its "
+                                 "segmentation.")
+            if not self.ensureBackend():
+                return
+            job = self.logic.startSegmentationByMatching(p.inputVolume, p.atlasVolume, p.atlasSegmentation,
+                                                         checkpoint, p.device)
+            self._startSegmentJob(job, f"{p.atlasSegmentation.GetName()} on {p.inputVolume.GetName()}")
+
+    def _startSegmentJob(self, job, outputName):
+        job.inputNode, job.outputName = self._parameterNode.inputVolume, outputName
+        self._segmentJob = job
+        self.ui.segmentButton.enabled = self.ui.segmentByMatchingButton.enabled = False
+        self.ui.segmentStatusLabel.text = "Segmenting…"
+
+    def _pollSegment(self):
+        job = self._segmentJob
+        code = job.process.poll()
+        if code is None:
+            return
+        self._segmentJob = None
+        self.ui.segmentButton.enabled = self.ui.segmentByMatchingButton.enabled = True
+        if code != 0:
+            self.ui.segmentStatusLabel.text = f"Segmentation failed ({code}): {job.process.new_output()[-2000:]}"
+            return
+        with slicer.util.tryWithErrorDisplay("Could not show the segmentation.", waitCursor=True):
+            p = self._parameterNode
+            output = results.import_label_map(slicer.mrmlScene, *results.read_label_map(job.labels, job.table),
+                                              job.inputNode, p.outputSegmentation, job.outputName)
+            p.outputSegmentation = output
+            slicer.util.setSliceViewerLayers(background=job.inputNode, fit=True)
+            count = output.GetSegmentation().GetNumberOfSegments()
+            self.ui.segmentStatusLabel.text = f"{output.GetName()}: {count} segments (files in {job.labels.parent})."
+
+    # Timer
+
+    def onPoll(self):
+        """Non-blocking check of the background jobs, once per timer tick."""
+        if self._segmentJob is not None:
+            self._pollSegment()
+        self._pollRun()
+
+
+#
+# Logic
+#
+
+
+class GVSLSegmentLogic(GVSLPretrainLogic):
+    """Starts the ``gvsl`` processes and turns their outputs into nodes; no Qt widgets, no torch.
+
+    The backend installation and the work folders are GVSLPretrain's.
+    """
+
+    def getParameterNode(self):
+        return GVSLSegmentParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
+
+    @staticmethod
+    def exportTrainingData(cases, folder):
+        """Write the (volume, segmentation) cases in ``gvsl finetune``'s format into ``folder`` (the module's own
+        export folder in a run folder: an earlier export, from a start that did not go through, is replaced);
+        returns the label table."""
+        folder = pathlib.Path(folder)
+        if folder.exists():
+            shutil.rmtree(folder)
+        return training_data.export_training_data(slicer.mrmlScene, cases, folder)
+
+    @staticmethod
+    def startFinetuning(parameterNode, dataPath):
+        p = parameterNode
+        runFolder = _pathOrNone(p.runFolder)
+        command = finetuning.finetune_command(dataPath, _pathOrNone(p.initCheckpoint), runFolder, mode=p.mode,
+                                              iterations=p.iterations, patch=p.patchSize, batch=p.batchSize,
+                                              lr=p.learningRate, val_every=p.validationInterval,
+                                              precision=p.precision, device=p.device or "auto")
+        return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
+
+    @staticmethod
+    def resumeFinetuning(runFolder):
+        command = runs.resume_command(runFolder, "finetune")
+        return runs.BackgroundProcess(command, pathlib.Path(runFolder) / runs.PROCESS_LOG_NAME)
+
+    def startSegmentation(self, inputNode, model, device="auto"):
+        """``gvsl segment`` on the volume in the background; returns the job: ``process``, ``labels`` (the label
+        map it writes) and ``table`` (its label table)."""
+        folder = self._workFolder("segment")
+        imagePath, labels = folder / "input.nrrd", folder / "segmentation.nrrd"
+        volumes.write_volume_node(inputNode, imagePath, "input volume")
+        process = runs.BackgroundProcess(finetuning.segment_command(imagePath, model, labels, device or "auto"),
+                                         folder / "segment.log")
+        return SimpleNamespace(process=process, labels=labels, table=training_data.label_table_path(labels))
+
+    def startSegmentationByMatching(self, inputNode, atlasNode, atlasSegmentationNode, checkpoint, device="auto"):
+        """``gvsl match INPUT ATLAS --labels ATLAS_LABELS``: the atlas segmentation carried onto the input through
+        the learned matches; returns the job as ``startSegmentation`` does (the table is the atlas's)."""
+        folder = self._workFolder("atlas")
+        inputPath, atlasPath = match.write_match_inputs(inputNode, atlasNode, folder)
+        atlasLabels = training_data.write_label_map(slicer.mrmlScene, atlasSegmentationNode, atlasNode,
+                                                    folder / "atlas_labels.nrrd")
+        outDir = folder / "out"
+        command = match.match_command(inputPath, atlasPath, checkpoint, outDir, device or "auto", atlasLabels)
+        process = runs.BackgroundProcess(command, folder / "match.log")
+        return SimpleNamespace(process=process, labels=outDir / match.PROPAGATED_LABELS_NAME,
+                               table=training_data.label_table_path(atlasLabels))
+
+
+#
+# Test
+#
 
 
 class GVSLSegmentTest(ScriptedLoadableModuleTest):
-    def runTest(self):
+    def setUp(self):
         slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
         self.test_widget_loads()
+        self.test_label_map_becomes_segmentation()
 
     def test_widget_loads(self):
         self.assertTrue(os.path.exists(_ui_path(os.path.dirname(__file__))))
+        self.assertIsNotNone(GVSLSegmentLogic().getParameterNode())
+
+    def test_label_map_becomes_segmentation(self):
+        """A label map is imported with the table's names and colours and a closed surface, in Slicer itself."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        array = np.zeros((20, 24, 28), np.uint8)
+        array[4:12, 5:15, 6:18] = 2
+        node = volumes.add_volume_node(slicer.mrmlScene, sitk.GetImageFromArray(array.astype(np.int16)), "input")
+        labels = sitk.GetImageFromArray(array)
+        table = {"labels": [{"value": 1, "name": "liver", "color": [0.8, 0.4, 0.2]},
+                            {"value": 2, "name": "tumour", "color": [1.0, 1.0, 0.0]}]}
+        output = results.import_label_map(slicer.mrmlScene, labels, table, node)
+        segmentation = output.GetSegmentation()
+        self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(2)], ["tumour", "liver"])
+        self.assertTrue(segmentation.ContainsRepresentation("Closed surface"))
+        self.delayDisplay("Label map import OK")

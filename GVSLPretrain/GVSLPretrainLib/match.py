@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import SimpleITK as sitk
 import slicer
@@ -22,12 +23,19 @@ import vtk
 from .runs import gvsl_command
 from .similarity_job import SIMILARITY_NAME
 from .transforms import add_match_transform_nodes, show_transform
-from .volumes import add_volume_node, flip_lps_ras, image_from_volume_node, update_volume_node_from_image
+from .volumes import (
+    add_volume_node,
+    flip_lps_ras,
+    image_from_volume_node,
+    update_volume_node_from_image,
+    write_volume_node,
+)
 
 # Files of a ``gvsl match --out DIR`` folder that the module reads (gvsl.commands.match; a test checks them).
 TRANSFORM_NAME = "transform.h5"  # fixed -> moving, LPS, a composite (affine after displacement field)
 WARPED_NAME = "moving_warped.nii.gz"  # the moving volume resampled into the fixed grid
 METRICS_NAME = "metrics.json"
+PROPAGATED_LABELS_NAME = "labels_propagated.nii.gz"  # with --labels: the moving label map on the fixed grid
 
 
 def write_match_inputs(fixed_node, moving_node, folder: os.PathLike) -> tuple[Path, Path]:
@@ -36,10 +44,8 @@ def write_match_inputs(fixed_node, moving_node, folder: os.PathLike) -> tuple[Pa
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for role, node in (("fixed", fixed_node), ("moving", moving_node)):
-        if node.GetParentTransformNode() is not None:
-            raise ValueError(f"the {role} volume {node.GetName()!r} is under a transform: harden it or remove it first")
         path = folder / f"{role}.nrrd"
-        sitk.WriteImage(image_from_volume_node(node), str(path), useCompression=True)
+        write_volume_node(node, path, f"{role} volume")
         paths.append(path)
     return paths[0], paths[1]
 
@@ -50,9 +56,12 @@ def _match_arguments(fixed_path, moving_path, checkpoint, out_dir, device) -> li
 
 
 def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,
-                  out_dir: os.PathLike, device: str = "cpu") -> list[str]:
-    """The ``gvsl match`` command line (run with Slicer's Python) on a torch ``device`` (cpu, cuda, cuda:N, mps)."""
-    return gvsl_command("match", *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device))
+                  out_dir: os.PathLike, device: str = "cpu", moving_labels: Optional[os.PathLike] = None
+                  ) -> list[str]:
+    """The ``gvsl match`` command line (run with Slicer's Python) on a torch ``device`` (cpu, cuda, cuda:N, mps);
+    ``moving_labels``: a label map on the moving volume, carried onto the fixed grid (``PROPAGATED_LABELS_NAME``)."""
+    labels = ["--labels", str(moving_labels)] if moving_labels else []
+    return gvsl_command("match", *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device), *labels)
 
 
 def similarity_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,

@@ -1,6 +1,6 @@
 """Run folders and background ``gvsl`` processes, without Qt: the Slicer widget polls these from a timer.
 
-A run folder (``gvsl pretrain --out RUN_DIR``) holds ``events.jsonl`` (one JSON
+A run folder (``gvsl pretrain --out RUN_DIR``, or ``gvsl finetune``'s) holds ``events.jsonl`` (one JSON
 record per line, key ``"event"``), ``config.json``, ``checkpoints/*.pt`` and,
 while stopping, ``STOP``. The module never imports the backend (it may not be
 installed yet, and it imports torch), so the few names it relies on are
@@ -27,7 +27,7 @@ CONFIG_NAME = "config.json"
 PROCESS_LOG_NAME = "slicer-process.log"  # output of the process the module started, in the run folder
 FINAL_EVENTS = ("end", "error")
 NOT_LOSSES = frozenset({"event", "time", "iteration", "iterations", "lr", "it_per_s", "eta_s", "peak_memory_bytes",
-                        "memory_kind"})
+                        "memory_kind", "best_dice"})
 
 
 def gvsl_command(*args: str) -> list[str]:
@@ -44,9 +44,9 @@ def pretrain_command(data: os.PathLike, run_dir: os.PathLike, *, iterations: int
     return gvsl_command(*args, *(["--init", str(init)] if init else []))
 
 
-def resume_command(run_dir: os.PathLike) -> list[str]:
-    """``gvsl pretrain --resume RUN_DIR``: continue from the run's latest checkpoint."""
-    return gvsl_command("pretrain", "--resume", str(run_dir), "--no-progress")
+def resume_command(run_dir: os.PathLike, command: str = "pretrain") -> list[str]:
+    """``gvsl COMMAND --resume RUN_DIR`` (``pretrain`` or ``finetune``): continue from the run's latest checkpoint."""
+    return gvsl_command(command, "--resume", str(run_dir), "--no-progress")
 
 
 def scan_command(path: os.PathLike, modalities: Sequence[str] = ("CT", "MR")) -> list[str]:
@@ -111,8 +111,13 @@ class RunProgress:
             self.state = "running"
             self.it_per_s, self.eta_s = record.get("it_per_s"), record.get("eta_s")
             for name, value in record.items():
-                if name not in NOT_LOSSES and isinstance(value, (int, float)):
-                    self.curves.setdefault(name, []).append((self.iteration, float(value)))
+                if name in NOT_LOSSES:
+                    continue
+                # a mapping of numbers (fine-tuning's per-class Dice) gives one curve per key: "name/key"
+                for key, number in value.items() if isinstance(value, dict) else [("", value)]:
+                    if isinstance(number, (int, float)):
+                        curve = f"{name}/{key}" if key else name
+                        self.curves.setdefault(curve, []).append((self.iteration, float(number)))
         elif kind == "checkpoint":
             self.checkpoint = record.get("path", self.checkpoint)
         elif kind == "stop":
@@ -142,7 +147,8 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 class RunFolder:
-    """A pre-training run folder: its progress (from the event file), process log, checkpoints and stop request.
+    """A pre-training (or fine-tuning) run folder: its progress (from the event file), process log, checkpoints and
+    stop request.
 
     Everything is read from files, so a run started earlier (or by another Slicer session) is followed the same way.
     """

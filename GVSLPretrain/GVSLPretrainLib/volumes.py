@@ -8,6 +8,8 @@ harden a transformed volume first.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import SimpleITK as sitk
 import vtk
@@ -98,3 +100,11 @@ def image_from_volume_node(node) -> sitk.Image:
     image.SetOrigin(tuple(flip_lps_ras(node.GetOrigin())))
     image.SetDirection(tuple(direction_lps.ravel()))
     return image
+
+
+def write_volume_node(node, path: os.PathLike, role: str = "volume") -> None:
+    """Write a volume node's voxels in its own geometry (an LPS file, compressed); ValueError naming the ``role``
+    and the node when it is under a transform (its own geometry would not be where it is shown)."""
+    if node.GetParentTransformNode() is not None:
+        raise ValueError(f"the {role} {node.GetName()!r} is under a transform: harden it or remove it first")
+    sitk.WriteImage(image_from_volume_node(node), str(path), useCompression=True)

@@ -1,1 +1,7 @@
-"""Logic of the GVSLSegment module that talks to MRML and calls the gvsl backend; imports no Qt."""
+"""Logic of the GVSLSegment module that talks to MRML and runs the gvsl backend; imports no Qt and no torch.
+
+``training_data`` ((volume, segmentation) cases → ``gvsl finetune``'s folder, segments matched by name),
+``results`` (label map + label table → segmentation node with names, colours, reference geometry, closed surface,
+subject hierarchy place) and ``finetuning`` (``gvsl finetune``/``gvsl segment`` command lines, chart curves).
+Volumes, run folders, processes, charts and ``gvsl match`` come from ``GVSLPretrainLib``.
+"""
