@@ -1,6 +1,7 @@
 """Benchmark one GVSL pre-training step (augmentation + forward + loss + backward + Adam), as ``gvsl pretrain`` runs it.
 
-Reports seconds per iteration, iterations/s and peak memory (process peak RSS
+Reports seconds per iteration (wall clock, and this process's CPU seconds: less
+sensitive to other jobs on a shared machine), iterations/s and peak memory (process peak RSS
 on CPU, CUDA max allocated on GPU); with ``--flops``, the FLOPs of one step
 (torch.utils.flop_counter) and the achieved fraction of the device's peak.
 Pairs come from pre-loaded random tensors, or with ``--data CACHE`` from the
@@ -97,12 +98,13 @@ def main() -> None:
         step(*next(pairs), generator)
     synchronize(device)
     reset_peak_memory(device)
-    times = []
+    times, cpu_start = [], time.process_time()
     for _ in range(args.iterations):
         start = time.perf_counter()
         float(step(*next(pairs), generator).losses["loss"])  # waits for the step
         synchronize(device)
         times.append(time.perf_counter() - start)
+    cpu_per_it = (time.process_time() - cpu_start) / args.iterations
     memory, memory_kind = peak_memory_bytes(device)
     result = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
@@ -111,6 +113,7 @@ def main() -> None:
         "data": "loader" if args.data else "preloaded", "workers": args.workers if args.data else None,
         "threads": torch.get_num_threads(), "s_per_it_mean": statistics.mean(times),
         "s_per_it_median": statistics.median(times), "it_per_s": 1 / statistics.mean(times),
+        "process_cpu_s_per_it": cpu_per_it,
         "peak_memory_bytes": memory, "memory_kind": memory_kind,
     }
     if args.flops:

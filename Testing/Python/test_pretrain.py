@@ -172,6 +172,9 @@ def test_user_errors_are_clear(cache, tmp_path, capsys, monkeypatch):
     empty.mkdir()
     assert main(["pretrain", str(empty), "--out", str(tmp_path / "r1"), *TINY_FLAGS]) == 1
     assert "gvsl pretrain: error:" in capsys.readouterr().err
+    assert read_events(tmp_path / "r1" / "events.jsonl")[-1]["type"] == "NoUsableDataError"
+    # The failed run left no checkpoint, so the same folder can be used again.
+    assert main(["pretrain", str(cache), "--out", str(tmp_path / "r1"), "--iterations", "1", *TINY_FLAGS]) == 0
     if os.name == "posix" and os.geteuid() != 0:
         locked = tmp_path / "locked"
         locked.mkdir()

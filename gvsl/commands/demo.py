@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
                              workers=0, checkpoint_every=max(1, args.iterations // 3), log_every=args.log_every,
                              image_every=max(1, args.iterations // 3), progress=False)
         result = run_training(config, on_event=print_event)
+        if result.stopped:
+            print(f"Stopped at iteration {result.iteration}; checkpoint {result.checkpoint}")
+            return 0
         print("3/4 Matching two held-out volumes ...", flush=True)
         fixed_entry, moving_entry = open_cache(held_out_cache)[:2]
         fixed = np.asarray(fixed_entry.array(), np.float32)

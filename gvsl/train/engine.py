@@ -85,13 +85,15 @@ class TrainResult:
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     """Create/check the run folder before anything is trained; ValueError/TrainingError with a clear message.
 
-    A new run refuses a folder that already holds one (nothing is overwritten);
-    a resumed one needs its config and a checkpoint. Both need write access.
+    A new run refuses a folder holding checkpoints (nothing trained is
+    overwritten; a folder left by a run that failed before its first
+    checkpoint is reused, its events appended to); a resumed run needs its
+    config and a checkpoint. Both need write access.
     """
     if resume:
         if not (run_dir / CONFIG_NAME).is_file() or latest_checkpoint(run_dir) is None:
             raise ValueError(f"{run_dir} holds no run to resume (needs {CONFIG_NAME} and a checkpoint)")
-    elif (run_dir / CONFIG_NAME).exists() or list_checkpoints(run_dir) or (run_dir / EVENTS_NAME).exists():
+    elif list_checkpoints(run_dir):
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
