@@ -1,0 +1,121 @@
+"""The fine-tuning configuration: defaults, a JSON config file, command-line flags (as for pre-training).
+
+Precedence: defaults < ``--config FILE`` < flags. On ``--resume`` the run's own
+``config.json`` replaces the defaults and only ``RESUME_OVERRIDABLE`` may change.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+from gvsl.train.config import CONFIG_NAME, PRECISIONS, parse_channels, parse_patch, read_config_file
+
+MODES = ("finetune", "linear", "scratch")
+SCHEDULES = ("poly", "constant")
+RESUME_OVERRIDABLE = frozenset({
+    "iterations", "device", "precision", "workers", "checkpoint_every", "keep_checkpoints", "log_every",
+    "val_every", "tensorboard", "progress",
+})
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run.
+
+    ``data``: image/label pairs (see ``gvsl.finetune.data.find_cases``); ``labels``: a label table file (default:
+    the one found with the data). ``init``: pre-trained checkpoint (ours or the published GVSL state dict).
+    ``mode``: "finetune" (all weights), "linear" (frozen backbone, head only), "scratch" (random init).
+    Sizes in voxels of the preprocessed grid (``spacing`` mm, x, y, z); ``lr``: Adam's initial learning rate,
+    then ``schedule`` "poly" (lr (1 - i / iterations) ** 0.9 at iteration i, as nnU-Net) or "constant";
+    ``*_every`` in iterations;
+    ``foreground``: fraction of patches centred on a labelled voxel (class chosen uniformly among the labels
+    present); ``val_fraction``: share of cases held out for validation (at least one; a single case is reused).
+    """
+
+    data: Optional[str] = None
+    out: Optional[str] = None
+    init: Optional[str] = None
+    labels: Optional[str] = None
+    cache: Optional[str] = None
+    mode: str = "finetune"
+    iterations: int = 5000
+    patch: Tuple[int, int, int] = (96, 96, 96)
+    batch: int = 2
+    channels: Optional[Tuple[int, ...]] = None
+    lr: float = 1e-4
+    schedule: str = "poly"
+    weight_decay: float = 0.0
+    foreground: float = 0.5
+    augment: bool = True
+    val_fraction: float = 0.2
+    spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    modality: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 2
+    val_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.patch = parse_patch(self.patch)
+        if self.channels is not None:
+            self.channels = parse_channels(self.channels)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode != "scratch" and self.init is None:
+            raise ValueError(f"--mode {self.mode} starts from a pre-trained model: give --init CHECKPOINT "
+                             "(or use --mode scratch)")
+        for name in ("iterations", "batch", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay >= 0")
+        if not 0.0 <= self.foreground <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("foreground must be in [0, 1] and val_fraction in [0, 1)")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be three positive sizes in mm, got {self.spacing}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "configuration") -> FinetuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def resolve_finetune_config(flags: Mapping[str, Any], config_file: Optional[str] = None,
+                            resume_dir: Optional[str] = None) -> FinetuneConfig:
+    """The run's configuration from flags (only those set), a file, and a run to resume (see the module doc)."""
+    overrides = {**(read_config_file(config_file) if config_file else {}),
+                 **{k: v for k, v in flags.items() if v is not None}}
+    if resume_dir is None:
+        return FinetuneConfig.from_dict(overrides, source=str(config_file or "flags"))
+    saved_path = Path(resume_dir) / CONFIG_NAME
+    saved = FinetuneConfig.from_dict(read_config_file(saved_path), source=str(saved_path))
+    overrides.pop("out", None)
+    requested = FinetuneConfig.from_dict({**saved.to_dict(), **overrides}, source="flags")
+    changed = [k for k in overrides if k not in RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
+    if changed:
+        raise ValueError(f"--resume continues the run in {resume_dir} as configured; these settings cannot change: "
+                         f"{', '.join(sorted(changed))} (start a new run to change them)")
+    requested.out = str(resume_dir)
+    return requested

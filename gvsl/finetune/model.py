@@ -1,0 +1,49 @@
+"""The network a fine-tuning run starts from: pre-trained backbone (ours or published) or random, plus a new head."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from gvsl.checkpoints import describe, load_checkpoint, model_state_dict_matches
+from gvsl.networks import DEFAULT_CHANNELS
+from gvsl.segment.model import SegmentationNet
+from gvsl.train.state import derive_seed
+
+BACKBONE_PREFIX = "unet."
+
+
+def backbone_state(init: str) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
+    """The ``unet.*`` weights (prefix removed) and widths of a pre-training checkpoint or published state dict."""
+    payload = load_checkpoint(init)
+    if payload.get("format") == "gvsl-seg":
+        state, channels = payload["model"], tuple(payload["channels"])
+    else:
+        state, info = describe(payload)
+        channels = info.channels
+    return {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}, channels
+
+
+def build_model(mode: str, n_classes: int, seed: int, init: Optional[str] = None,
+                channels: Optional[Sequence[int]] = None) -> SegmentationNet:
+    """A ``SegmentationNet`` for ``mode``: "scratch" is random (seeded); "finetune"/"linear" load ``init``'s backbone.
+
+    The head is always new (seeded). ``channels`` must equal the checkpoint's widths when both are given
+    (ValueError naming the mis-shaped keys otherwise). "linear" freezes the backbone (``requires_grad=False``).
+    """
+    torch.manual_seed(derive_seed(seed, "init"))
+    if mode == "scratch":
+        return SegmentationNet(n_classes, channels or DEFAULT_CHANNELS)
+    if init is None:
+        raise ValueError(f"--mode {mode} needs --init CHECKPOINT")
+    state, init_channels = backbone_state(init)
+    model = SegmentationNet(n_classes, channels or init_channels)
+    try:
+        model_state_dict_matches(model.unet, state)
+    except ValueError as exc:
+        raise ValueError(f"--init {init} (widths {','.join(map(str, init_channels))}) does not fit a network of "
+                         f"widths {','.join(map(str, model.channels))}: {exc}") from exc
+    model.unet.load_state_dict(state, strict=True)
+    if mode == "linear":
+        model.unet.requires_grad_(False)
+    return model

@@ -1,0 +1,117 @@
+"""Segment a volume with a fine-tuned model: preprocessing as in training, sliding windows, and a label map in the
+input's exact geometry (size, spacing, origin, direction)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from gvsl.data.preprocess import PrepareConfig, preprocess_image
+from gvsl.labels import LabelTable, sidecar_path, write_label_table
+from gvsl.segment.inference import predict_probabilities
+from gvsl.segment.model import SegmentationInfo, SegmentationNet, load_segmentation_model
+from gvsl.train.device import select_device, select_precision
+
+
+def prepare_config(preprocessing: dict[str, Any]) -> PrepareConfig:
+    """The ``PrepareConfig`` a model was trained with (from its checkpoint's ``preprocessing``)."""
+    return PrepareConfig(target_spacing=tuple(preprocessing["target_spacing"]),
+                         ct_window=tuple(preprocessing["ct_window"]),
+                         mr_percentiles=tuple(preprocessing["mr_percentiles"]))
+
+
+def to_input_grid(probabilities: np.ndarray, canonical: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """Class index map (uint8, [k, j, i] of ``reference``) from (C, D, H, W) probabilities on ``canonical``'s grid.
+
+    Probabilities are resampled linearly (physical space, LPS) onto the
+    reference grid and then arg-maxed, which gives smoother boundaries than
+    resampling the class map when the input is finer than the model's grid.
+    Where the grids coincide nothing is resampled.
+    """
+    same = (canonical.GetSize() == reference.GetSize() and
+            np.allclose(canonical.GetSpacing(), reference.GetSpacing()) and
+            np.allclose(canonical.GetOrigin(), reference.GetOrigin()) and
+            np.allclose(canonical.GetDirection(), reference.GetDirection()))
+    if same:
+        return probabilities.argmax(axis=0).astype(np.uint8)
+    vector = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(probabilities, 0, -1)), isVector=True)
+    vector.CopyInformation(canonical)
+    resampled = sitk.Resample(vector, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+    values = sitk.GetArrayViewFromImage(resampled)
+    out = values.argmax(axis=-1).astype(np.uint8)
+    out[values.sum(axis=-1) < 0.5] = 0  # outside the model's grid (resampled as zeros): background
+    return out
+
+
+def keep_largest_components(classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per class 1..n_classes-1, keep only its largest 26-connected component (the rest becomes background)."""
+    out = classes.copy()
+    for c in range(1, n_classes):
+        present = classes == c
+        if not present.any():
+            continue
+        mask = sitk.GetImageFromArray(present.astype(np.uint8))
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
+        out[present & (sitk.GetArrayViewFromImage(components) != 1)] = 0
+    return out
+
+
+def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Image, *, overlap: float = 0.5,
+                 sw_batch_size: int = 2, tta: bool = False, largest_component: bool = False,
+                 device: str | torch.device = "cpu", precision: str = "auto",
+                 window: Optional[tuple[int, int, int]] = None) -> sitk.Image:
+    """The label map of ``image`` (3D, physical units, any orientation) by a loaded model on ``device``.
+
+    Returns a UInt8 (or UInt16 for values > 255) image with exactly
+    ``image``'s size, spacing, origin and direction; values are the label
+    table's values (0 background). ``window`` defaults to the training patch.
+    """
+    if image.GetDimension() != 3:
+        raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
+    device = torch.device(device)
+    modality = info.preprocessing.get("modality", "auto")
+    prepared = preprocess_image(image, modality, prepare_config(info.preprocessing))
+    volume = torch.from_numpy(sitk.GetArrayFromImage(prepared.image))[None, None]
+    probabilities = predict_probabilities(model, volume, window or info.patch, overlap=overlap,
+                                          sw_batch_size=sw_batch_size, tta=tta,
+                                          precision=select_precision(precision, device), device=device)
+    classes = to_input_grid(probabilities[0].numpy(), prepared.image, image)
+    if largest_component:
+        classes = keep_largest_components(classes, info.n_classes)
+    lookup = np.array([0, *info.label_values])
+    dtype = np.uint8 if lookup.max() <= 255 else np.uint16
+    label = sitk.GetImageFromArray(lookup.astype(dtype)[classes])
+    label.CopyInformation(image)
+    return label
+
+
+def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: float = 0.5, sw_batch_size: int = 2,
+                  tta: bool = False, largest_component: bool = False, device: str = "cpu",
+                  precision: str = "auto") -> tuple[sitk.Image, LabelTable]:
+    """Segment ``image`` with the model in ``model_path`` (a checkpoint file or a fine-tuning run folder).
+
+    ``device``: "cpu", "cuda", "cuda:N", "mps" or "auto"; ``precision``: "auto" (bf16/fp16 autocast on GPUs,
+    float32 elsewhere), "fp32", "bf16", "fp16". Returns the label map (the input's exact geometry) and the
+    label table ``{"labels": [{"value", "name", "color"}, ...]}``. Raises ValueError for a 2D image, a
+    pre-training checkpoint, or weights that do not fit the recorded widths.
+    """
+    if image.GetDimension() != 3:
+        raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
+    torch_device = select_device(device)
+    model, info = load_segmentation_model(model_path, torch_device)
+    model.to(memory_format=torch.channels_last_3d)
+    label = segment_with(model, info, image, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+                         largest_component=largest_component, device=torch_device, precision=precision)
+    return label, info.label_table
+
+
+def write_segmentation(label: sitk.Image, table: LabelTable, path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the label map (NIfTI, NRRD, MHA by suffix; compressed) and its table next to it (``*.labels.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(label, str(path), useCompression=True)
+    return path, write_label_table(table, sidecar_path(path))
