@@ -103,6 +103,7 @@ def show_transform(scene, output_node, region_node=None) -> None:
     modes = ((True, False, "VIS_MODE_GRID"), (False, True, "VIS_MODE_GLYPH"))
     for visible_2d, visible_3d, mode in modes:
         display = scene.AddNewNodeByClass("vtkMRMLTransformDisplayNode")
+        display.SetVisibility(True)  # a new transform display node starts hidden
         display.SetVisibility2D(visible_2d)
         display.SetVisibility3D(visible_3d)
         display.SetVisualizationMode(getattr(display, mode))

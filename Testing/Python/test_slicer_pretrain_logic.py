@@ -151,10 +151,10 @@ def test_match_outputs_become_nodes(scene, tmp_path):
     for name in ("warped", "checkerboard"):
         np.testing.assert_allclose(ijk_to_ras(shown[name]), ijk_to_ras(fixed_node), atol=1e-9)
     output = shown["transforms"][-1]
-    modes = {(d.GetVisibility2D(), d.GetVisibility3D(), d.GetVisualizationMode())
+    modes = {(d.GetVisibility(), d.GetVisibility2D(), d.GetVisibility3D(), d.GetVisualizationMode())
              for d in (output.GetNthDisplayNode(i) for i in range(output.GetNumberOfDisplayNodes()))}
     display = scene.GetNodesByClass("vtkMRMLTransformDisplayNode").GetItemAsObject(0)
-    assert modes == {(1, 0, display.VIS_MODE_GRID), (0, 1, display.VIS_MODE_GLYPH)}
+    assert modes == {(1, 1, 0, display.VIS_MODE_GRID), (1, 0, 1, display.VIS_MODE_GLYPH)}
 
     overlay = match.show_overlay(scene, moving, "similarity")
     assert match.show_overlay(scene, fixed, "similarity") is overlay  # reused, refreshed
