@@ -47,7 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--channels", type=parse_channels, default=DEFAULT_CHANNELS, help="nine widths (default: paper)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="default: on CUDA only")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="default: on CUDA, and on CPU when all widths >= 32")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
@@ -83,7 +84,7 @@ def main() -> None:
     precision = select_precision(args.precision, device)
     torch.manual_seed(0)
     model = GVSL(channels=args.channels).to(device)
-    args.channels_last = use_channels_last(args.channels_last, device)
+    args.channels_last = use_channels_last(args.channels_last, device, args.channels)
     if args.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if args.activation_checkpointing:

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation-checkpointing", action=boolean, default=s,
                         help="recompute activations in backward to save memory (costs about one more forward pass)")
     parser.add_argument("--channels-last", action=boolean, default=s,
-                        help="channels-last-3d memory layout (default: on CUDA only)")
+                        help="channels-last-3d memory layout (default: on CUDA; on CPU if all widths >= 32)")
     parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
     parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
 

@@ -32,8 +32,8 @@ class TrainConfig:
     ``batch`` pairs, so the effective batch is ``batch * world_size``).
     ``channels``/``conventions`` of None mean: those of ``init``, else the
     default widths and the "corrected" conventions. ``channels_last`` of None
-    means: on CUDA only (on this project's 2-core CPU it made the 3D
-    convolutions' backward several times slower at narrow widths).
+    means: on CUDA, and on CPU when every width is >= 32 (see
+    ``gvsl.train.device.use_channels_last``).
     """
 
     data: Optional[str] = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from typing import ContextManager, Optional
+from typing import ContextManager, Optional, Sequence
 
 import torch
 
@@ -69,9 +69,15 @@ def select_precision(name: str, device: torch.device) -> Precision:
     raise ValueError(f"unknown precision {name!r} (use auto, fp32, bf16 or fp16)")
 
 
-def use_channels_last(setting: Optional[bool], device: torch.device) -> bool:
-    """The channels-last-3d layout: as set, or (None) on CUDA only, where it speeds up cuDNN convolutions."""
-    return device.type == "cuda" if setting is None else bool(setting)
+def use_channels_last(setting: Optional[bool], device: torch.device, channels: Sequence[int]) -> bool:
+    """The channels-last-3d layout: as set, or (None) on CUDA, and on CPU when every width is >= 32.
+
+    Measured on the project's 2-core CPU (see benchmarks/RESULTS.md): faster
+    at the default widths, several times slower convolution backward at narrow ones.
+    """
+    if setting is not None:
+        return bool(setting)
+    return device.type == "cuda" or (device.type == "cpu" and min(channels) >= 32)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -163,7 +163,7 @@ class Trainer:
         self.context, self.device, self.precision, self.events = context, device, precision, events
         payload = load_checkpoint(resume_from, map_location=device) if resume_from else None
         self.model = load_gvsl(payload, device=device)[0] if payload else build_model(config, device)
-        channels_last = use_channels_last(config.channels_last, device)
+        channels_last = use_channels_last(config.channels_last, device, self.model.channels)
         if channels_last:
             self.model.to(memory_format=torch.channels_last_3d)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
