@@ -7,7 +7,8 @@ GPU), on the same real volume (the MNI152 T1 template at 1 mm, zero-padded or cr
 canonical grid) with the same random-weight network of the given widths (3 classes):
 
 - ``ours``: ``gvsl.segment.predict_probabilities`` + argmax, as ``gvsl segment`` runs it: MONAI sliding windows,
-  Gaussian blending, half overlap, ``--sw-batch`` windows per pass, channels-last, autocast on GPU (bf16/fp16);
+  Gaussian blending, half overlap, ``--sw-batch`` windows per pass, channels-last (CUDA; CPU at widths >= 32),
+  autocast on GPU (bf16/fp16);
 - ``baseline``: a plain loop over the same half-overlapping windows, batch 1, float32, each window's softmax
   accumulated (uniform weights) into numpy arrays on the CPU, then argmax.
 
@@ -68,7 +69,13 @@ def baseline(model: torch.nn.Module, vol: torch.Tensor, window: int, device: tor
 def run_one(args: argparse.Namespace) -> dict:
     from gvsl.networks import DEFAULT_CHANNELS
     from gvsl.segment import SegmentationNet, predict_probabilities
-    from gvsl.train.device import peak_memory_bytes, reset_peak_memory, select_device, select_precision
+    from gvsl.train.device import (
+        peak_memory_bytes,
+        reset_peak_memory,
+        select_device,
+        select_precision,
+        use_channels_last,
+    )
 
     device = select_device(args.device)
     torch.manual_seed(0)
@@ -77,11 +84,13 @@ def run_one(args: argparse.Namespace) -> dict:
     vol = volume(args.size)
     reset_peak_memory(device)
     if args.method == "ours":
-        model.to(memory_format=torch.channels_last_3d)
+        channels_last = use_channels_last(None, device, channels)
+        if channels_last:
+            model.to(memory_format=torch.channels_last_3d)
         precision = select_precision("auto", device)
         start = time.perf_counter()
         probs = predict_probabilities(model, vol, (args.window,) * 3, overlap=0.5, sw_batch_size=args.sw_batch,
-                                      precision=precision, device=device)
+                                      precision=precision, device=device, channels_last=channels_last)
         probs.argmax(dim=1)
         precision_name = precision.name
     else:

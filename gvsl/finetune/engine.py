@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -54,7 +54,14 @@ from gvsl.labels import (
 from gvsl.segment.inference import predict_probabilities
 from gvsl.segment.model import BEST_NAME, SegmentationInfo, SegmentationNet, segmentation_payload
 from gvsl.train.config import save_config
-from gvsl.train.device import Precision, is_out_of_memory, peak_memory_bytes, select_device, select_precision
+from gvsl.train.device import (
+    Precision,
+    is_out_of_memory,
+    peak_memory_bytes,
+    select_device,
+    select_precision,
+    use_channels_last,
+)
 from gvsl.train.distributed import (
     DistributedContext,
     context_from_environment,
@@ -118,28 +125,30 @@ def learning_rate(config: FinetuneConfig, iteration: int) -> float:
 
 
 def validate(model: SegmentationNet, cases: list[CachedCase], values: list[int], window: tuple[int, int, int],
-             precision: Precision, device: torch.device, sw_batch_size: int = 2
+             precision: Precision, device: torch.device, sw_batch_size: int = 2, channels_last: bool = False
              ) -> tuple[list[Optional[float]], Optional[np.ndarray]]:
-    """Per-class Dice (classes 1..n, MONAI ``DiceMetric`` averaged over the cases that have the class or predict
-    it; None where no case has it) of sliding-window predictions on whole volumes, and the first case's
-    predicted class map (D, H, W) for panels."""
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    """Per-class Dice of sliding-window predictions on whole volumes (classes 1..n; MONAI ``compute_dice``
+    averaged over the cases that hold the class; None where none does), and the first case's predicted class
+    map (D, H, W) for panels. Runs in this process only (no collective: other ranks may wait at a barrier)."""
     n_classes = len(values) + 1
     lookup = np.zeros(max([*values, *(int(v) for c in cases for v in c.values)]) + 1, np.int64)
     lookup[values] = np.arange(1, n_classes)
-    first = None
+    first, scores = None, []
     was_training = model.training
     model.eval()
     for case in cases:
         volume = torch.from_numpy(case.image_array())[None, None]
         predicted = predict_probabilities(model, volume, window, overlap=0.5, sw_batch_size=sw_batch_size,
-                                          precision=precision, device=device).argmax(dim=1)
+                                          precision=precision, device=device,
+                                          channels_last=channels_last).argmax(dim=1)
         truth = torch.from_numpy(lookup[case.label_array()])[None]
-        metric(F.one_hot(predicted, n_classes).movedim(-1, 1), F.one_hot(truth, n_classes).movedim(-1, 1))
+        scores.append(compute_dice(F.one_hot(predicted, n_classes).movedim(-1, 1),
+                                   F.one_hot(truth, n_classes).movedim(-1, 1), include_background=False,
+                                   ignore_empty=True)[0])
         if first is None:
             first = predicted[0].numpy()
     model.train(was_training)
-    dice = metric.aggregate()
+    dice = torch.nanmean(torch.stack(scores), dim=0)
     return [None if torch.isnan(d) else float(d) for d in dice], first
 
 
@@ -160,7 +169,9 @@ class FinetuneTrainer:
             self.model.unet.requires_grad_(config.mode != "linear")
         else:
             self.model = build_model(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
-        self.model.to(device, memory_format=torch.channels_last_3d)
+        channels_last = use_channels_last(None, device, self.model.channels)
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.model.to(device, memory_format=self.memory_format)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
@@ -199,7 +210,7 @@ class FinetuneTrainer:
             generator.manual_seed(derive_seed(self.config.seed, "augment", self.context.rank, self.iteration))
             image, label = augment_patches(image, label, generator)
         with self.precision.autocast(self.device):
-            logits = self.network(image.contiguous(memory_format=torch.channels_last_3d))
+            logits = self.network(image.contiguous(memory_format=self.memory_format))
         logits = logits.float()
         terms = {"dice_loss": self.dice_loss(logits, label), "ce": F.cross_entropy(logits, label[:, 0])}
         loss = terms["dice_loss"] + terms["ce"]
@@ -225,7 +236,7 @@ class FinetuneTrainer:
     def validate(self) -> dict:
         """Validate (rank 0), save ``best.pt`` on a new best mean Dice; returns the event fields."""
         dice, predicted = validate(self.model, self.val_cases, self.values, self.config.patch, self.precision,
-                                   self.device, self.config.batch)
+                                   self.device, self.config.batch, self.memory_format == torch.channels_last_3d)
         known = [d for d in dice if d is not None]
         mean = float(np.mean(known)) if known else None
         if mean is not None and (self.best_dice is None or mean > self.best_dice):

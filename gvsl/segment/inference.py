@@ -25,7 +25,7 @@ def flip_sets(tta: bool) -> list[tuple[int, ...]]:
 def predict_probabilities(model: torch.nn.Module, volume: torch.Tensor, window: Sequence[int], *,
                           overlap: float = 0.5, sw_batch_size: int = 2, tta: bool = False,
                           precision: Precision = FP32,
-                          device: torch.device | str = "cpu") -> torch.Tensor:
+                          device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
     """Softmax probabilities of ``model`` over a whole volume.
 
     Args:
@@ -38,17 +38,19 @@ def predict_probabilities(model: torch.nn.Module, volume: torch.Tensor, window: 
         sw_batch_size: windows per forward pass.
         tta: average the predictions of the 8 axis flips (8x the time).
         precision: autocast of the forward pass (probabilities are accumulated in float32).
+        channels_last: feed windows in the channels-last-3d layout (for a model converted to it).
     Returns:
         (1, C, D, H, W) float32 probabilities on ``volume``'s device.
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     device = torch.device(device)
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     window = tuple(min(int(w), -(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE) for w, s in zip(window, volume.shape[2:]))
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
         with precision.autocast(device):
-            logits = model(windows.contiguous(memory_format=torch.channels_last_3d))
+            logits = model(windows.contiguous(memory_format=memory_format))
         return torch.softmax(logits.float(), dim=1)
 
     total = None

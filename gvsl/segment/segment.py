@@ -14,7 +14,7 @@ from gvsl.data.preprocess import PrepareConfig, preprocess_image
 from gvsl.labels import LabelTable, sidecar_path, write_label_table
 from gvsl.segment.inference import predict_probabilities
 from gvsl.segment.model import SegmentationInfo, SegmentationNet, load_segmentation_model
-from gvsl.train.device import select_device, select_precision
+from gvsl.train.device import select_device, select_precision, use_channels_last
 
 
 def prepare_config(preprocessing: dict[str, Any]) -> PrepareConfig:
@@ -68,7 +68,8 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
 
     Returns a UInt8 (or UInt16 for values > 255) image with exactly
     ``image``'s size, spacing, origin and direction; values are the label
-    table's values (0 background). ``window`` defaults to the training patch.
+    table's values (0 background). ``window`` defaults to the training patch. The model may be converted to
+    the channels-last-3d layout where that is faster.
     """
     if image.GetDimension() != 3:
         raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
@@ -76,9 +77,13 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
     modality = info.preprocessing.get("modality", "auto")
     prepared = preprocess_image(image, modality, prepare_config(info.preprocessing))
     volume = torch.from_numpy(sitk.GetArrayFromImage(prepared.image))[None, None]
+    channels_last = use_channels_last(None, device, model.channels)
+    if channels_last:  # faster on CUDA and at default widths on CPU (gvsl.train.device)
+        model.to(memory_format=torch.channels_last_3d)
     probabilities = predict_probabilities(model, volume, window or info.patch, overlap=overlap,
                                           sw_batch_size=sw_batch_size, tta=tta,
-                                          precision=select_precision(precision, device), device=device)
+                                          precision=select_precision(precision, device), device=device,
+                                          channels_last=channels_last)
     classes = to_input_grid(probabilities[0].numpy(), prepared.image, image)
     if largest_component:
         classes = keep_largest_components(classes, info.n_classes)
@@ -103,7 +108,6 @@ def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: 
         raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
     torch_device = select_device(device)
     model, info = load_segmentation_model(model_path, torch_device)
-    model.to(memory_format=torch.channels_last_3d)
     label = segment_with(model, info, image, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
                          largest_component=largest_component, device=torch_device, precision=precision)
     return label, info.label_table
