@@ -172,3 +172,14 @@ def test_bad_inputs_name_the_case(real, tmp_path, problem, message):
     config = FinetuneConfig(data=str(data), out=str(tmp_path / "run"), mode="scratch", iterations=1, **TINY)
     with pytest.raises(ValueError, match=message):
         run_finetune(config)
+
+
+def test_validation_split():
+    """A fifth of the cases (at least one, never all) is held out, reproducibly; one case validates on itself."""
+    from gvsl.finetune.engine import split_cases
+
+    cases = [f"case{i}" for i in range(7)]
+    train, val = split_cases(cases, 0.2, seed=3)
+    assert len(val) == 1 and sorted(train + val) == cases and split_cases(cases, 0.2, seed=3) == (train, val)
+    assert split_cases(cases[:1], 0.2, seed=0) == (cases[:1], cases[:1])
+    assert len(split_cases(cases[:2], 0.9, seed=0)[0]) == 1

@@ -137,18 +137,18 @@ def validate(model: SegmentationNet, cases: list[CachedCase], values: list[int],
     was_training = model.training
     model.eval()
     for case in cases:
-        volume = torch.from_numpy(case.image_array())[None, None]
+        volume = torch.from_numpy(case.image_array())[None, None].to(device)
         predicted = predict_probabilities(model, volume, window, overlap=0.5, sw_batch_size=sw_batch_size,
                                           precision=precision, device=device,
                                           channels_last=channels_last).argmax(dim=1)
-        truth = torch.from_numpy(lookup[case.label_array()])[None]
+        truth = torch.from_numpy(lookup[case.label_array()])[None].to(device)
         scores.append(compute_dice(F.one_hot(predicted, n_classes).movedim(-1, 1),
                                    F.one_hot(truth, n_classes).movedim(-1, 1), include_background=False,
                                    ignore_empty=True)[0])
         if first is None:
-            first = predicted[0].numpy()
+            first = predicted[0].cpu().numpy()
     model.train(was_training)
-    dice = torch.nanmean(torch.stack(scores), dim=0)
+    dice = torch.nanmean(torch.stack(scores), dim=0).cpu()
     return [None if torch.isnan(d) else float(d) for d in dice], first
 
 

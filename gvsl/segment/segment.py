@@ -76,7 +76,7 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
     device = torch.device(device)
     modality = info.preprocessing.get("modality", "auto")
     prepared = preprocess_image(image, modality, prepare_config(info.preprocessing))
-    volume = torch.from_numpy(sitk.GetArrayFromImage(prepared.image))[None, None]
+    volume = torch.from_numpy(sitk.GetArrayFromImage(prepared.image))[None, None].to(device)
     channels_last = use_channels_last(None, device, model.channels)
     if channels_last:  # faster on CUDA and at default widths on CPU (gvsl.train.device)
         model.to(memory_format=torch.channels_last_3d)
@@ -84,7 +84,7 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
                                           sw_batch_size=sw_batch_size, tta=tta,
                                           precision=select_precision(precision, device), device=device,
                                           channels_last=channels_last)
-    classes = to_input_grid(probabilities[0].numpy(), prepared.image, image)
+    classes = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
     if largest_component:
         classes = keep_largest_components(classes, info.n_classes)
     lookup = np.array([0, *info.label_values])
