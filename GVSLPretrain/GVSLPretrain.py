@@ -109,7 +109,71 @@ class GVSLPretrainParameterNode:
 #
 
 
-class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RunControlMixin:
+    """Start/Stop/Resume plumbing shared by the widgets that follow a ``gvsl`` run folder.
+
+    The widget provides ``self.ui`` (startButton, stopButton, resumeButton, progressBar, progressLabel,
+    logTextEdit), ``self._run`` (a ``runs.RunFolder`` or None), ``self._trainProcess`` and ``updateRunPanel``;
+    subclasses set ``lastRunSetting`` (QSettings key) and ``commandName`` (for the log).
+    """
+
+    lastRunSetting = LAST_RUN_SETTING
+    commandName = "gvsl pretrain"
+
+    def _startedRun(self):
+        qt.QSettings().setValue(self.lastRunSetting, str(self._run.path))
+        self._run.progress.state = "running"
+        self.updateRunPanel()
+
+    def onStop(self, _checked=None):
+        self._run.request_stop()
+        if self._trainProcess is not None:
+            self._trainProcess.stop(grace_s=STOP_GRACE_S)
+        self.ui.logTextEdit.appendPlainText(
+            f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
+
+    def _pollRun(self):
+        if self._run is None:
+            return
+        changed = bool(self._run.poll())
+        output = self._run.new_log()
+        if output:
+            self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
+        if self._trainProcess is not None:
+            self._trainProcess.kill_if_overdue()
+            code = self._trainProcess.poll()
+            if code is not None:
+                self._trainProcess = None
+                self.ui.logTextEdit.appendPlainText(f"{self.commandName} exited with status {code}.")
+                if self._run.progress.state == "running":
+                    self._run.progress.state = "failed" if code else "stopped"
+                changed = True
+        if changed:
+            self.updateRunPanel()
+
+    def _updateRunButtons(self):
+        """Enable the run buttons and the progress bar; returns the run's progress, or None without a run."""
+        run = self._run
+        progress = run.progress if run is not None else runs.RunProgress()
+        running = self._trainProcess is not None or progress.state == "running"
+        hasRun = run is not None and run.exists()
+        self.ui.startButton.enabled = run is not None and not hasRun and not running
+        self.ui.stopButton.enabled = running
+        self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
+            run.checkpoints())
+        self.ui.progressBar.value = int(round(100 * progress.fraction))
+        if run is None:
+            self.ui.progressLabel.text = "Choose an output folder."
+            return None
+        return progress
+
+    @staticmethod
+    def _progressParts(progress):
+        return [progress.message or progress.state, f"iteration {progress.iteration}"
+                + (f" of {progress.iterations}" if progress.iterations else "")]
+
+
+class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -350,52 +414,11 @@ class GVSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._trainProcess = self.logic.resumePretraining(self._run.path)
             self._startedRun()
 
-    def _startedRun(self):
-        qt.QSettings().setValue(LAST_RUN_SETTING, str(self._run.path))
-        self._run.progress.state = "running"
-        self.updateRunPanel()
-
-    def onStop(self, _checked=None):
-        self._run.request_stop()
-        if self._trainProcess is not None:
-            self._trainProcess.stop(grace_s=STOP_GRACE_S)
-        self.ui.logTextEdit.appendPlainText(
-            f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
-
-    def _pollRun(self):
-        if self._run is None:
-            return
-        changed = bool(self._run.poll())
-        output = self._run.new_log()
-        if output:
-            self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
-        if self._trainProcess is not None:
-            self._trainProcess.kill_if_overdue()
-            code = self._trainProcess.poll()
-            if code is not None:
-                self._trainProcess = None
-                self.ui.logTextEdit.appendPlainText(f"gvsl pretrain exited with status {code}.")
-                if self._run.progress.state == "running":
-                    self._run.progress.state = "failed" if code else "stopped"
-                changed = True
-        if changed:
-            self.updateRunPanel()
-
     def updateRunPanel(self):
-        run = self._run
-        progress = run.progress if run is not None else runs.RunProgress()
-        running = self._trainProcess is not None or progress.state == "running"
-        hasRun = run is not None and run.exists()
-        self.ui.startButton.enabled = run is not None and not hasRun and not running
-        self.ui.stopButton.enabled = running
-        self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
-            run.checkpoints())
-        self.ui.progressBar.value = int(round(100 * progress.fraction))
-        if run is None:
-            self.ui.progressLabel.text = "Choose an output folder."
+        progress = self._updateRunButtons()
+        if progress is None:
             return
-        parts = [progress.message or progress.state, f"iteration {progress.iteration}"
-                 + (f" of {progress.iterations}" if progress.iterations else "")]
+        parts = self._progressParts(progress)
         if progress.it_per_s:
             parts.append(f"{progress.it_per_s:.2f} it/s")
         if progress.eta_s is not None and progress.state == "running":

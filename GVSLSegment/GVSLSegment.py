@@ -25,10 +25,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from GVSLPretrain import GVSLPretrainLogic, GVSLPretrainWidget, _pathOrNone
+from GVSLPretrain import GVSLPretrainLogic, GVSLPretrainWidget, RunControlMixin, _pathOrNone
 
 POLL_INTERVAL_MS = 1000
-STOP_GRACE_S = 120.0
 LAST_RUN_SETTING = "GVSLSegment/lastRunFolder"
 TRAINING_DATA_DIR = "training_data"  # the scene's cases are exported into the run folder, next to the run
 CHART = "GVSL fine-tuning"  # losses at logged iterations, validation Dice at validations
@@ -106,7 +105,9 @@ class GVSLSegmentParameterNode:
 #
 
 
-class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    lastRunSetting = LAST_RUN_SETTING
+    commandName = "gvsl finetune"
     ensureBackend = GVSLPretrainWidget.ensureBackend  # the same confirmation and installation as GVSLPretrain
 
     def __init__(self, parent=None):
@@ -281,53 +282,12 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._trainProcess = self.logic.resumeFinetuning(self._run.path)
             self._startedRun()
 
-    def _startedRun(self):
-        qt.QSettings().setValue(LAST_RUN_SETTING, str(self._run.path))
-        self._run.progress.state = "running"
-        self.updateRunPanel()
-
-    def onStop(self, _checked=None):
-        self._run.request_stop()
-        if self._trainProcess is not None:
-            self._trainProcess.stop(grace_s=STOP_GRACE_S)
-        self.ui.logTextEdit.appendPlainText(
-            f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
-
-    def _pollRun(self):
-        if self._run is None:
-            return
-        changed = bool(self._run.poll())
-        output = self._run.new_log()
-        if output:
-            self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
-        if self._trainProcess is not None:
-            self._trainProcess.kill_if_overdue()
-            code = self._trainProcess.poll()
-            if code is not None:
-                self._trainProcess = None
-                self.ui.logTextEdit.appendPlainText(f"gvsl finetune exited with status {code}.")
-                if self._run.progress.state == "running":
-                    self._run.progress.state = "failed" if code else "stopped"
-                changed = True
-        if changed:
-            self.updateRunPanel()
-
     def updateRunPanel(self):
-        run = self._run
-        progress = run.progress if run is not None else runs.RunProgress()
-        running = self._trainProcess is not None or progress.state == "running"
-        hasRun = run is not None and run.exists()
-        self.ui.startButton.enabled = run is not None and not hasRun and not running
-        self.ui.stopButton.enabled = running
-        self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
-            run.checkpoints())
-        self.ui.progressBar.value = int(round(100 * progress.fraction))
-        if run is None:
-            self.ui.progressLabel.text = "Choose an output folder."
+        progress = self._updateRunButtons()
+        if progress is None:
             return
         losses, dice = finetuning.split_curves(progress.curves)
-        parts = [progress.message or progress.state, f"iteration {progress.iteration}"
-                 + (f" of {progress.iterations}" if progress.iterations else "")]
+        parts = self._progressParts(progress)
         if losses.get("loss"):
             parts.append(f"loss {losses['loss'][-1][1]:.4f}")
         if dice.get(finetuning.MEAN_DICE_NAME):
