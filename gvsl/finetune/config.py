@@ -5,12 +5,10 @@ Precedence: defaults < ``--config FILE`` < flags. On ``--resume`` the run's own
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
-from gvsl.train.config import CONFIG_NAME, PRECISIONS, parse_channels, parse_patch, read_config_file
+from gvsl.train.config import PRECISIONS, RunConfig, parse_channels, parse_patch, resolve_config
 
 MODES = ("finetune", "linear", "scratch")
 SCHEDULES = ("poly", "constant")
@@ -21,7 +19,7 @@ RESUME_OVERRIDABLE = frozenset({
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """Everything that defines a fine-tuning run.
 
     ``data``: image/label pairs (see ``gvsl.finetune.data.find_cases``); ``labels``: a label table file (default:
@@ -33,6 +31,8 @@ class FinetuneConfig:
     ``foreground``: fraction of patches centred on a labelled voxel (class chosen uniformly among the labels
     present); ``val_fraction``: share of cases held out for validation (at least one; a single case is reused).
     """
+
+    RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
 
     data: Optional[str] = None
     out: Optional[str] = None
@@ -89,33 +89,9 @@ class FinetuneConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "configuration") -> FinetuneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 def resolve_finetune_config(flags: Mapping[str, Any], config_file: Optional[str] = None,
                             resume_dir: Optional[str] = None) -> FinetuneConfig:
     """The run's configuration from flags (only those set), a file, and a run to resume (see the module doc)."""
-    overrides = {**(read_config_file(config_file) if config_file else {}),
-                 **{k: v for k, v in flags.items() if v is not None}}
-    if resume_dir is None:
-        return FinetuneConfig.from_dict(overrides, source=str(config_file or "flags"))
-    saved_path = Path(resume_dir) / CONFIG_NAME
-    saved = FinetuneConfig.from_dict(read_config_file(saved_path), source=str(saved_path))
-    overrides.pop("out", None)
-    requested = FinetuneConfig.from_dict({**saved.to_dict(), **overrides}, source="flags")
-    changed = [k for k in overrides if k not in RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
-    if changed:
-        raise ValueError(f"--resume continues the run in {resume_dir} as configured; these settings cannot change: "
-                         f"{', '.join(sorted(changed))} (start a new run to change them)")
-    requested.out = str(resume_dir)
-    return requested
+    return resolve_config(flags, config_file, resume_dir, cls=FinetuneConfig)

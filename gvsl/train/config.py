@@ -22,8 +22,30 @@ RESUME_OVERRIDABLE = frozenset({
 })
 
 
+class RunConfig:
+    """What every run configuration (a dataclass) shares: JSON round trip, unknown names refused by name.
+
+    Subclasses set ``RESUME_OVERRIDABLE``: the settings a resumed run may change.
+    """
+
+    RESUME_OVERRIDABLE: frozenset = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "configuration") -> RunConfig:
+        """Build from a mapping of field names; unknown names raise ValueError naming them and ``source``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that defines a pre-training run. Defaults follow the GVSL paper.
 
     Sizes are in voxels of the cache's grid; ``lr`` is Adam's learning rate;
@@ -35,6 +57,8 @@ class TrainConfig:
     means: on CUDA, and on CPU when every width is >= 32 (see
     ``gvsl.train.device.use_channels_last``).
     """
+
+    RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
 
     data: Optional[str] = None
     out: Optional[str] = None
@@ -78,18 +102,6 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "configuration") -> TrainConfig:
-        """Build from a mapping of field names; unknown names raise ValueError naming them and ``source``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 def parse_patch(value: int | str | Sequence[int]) -> tuple[int, int, int]:
@@ -132,24 +144,27 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def resolve_config(flags: Mapping[str, Any], config_file: str | os.PathLike | None = None,
-                   resume_dir: str | os.PathLike | None = None) -> TrainConfig:
-    """The run's configuration from the given flags (only those the user set), a file, and a run to resume.
+                   resume_dir: str | os.PathLike | None = None, *, cls: type[RunConfig] | None = None) -> RunConfig:
+    """The run's configuration (``cls``, default TrainConfig) from the given flags (only those the user set), a
+    file, and a run to resume.
 
     Raises ValueError for unknown settings, invalid values, or (on resume) a
-    change to a setting that defines the run.
+    change to a setting that defines the run (one not in ``cls.RESUME_OVERRIDABLE``).
     """
+    cls = cls or TrainConfig
     file_values = read_config_file(config_file) if config_file else {}
     overrides = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
     if resume_dir is None:
-        return TrainConfig.from_dict(overrides, source=str(config_file or "flags"))
+        return cls.from_dict(overrides, source=str(config_file or "flags"))
     saved_path = Path(resume_dir) / CONFIG_NAME
-    saved = TrainConfig.from_dict(read_config_file(saved_path), source=str(saved_path))
+    saved = cls.from_dict(read_config_file(saved_path), source=str(saved_path))
     overrides.pop("out", None)
-    requested = TrainConfig.from_dict({**saved.to_dict(), **overrides}, source="flags")
-    changed = [k for k in overrides if k not in RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
+    requested = cls.from_dict({**saved.to_dict(), **overrides}, source="flags")
+    changed = [k for k in overrides
+               if k not in cls.RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
     if changed:
         raise ValueError(f"--resume continues the run in {resume_dir} as configured; these settings cannot change: "
-                         f"{', '.join(sorted(changed))} (start a new run with --init to change them)")
+                         f"{', '.join(sorted(changed))} (start a new run to change them)")
     requested.out = str(resume_dir)
     return requested
 
