@@ -3,12 +3,11 @@ segmentation model (resumable, multi-GPU)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from gvsl.finetune.config import MODES, SCHEDULES, FinetuneConfig, resolve_finetune_config
+from gvsl.finetune.config import MODES, SCHEDULES, FinetuneConfig
 from gvsl.finetune.engine import run_finetune
-from gvsl.train.config import PRECISIONS, parse_channels, parse_patch
+from gvsl.train.config import PRECISIONS, config_from_arguments, parse_channels, parse_patch
 from gvsl.train.distributed import context_from_environment
 from gvsl.train.engine import TrainingError
 
@@ -77,14 +76,8 @@ def _spacing(value: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    flags = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        if args.resume is None and ("data" not in flags or "out" not in flags):
-            raise ValueError("give DATA and --out RUN_DIR for a new run, or --resume RUN_DIR")
-        if args.resume is not None and flags.get("out", args.resume) != args.resume:
-            raise ValueError("--resume RUN_DIR continues in RUN_DIR; leave out --out")
-        config = resolve_finetune_config(flags, args.config, args.resume)
+        config = config_from_arguments(args, FinetuneConfig)
         result = run_finetune(config, resume=args.resume is not None)
     except (ValueError, TrainingError, OSError) as exc:
         print(f"gvsl finetune: error: {exc}", file=sys.stderr)

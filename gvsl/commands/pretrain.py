@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from gvsl.train.config import PRECISIONS, TrainConfig, parse_channels, parse_patch, resolve_config
+from gvsl.train.config import PRECISIONS, TrainConfig, config_from_arguments, parse_channels, parse_patch
 from gvsl.train.distributed import context_from_environment
 from gvsl.train.engine import TrainingError, run_training
 
@@ -61,14 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    flags = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        if args.resume is None and ("data" not in flags or "out" not in flags):
-            raise ValueError("give DATA and --out RUN_DIR for a new run, or --resume RUN_DIR")
-        if args.resume is not None and flags.get("out", args.resume) != args.resume:
-            raise ValueError("--resume RUN_DIR continues in RUN_DIR; leave out --out")
-        config = resolve_config(flags, args.config, args.resume)
+        config = config_from_arguments(args, TrainConfig)
         result = run_training(config, resume=args.resume is not None)
     except (ValueError, TrainingError, OSError) as exc:
         print(f"gvsl pretrain: error: {exc}", file=sys.stderr)

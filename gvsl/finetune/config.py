@@ -6,9 +6,9 @@ Precedence: defaults < ``--config FILE`` < flags. On ``--resume`` the run's own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
-from gvsl.train.config import PRECISIONS, RunConfig, parse_channels, parse_patch, resolve_config
+from gvsl.train.config import PRECISIONS, RunConfig, parse_channels, parse_patch
 
 MODES = ("finetune", "linear", "scratch")
 SCHEDULES = ("poly", "constant")
@@ -88,10 +88,3 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-
-
-
-def resolve_finetune_config(flags: Mapping[str, Any], config_file: Optional[str] = None,
-                            resume_dir: Optional[str] = None) -> FinetuneConfig:
-    """The run's configuration from flags (only those set), a file, and a run to resume (see the module doc)."""
-    return resolve_config(flags, config_file, resume_dir, cls=FinetuneConfig)

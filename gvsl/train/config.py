@@ -169,6 +169,18 @@ def resolve_config(flags: Mapping[str, Any], config_file: str | os.PathLike | No
     return requested
 
 
+def config_from_arguments(args: Any, cls: type[RunConfig]) -> RunConfig:
+    """The configuration a ``gvsl pretrain`` / ``gvsl finetune`` command line asks for: a new run (DATA and
+    ``--out``) or ``--resume RUN_DIR``; only the flags the user gave override (absent ones are not in ``args``)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in fields}
+    if args.resume is None and ("data" not in flags or "out" not in flags):
+        raise ValueError("give DATA and --out RUN_DIR for a new run, or --resume RUN_DIR")
+    if args.resume is not None and flags.get("out", args.resume) != args.resume:
+        raise ValueError("--resume RUN_DIR continues in RUN_DIR; leave out --out")
+    return resolve_config(flags, args.config, args.resume, cls=cls)
+
+
 def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     """Write ``run_dir/config.json`` (through a temporary file and a rename, so never half written)."""
     path = Path(run_dir) / CONFIG_NAME
