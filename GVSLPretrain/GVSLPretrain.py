@@ -113,12 +113,33 @@ class RunControlMixin:
     """Start/Stop/Resume plumbing shared by the widgets that follow a ``gvsl`` run folder.
 
     The widget provides ``self.ui`` (startButton, stopButton, resumeButton, progressBar, progressLabel,
-    logTextEdit), ``self._run`` (a ``runs.RunFolder`` or None), ``self._trainProcess`` and ``updateRunPanel``;
+    logTextEdit), ``self.logic``, a parameter node with ``runFolder``, ``self._run`` (a ``runs.RunFolder`` or
+    None), ``self._trainProcess``, ``onRunFolderChanged`` and ``updateRunPanel``;
     subclasses set ``lastRunSetting`` (QSettings key) and ``commandName`` (for the log).
     """
 
     lastRunSetting = LAST_RUN_SETTING
     commandName = "gvsl pretrain"
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        """The module's parameter node, its run folder defaulting to the last one used (reconnect)."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if _pathOrNone(self._parameterNode.runFolder) is None:
+            last = qt.QSettings().value(self.lastRunSetting)
+            if last:
+                self._parameterNode.runFolder = pathlib.Path(last)
+        self.onRunFolderChanged()
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
     def _startedRun(self):
         qt.QSettings().setValue(self.lastRunSetting, str(self._run.path))
@@ -255,25 +276,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        if _pathOrNone(self._parameterNode.runFolder) is None:
-            last = qt.QSettings().value(LAST_RUN_SETTING)
-            if last:
-                self._parameterNode.runFolder = pathlib.Path(last)
-        self.onRunFolderChanged()
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
     # Dependencies
 

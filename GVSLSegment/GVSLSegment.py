@@ -172,25 +172,6 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         self.setParameterNode(None)
         self.ui.casesTableWidget.setRowCount(0)
 
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        if _pathOrNone(self._parameterNode.runFolder) is None:
-            last = qt.QSettings().value(LAST_RUN_SETTING)
-            if last:
-                self._parameterNode.runFolder = pathlib.Path(last)
-        self.onRunFolderChanged()
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-
     # Training data
 
     def updateDataSource(self, _checked=None):
