@@ -352,6 +352,25 @@ def test_cli_writes_outputs_that_itk_tools_reproduce(tmp_path):
     assert labels.GetSize() == fixed.GetSize() and set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 1}
 
 
+def test_cli_preprocesses_as_the_checkpoint_was_trained(tmp_path):
+    """Without flags, matching uses the spacing/window/percentiles recorded by ``gvsl pretrain``; flags win."""
+    from gvsl.cli import build_parser
+    from gvsl.commands.match import compute_match
+
+    fixed_path, moving_path = str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nrrd")
+    sitk.WriteImage(fixed_image(), fixed_path)
+    sitk.WriteImage(moving_image(), moving_path)
+    torch.manual_seed(3)
+    recorded = {"target_spacing": [3.0, 3.0, 3.0], "ct_window": [-500.0, 500.0], "mr_percentiles": [1.0, 99.0]}
+    checkpoint = str(save_checkpoint(tmp_path / "trained.pt", gvsl_payload(GVSL(CHANNELS), 0, preprocessing=recorded)))
+    common = ["match", fixed_path, moving_path, "--checkpoint", checkpoint, "--out", str(tmp_path / "out"),
+              "--fixed-modality", "MR", "--moving-modality", "MR"]
+    result, _, _ = compute_match(build_parser().parse_args(common))
+    assert result.fixed_network.GetSpacing() == pytest.approx((3.0, 3.0, 3.0))
+    result, _, _ = compute_match(build_parser().parse_args([*common, "--spacing", "2.5", "2.5", "2.5"]))
+    assert result.fixed_network.GetSpacing() == pytest.approx((2.5, 2.5, 2.5))
+
+
 def test_cli_reads_a_dicom_series_folder(tmp_path):
     image = fixed_image() * 1000.0
     write_dicom_series(image, tmp_path / "series", modality="MR", patient_id="P", study_uid=generate_uid())

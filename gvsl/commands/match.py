@@ -10,7 +10,7 @@ from typing import Callable
 
 import SimpleITK as sitk
 
-from ..checkpoints import CheckpointInfo, load_gvsl
+from ..checkpoints import CheckpointInfo, load_checkpoint, load_gvsl
 from ..data import PrepareConfig
 from ..match import MatchConfig, MatchResult, match_volumes
 from ..train.device import select_device
@@ -35,13 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"modality of the {name} scan (default: inferred from its intensities)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=prepare.target_spacing, metavar=("X", "Y", "Z"),
-                        help="target voxel size in mm, as in training (default 1 1 1)")
-    parser.add_argument("--ct-window", type=float, nargs=2, default=prepare.ct_window, metavar=("LO", "HI"),
-                        help="HU mapped to 0 and 1, as in training (default -1024 1024)")
-    parser.add_argument("--mr-percentiles", type=float, nargs=2, default=prepare.mr_percentiles,
-                        metavar=("LO", "HI"),
-                        help="MR percentiles mapped to 0 and 1, as in training (default 0.5 99.5)")
+    trained = "default: the checkpoint's training preprocessing, else"
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help=f"target voxel size in mm ({trained} {' '.join(map(str, prepare.target_spacing))})")
+    parser.add_argument("--ct-window", type=float, nargs=2, metavar=("LO", "HI"),
+                        help=f"HU mapped to 0 and 1 ({trained} {' '.join(map(str, prepare.ct_window))})")
+    parser.add_argument("--mr-percentiles", type=float, nargs=2, metavar=("LO", "HI"),
+                        help=f"MR percentiles mapped to 0 and 1 ({trained} "
+                             f"{' '.join(map(str, prepare.mr_percentiles))})")
     parser.add_argument("--max-size", type=int, nargs=3, default=defaults.max_size_xyz, metavar=("X", "Y", "Z"),
                         help="largest network input in voxels, multiples of 16 (default 160 160 160); larger scans "
                              "are seen whole at a coarser spacing")
@@ -91,19 +92,32 @@ def write_outputs(out_dir: Path, result: MatchResult, extra: dict[str, object],
     return [final for _, final in staged]
 
 
+def preprocessing_for(args: argparse.Namespace, payload: dict) -> PrepareConfig:
+    """The preprocessing to match with: the flags given, else what the checkpoint was trained with
+    (recorded by ``gvsl pretrain``), else the defaults."""
+    trained = payload.get("preprocessing") or {}
+    default = PrepareConfig()
+
+    def pick(flag, key, fallback):
+        value = flag if flag is not None else trained.get(key, fallback)
+        return tuple(float(v) for v in value)
+
+    return PrepareConfig(target_spacing=pick(args.spacing, "target_spacing", default.target_spacing),
+                         ct_window=pick(args.ct_window, "ct_window", default.ct_window),
+                         mr_percentiles=pick(args.mr_percentiles, "mr_percentiles", default.mr_percentiles))
+
+
 def compute_match(args: argparse.Namespace) -> tuple[MatchResult, CheckpointInfo, sitk.Image | None]:
     """Read the inputs named by the parsed ``args``, load the checkpoint and match (also used by Slicer's probe).
 
     Returns the match, what the checkpoint is, and the label image to propagate (None without ``--labels``).
     """
-    config = MatchConfig(prepare=PrepareConfig(target_spacing=tuple(args.spacing),
-                                               ct_window=tuple(args.ct_window),
-                                               mr_percentiles=tuple(args.mr_percentiles)),
-                         max_size_xyz=tuple(args.max_size))
+    payload = load_checkpoint(args.checkpoint)
+    config = MatchConfig(prepare=preprocessing_for(args, payload), max_size_xyz=tuple(args.max_size))
     fixed, moving = read_image(args.fixed), read_image(args.moving)
     labels = read_image(args.labels) if args.labels else None
     device = select_device(args.device)
-    model, info = load_gvsl(args.checkpoint, device=device)
+    model, info = load_gvsl(payload, device=device)
     result = match_volumes(fixed, moving, model, fixed_modality=args.fixed_modality,
                            moving_modality=args.moving_modality, config=config, device=device)
     return result, info, labels

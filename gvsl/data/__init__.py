@@ -11,6 +11,7 @@ from .cache import (
     CacheWriteError,
     NoUsableDataError,
     PrepareSummary,
+    cache_preprocessing,
     from_storage,
     is_cache,
     open_cache,
@@ -19,8 +20,8 @@ from .cache import (
 from .preprocess import Normalisation, PrepareConfig, Preprocessed, canonical_grid, preprocess_image
 
 __all__ = ["CacheEntry", "CacheWriteError", "NoUsableDataError", "Normalisation", "PairDataset", "PrepareConfig",
-           "PrepareSummary", "Preprocessed", "canonical_grid", "from_storage", "is_cache", "open_cache",
-           "prepare_cache", "preprocess_image"]
+           "PrepareSummary", "Preprocessed", "cache_preprocessing", "canonical_grid", "from_storage", "is_cache",
+           "open_cache", "prepare_cache", "preprocess_image"]
 
 
 def __getattr__(name: str) -> Any:

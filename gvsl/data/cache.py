@@ -322,6 +322,13 @@ def _write_manifest(cache_dir: Path, settings: dict[str, Any], entries: dict[str
         raise CacheWriteError(f"cannot write {path}: {exc.strerror or exc}; the previous manifest is intact") from exc
 
 
+def cache_preprocessing(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """The preprocessing a cache was made with (``PrepareConfig.preprocessing()``: target spacing, CT window, MR
+    percentiles, ...), e.g. for recording it with a model trained on the cache."""
+    settings, _ = _read_manifest(Path(cache_dir))
+    return {k: v for k, v in settings.items() if k != "storage"}
+
+
 def _read_manifest(cache_dir: Path) -> tuple[dict[str, Any], dict[str, CacheEntry]]:
     """(preprocessing settings, entries by key) of a cache; ``path`` of each entry set."""
     path = cache_dir / MANIFEST

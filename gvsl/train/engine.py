@@ -158,8 +158,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, cache: Path, context: DistributedContext,
                  device: torch.device, precision: Precision, events: EventLog, resume_from: Optional[Path]):
         from gvsl.augment import AugmentationConfig, GVSLAugmentation
+        from gvsl.data import cache_preprocessing
 
         self.config, self.run_dir, self.cache = config, run_dir, cache
+        self.preprocessing = cache_preprocessing(cache)  # recorded in checkpoints: matching must preprocess alike
         self.context, self.device, self.precision, self.events = context, device, precision, events
         payload = load_checkpoint(resume_from, map_location=device) if resume_from else None
         self.model = load_gvsl(payload, device=device)[0] if payload else build_model(config, device)
@@ -195,6 +197,7 @@ class Trainer:
         if self.context.is_main:
             payload = gvsl_payload(self.model, self.iteration, optimizer=self.optimizer.state_dict(),
                                    scaler=self.scaler.state_dict(), rng=rng_state(), config=self.config.to_dict(),
+                                   preprocessing=self.preprocessing,
                                    world_size=self.context.world_size)
             save_checkpoint(path, payload)
             deleted = prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
