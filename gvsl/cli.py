@@ -12,22 +12,14 @@ import sys
 COMMANDS = ("scan", "prepare", "pretrain", "match", "finetune", "segment", "demo")
 
 
-def available_commands() -> dict[str, object]:
-    """The command modules that exist in this installation, by name."""
-    found = {}
-    for name in COMMANDS:
-        try:
-            found[name] = importlib.import_module(f"gvsl.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"gvsl.commands.{name}":
-                raise
-    return found
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gvsl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="gvsl", description="GVSL: self-supervised pre-training, matching, fine-tuning and segmentation of 3D "
+                                 "CT/MR (Geometric Visual Similarity Learning, He et al., CVPR 2023).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in available_commands().items():
+    for name in COMMANDS:
+        # Imported when the parser is built, not at `import gvsl.cli`, so importing the package stays cheap.
+        module = importlib.import_module(f"gvsl.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -349,10 +349,8 @@ def test_commands_parse_with_the_backend_cli(tmp_path):
 def test_match_command_and_files_agree_with_the_backend(scene, tmp_path):
     from GVSLPretrainLib import match
 
-    from gvsl.cli import available_commands, build_parser
-    if "match" not in available_commands():
-        pytest.skip("gvsl match is not in the backend yet")
-    backend = available_commands()["match"]
+    from gvsl.cli import build_parser
+    from gvsl.commands import match as backend
     assert (match.TRANSFORM_NAME, match.WARPED_NAME, match.METRICS_NAME) == (
         backend.TRANSFORM_FILE, backend.WARPED_FILE, backend.METRICS_FILE)
     args = build_parser().parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cuda:1")[3:])

@@ -289,7 +289,8 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
     from GVSLPretrainLib import match
     from GVSLSegmentLib import training_data
 
-    from gvsl.cli import available_commands, build_parser
+    from gvsl.cli import build_parser
+    from gvsl.commands import match as match_backend
     from gvsl.finetune import config, data
     from gvsl.labels import SUFFIX
     parser = build_parser()
@@ -311,7 +312,7 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
                                                                            "out.nii.gz", "auto")
     matched = parser.parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cpu", "atlas.nrrd")[3:])
     assert matched.labels == "atlas.nrrd"
-    assert match.PROPAGATED_LABELS_NAME == available_commands()["match"].LABELS_FILE
+    assert match.PROPAGATED_LABELS_NAME == match_backend.LABELS_FILE
     assert finetuning.MODES == config.MODES
     assert (training_data.LABEL_TABLE_NAME, training_data.NNUNET_DATASET_NAME, training_data.LABEL_TABLE_SUFFIX) == (
         data.LABELS_NAME, data.NNUNET_DATASET, SUFFIX)
