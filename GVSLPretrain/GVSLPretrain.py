@@ -113,8 +113,8 @@ class RunControlMixin:
     """Start/Stop/Resume plumbing shared by the widgets that follow a ``gvsl`` run folder.
 
     The widget provides ``self.ui`` (startButton, stopButton, resumeButton, progressBar, progressLabel,
-    logTextEdit), ``self.logic``, a parameter node with ``runFolder``, ``self._run`` (a ``runs.RunFolder`` or
-    None), ``self._trainProcess``, ``onRunFolderChanged`` and ``updateRunPanel``;
+    logTextEdit, runFolderPathLineEdit), ``self.logic``, a parameter node with ``runFolder``, ``self._run``
+    (a ``runs.RunFolder`` or None), ``self._trainProcess``, ``self._chartShown`` and ``updateRunPanel``;
     subclasses set ``lastRunSetting`` (QSettings key) and ``commandName`` (for the log).
     """
 
@@ -140,6 +140,20 @@ class RunControlMixin:
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    def onRunFolderChanged(self, _path=None):
+        """Show the run in the output folder (reconnect to a running or finished run) or prepare a new one."""
+        runFolder = _pathOrNone(self.ui.runFolderPathLineEdit.currentPath)
+        if self._run is not None and runFolder == self._run.path:
+            return
+        self._run = runs.RunFolder(runFolder) if runFolder is not None else None
+        self._chartShown = False
+        self.ui.logTextEdit.clear()
+        if self._run is not None and self._run.exists():
+            qt.QSettings().setValue(self.lastRunSetting, str(runFolder))
+            self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
+            self._pollRun()
+        self.updateRunPanel()
 
     def _startedRun(self):
         qt.QSettings().setValue(self.lastRunSetting, str(self._run.path))
@@ -386,20 +400,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             self.ui.scanSummaryLabel.text = f"gvsl scan failed ({code}): {process.new_output()[-2000:]}"
 
     # Pre-training
-
-    def onRunFolderChanged(self, _path=None):
-        """Show the run in the output folder (reconnect to a running or finished run) or prepare a new one."""
-        runFolder = _pathOrNone(self.ui.runFolderPathLineEdit.currentPath)
-        if self._run is not None and runFolder == self._run.path:
-            return
-        self._run = runs.RunFolder(runFolder) if runFolder is not None else None
-        self._chartShown = False
-        self.ui.logTextEdit.clear()
-        if self._run is not None and self._run.exists():
-            qt.QSettings().setValue(LAST_RUN_SETTING, str(runFolder))
-            self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
-            self._pollRun()
-        self.updateRunPanel()
 
     def onStart(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not start pre-training.", waitCursor=True):

@@ -228,20 +228,6 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     # Fine-tuning
 
-    def onRunFolderChanged(self, _path=None):
-        """Show the run in the output folder (reconnect to a running or finished run) or prepare a new one."""
-        runFolder = _pathOrNone(self.ui.runFolderPathLineEdit.currentPath)
-        if self._run is not None and runFolder == self._run.path:
-            return
-        self._run = runs.RunFolder(runFolder) if runFolder is not None else None
-        self._chartShown = False
-        self.ui.logTextEdit.clear()
-        if self._run is not None and self._run.exists():
-            qt.QSettings().setValue(LAST_RUN_SETTING, str(runFolder))
-            self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
-            self._pollRun()
-        self.updateRunPanel()
-
     def onStart(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             p = self._parameterNode
