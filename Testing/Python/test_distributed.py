@@ -12,10 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
 import torch
-from scipy.ndimage import gaussian_filter
+from tiny_cache import make_tiny_cache
 
 from gvsl.checkpoints import load_checkpoint
 from gvsl.train.config import TrainConfig
@@ -27,19 +25,6 @@ from gvsl.train.state import list_checkpoints
 WIDTHS = (8, 8, 16, 16, 16, 16, 16, 8, 8)
 
 
-def make_cache(root: Path) -> Path:
-    """A prepared cache of three smooth random volumes (40 x 44 x 36, 1 mm)."""
-    from gvsl.data import prepare_cache
-
-    (root / "volumes").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        image = sitk.GetImageFromArray(gaussian_filter(rng.random((40, 44, 36)), 3).astype(np.float32) * 1000)
-        sitk.WriteImage(image, str(root / "volumes" / f"vol{i}.nii.gz"))
-    prepare_cache(root / "volumes", root / "cache", progress=False)
-    return root / "cache"
-
-
 def tiny_config(cache: Path, out: Path, iterations: int) -> TrainConfig:
     return TrainConfig(data=str(cache), out=str(out), iterations=iterations, patch=32, batch=1, channels=WIDTHS,
                        workers=0, device="cpu", checkpoint_every=iterations, log_every=1, tensorboard=False,
@@ -47,7 +32,7 @@ def tiny_config(cache: Path, out: Path, iterations: int) -> TrainConfig:
 
 
 def test_ranks_draw_different_pairs(tmp_path):
-    cache = make_cache(tmp_path)
+    cache = make_tiny_cache(tmp_path)
     config = tiny_config(cache, tmp_path / "run", 2)
     first = [next(pair_batches(cache, config, DistributedContext(rank, 2), torch.device("cpu"), 0))[0]
              for rank in (0, 1)]
@@ -55,7 +40,7 @@ def test_ranks_draw_different_pairs(tmp_path):
 
 
 def test_two_processes_hold_identical_weights(tmp_path):
-    cache = make_cache(tmp_path)
+    cache = make_tiny_cache(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
                str(cache), str(tmp_path / "run"), str(tmp_path / "weights")]

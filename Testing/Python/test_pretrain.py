@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from scipy.ndimage import gaussian_filter
+from tiny_cache import make_tiny_cache
 
 from gvsl.checkpoints import load_checkpoint
 from gvsl.cli import main
@@ -35,17 +34,7 @@ TINY_FLAGS = ["--patch", "32", "--batch", "1", "--channels", ",".join(map(str, W
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """A prepared cache of three smooth random MR-like volumes (40 x 44 x 36 voxels of 1 mm)."""
-    from gvsl.data import prepare_cache
-
-    root = tmp_path_factory.mktemp("pretrain")
-    (root / "volumes").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        image = sitk.GetImageFromArray(gaussian_filter(rng.random((40, 44, 36)), 3).astype(np.float32) * 1000)
-        sitk.WriteImage(image, str(root / "volumes" / f"vol{i}.nii.gz"))
-    prepare_cache(root / "volumes", root / "cache", progress=False)
-    return root / "cache"
+    return make_tiny_cache(tmp_path_factory.mktemp("pretrain"))
 
 
 def _config(cache: Path, out: Path, **kw) -> TrainConfig:
