@@ -14,7 +14,7 @@ import qt
 import slicer
 import vtk
 from GVSLPretrainLib import match, plots, runs, volumes
-from GVSLSegmentLib import finetuning, results, training_data
+from GVSLSegmentLib import finetuning, pipeline_check, results, training_data
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from GVSLPretrain import GVSLPretrainLogic, GVSLPretrainWidget, RunControlMixin, _pathOrNone
+from GVSLPretrain import GVSLPretrainLogic, GVSLPretrainWidget, RunControlMixin, _pathOrNone, runPipelineCheck
 
 POLL_INTERVAL_MS = 1000
 LAST_RUN_SETTING = "GVSLSegment/lastRunFolder"
@@ -414,6 +414,8 @@ class GVSLSegmentTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_widget_loads()
         self.test_label_map_becomes_segmentation()
+        self.setUp()
+        self.test_finetune_and_segment()
 
     def test_widget_loads(self):
         self.assertTrue(os.path.exists(_ui_path(os.path.dirname(__file__))))
@@ -435,3 +437,15 @@ class GVSLSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(2)], ["tumour", "liver"])
         self.assertTrue(segmentation.ContainsRepresentation("Closed surface"))
         self.delayDisplay("Label map import OK")
+
+    def test_finetune_and_segment(self):
+        """Sample heads with tissue segmentations: a short pre-training, fine-tuning on two heads in a background
+        process, segmentation of a third into a named, coloured segmentation with closed surfaces."""
+        self.delayDisplay("Pre-training, fine-tuning and segmenting sample heads with a tiny network")
+        out = runPipelineCheck(self, pipeline_check.check_finetune_and_segment, "segment")
+        segmentation = out["segmentation"]
+        self.assertIs(slicer.mrmlScene.GetNodeByID(segmentation.GetID()), segmentation)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(),
+                         out["cases"][0].segmentation_node.GetSegmentation().GetNumberOfSegments())
+        slicer.util.setSliceViewerLayers(background=out["target"])
+        self.delayDisplay("Fine-tuning and segmentation OK")

@@ -62,6 +62,22 @@ def synthetic_ct(mni: dict[str, sitk.Image]) -> sitk.Image:
     return sitk.Mask(hu, head, outsideValue=-1000.0)
 
 
+TISSUES = {1: "grey matter", 2: "white matter"}  # label value -> name in ``tissue_labels`` maps
+TISSUE_COLORS = {1: (0.9, 0.6, 0.5), 2: (0.95, 0.95, 0.8)}
+
+
+def tissue_labels(mni: dict[str, sitk.Image]) -> sitk.Image:
+    """A uint8 label map on the MNI grid: 1 where grey matter is the likelier tissue with probability > 0.5, 2 where
+    white matter is, 0 elsewhere (``TISSUES``)."""
+    gm, wm = (sitk.GetArrayFromImage(mni[name]) for name in ("gm", "wm"))
+    labels = np.zeros(gm.shape, np.uint8)
+    labels[(gm > 0.5) & (gm >= wm)] = 1
+    labels[(wm > 0.5) & (wm > gm)] = 2
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(mni["gm"])
+    return image
+
+
 def random_warp(reference: sitk.Image, rng: np.random.Generator, *, max_rotation_deg: float = 6.0,
                 max_shift_mm: float = 5.0, scale_range: float = 0.08, max_displacement_mm: float = 4.0
                 ) -> sitk.Transform:
@@ -175,3 +191,34 @@ def _subject_grid(template: sitk.Image, spacing: float, rng: np.random.Generator
     grid.SetSpacing([spacing] * 3)
     grid.SetOrigin(tuple(np.asarray(template.GetOrigin()) + low))
     return grid
+
+
+def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: float = 4.0, seed: int = 0
+                       ) -> list[tuple[Path, Path]]:
+    """Write ``n_subjects`` warped copies of the MNI T1 head with their tissue label maps, as NRRD files.
+
+    Layout: ``out_dir/volumes/head-NN.nrrd`` (T1, float32) and ``out_dir/labels/head-NN.nrrd`` (uint8,
+    ``tissue_labels``) with its label table beside it (``head-NN.labels.json``); each subject on its own
+    axis-aligned LPS grid of ``spacing`` mm, as in ``write_sample_collection``. Returns (volume, labels) paths.
+    """
+    from gvsl.labels import make_label_table, sidecar_path, write_label_table
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    mni = load_mni(spacing=min(2.0, spacing))
+    labels = tissue_labels(mni)
+    table = make_label_table(TISSUES, TISSUES, TISSUE_COLORS)
+    paths = []
+    for n in range(n_subjects):
+        grid = _subject_grid(mni["t1"], spacing, rng)
+        warp = random_warp(grid, rng)
+        volume_path = out_dir / "volumes" / f"head-{n + 1:02d}.nrrd"
+        labels_path = out_dir / "labels" / f"head-{n + 1:02d}.nrrd"
+        for path in (volume_path, labels_path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.Resample(mni["t1"], grid, warp, sitk.sitkLinear, 0.0, sitk.sitkFloat32), str(volume_path))
+        sitk.WriteImage(sitk.Resample(labels, grid, warp, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8),
+                        str(labels_path), useCompression=True)
+        write_label_table(table, sidecar_path(labels_path))
+        paths.append((volume_path, labels_path))
+    return paths

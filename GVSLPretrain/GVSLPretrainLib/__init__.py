@@ -6,5 +6,7 @@
 ``similarity_job`` (a script run in its own process: the probe's similarity map), ``runs`` (event files, run
 folders, background processes), ``plots`` (loss chart), ``dicom_selection``
 (series from the DICOM database, ``gvsl scan`` summary) and ``dependencies``
-(what to pip-install inside Slicer). GVSLSegment imports the shared parts from here.
+(what to pip-install inside Slicer). ``pipeline_check`` is the body of the modules' self-tests (sample heads from
+``sample_job``, a script run in its own process, then pre-training and a match, each as the module runs it).
+GVSLSegment imports the shared parts from here.
 """

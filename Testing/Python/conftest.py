@@ -219,3 +219,20 @@ def sample_cache(tmp_path_factory) -> Path:
     prepare_cache(root / "dicom", root / "cache", config=PrepareConfig(target_spacing=(2.0, 2.0, 2.0)),
                   progress=False)
     return root / "cache"
+
+
+@pytest.fixture
+def scene():
+    """A real MRML scene from the ``slicer-core`` wheel, set up as Slicer sets it up (subject hierarchy, the
+    segmentation converters); the test skips when ``slicer`` with ``vtkMRMLScene`` is not importable."""
+    slicer = pytest.importorskip("slicer", reason="needs Slicer's MRML: pip install slicer-core")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)")
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.GetConverterRules() == ():  # Slicer's Segmentations module registers these at start-up
+        for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+                     slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
+            factory.RegisterConverterRule(rule())
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # created once, as in Slicer
+    return scene

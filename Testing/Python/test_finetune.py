@@ -17,7 +17,7 @@ from gvsl.checkpoints import gvsl_payload, load_checkpoint, save_checkpoint
 from gvsl.cli import main
 from gvsl.finetune import FinetuneConfig, find_cases, run_finetune
 from gvsl.networks import GVSL
-from gvsl.sample_data import load_mni
+from gvsl.sample_data import load_mni, tissue_labels
 from gvsl.segment import load_segmentation_model, segment_image
 from gvsl.train.events import read_events
 
@@ -38,11 +38,8 @@ def real(tmp_path_factory) -> dict:
     """nnU-Net folder with the MNI block and its tissue labels, plus a GVSL checkpoint and published state dict."""
     root = tmp_path_factory.mktemp("finetune")
     mni = load_mni(2.0)
-    gm, wm = (sitk.GetArrayFromImage(mni[k]) for k in ("gm", "wm"))
-    labels = np.zeros(gm.shape, np.uint8)
-    labels[(gm > 0.5) & (gm >= wm)] = 1
-    labels[(wm > 0.5) & (wm > gm)] = 2
-    corner = [(n - s) // 2 for n, s in zip(gm.shape, (48, 56, 56))]
+    labels = sitk.GetArrayFromImage(tissue_labels(mni))
+    corner = [(n - s) // 2 for n, s in zip(labels.shape, (48, 56, 56))]
     corner[0] += 6  # towards the top of the brain: both tissues everywhere in the block
     box = tuple(slice(c, c + s) for c, s in zip(corner, (48, 56, 56)))
     image = mni["t1"][corner[2]:corner[2] + 56, corner[1]:corner[1] + 56, corner[0]:corner[0] + 48]

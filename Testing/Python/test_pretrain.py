@@ -184,6 +184,22 @@ def test_user_errors_are_clear(cache, tmp_path, capsys, monkeypatch):
     assert error["event"] == "error" and "activation-checkpointing" in error["message"]
 
 
+def test_spacing_sets_the_cache_grid_and_a_given_cache_keeps_its_own(cache, tmp_path, capsys):
+    """``--spacing 2`` prepares DATA on a 2 mm grid (half the 1 mm size) and the checkpoint records it, so matching
+    preprocesses alike; a cache given as DATA with another --spacing is refused, naming both."""
+    from gvsl.data import cache_preprocessing
+    run_dir = tmp_path / "coarse"
+    assert main(["pretrain", str(cache.parent / "volumes"), "--out", str(run_dir), "--spacing", "2",
+                 "--iterations", "1", *TINY_FLAGS]) == 0
+    assert cache_preprocessing(run_dir / "cache")["target_spacing"] == [2.0, 2.0, 2.0]
+    shapes = [np.load(path, mmap_mode="r").shape for path in sorted((run_dir / "cache").rglob("*.npy"))]
+    assert len(shapes) == 3 and all(max(shape) <= 23 for shape in shapes)  # 36-44 voxels of 1 mm -> 18-22 of 2 mm
+    assert _final(run_dir)["preprocessing"]["target_spacing"] == [2.0, 2.0, 2.0]
+    capsys.readouterr()
+    assert main(["pretrain", str(cache), "--out", str(tmp_path / "refused"), "--spacing", "2", *TINY_FLAGS]) == 1
+    assert "prepared at (1.0, 1.0, 1.0) mm, not --spacing (2.0, 2.0, 2.0)" in capsys.readouterr().err
+
+
 def test_kill_9_leaves_only_loadable_checkpoints(cache, tmp_path):
     """A hard kill right after a checkpoint event: every checkpoint file left loads, and resuming works."""
     run_dir = tmp_path / "run"

@@ -21,14 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "GVSLPretrain"))
 from GVSLPretrainLib import dependencies, dicom_selection, runs  # noqa: E402  (imports no slicer)
 
 
-@pytest.fixture
-def scene():
-    slicer = pytest.importorskip("slicer", reason="needs Slicer's MRML: pip install slicer-core")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)")
-    return slicer.vtkMRMLScene()
-
-
 def oblique_image(size=(7, 6, 5), pixel=sitk.sitkFloat32, seed=0) -> sitk.Image:
     """A small image with non-trivial spacing, origin and an oblique direction (LPS)."""
     rng = np.random.default_rng(seed)

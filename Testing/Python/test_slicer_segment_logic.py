@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,24 +21,11 @@ sys.path[:0] = [str(ROOT / "GVSLPretrain"), str(ROOT / "GVSLSegment")]
 from GVSLPretrainLib import runs  # noqa: E402  (imports no slicer)
 from GVSLSegmentLib import finetuning  # noqa: E402  (imports no slicer)
 
+from gvsl.sample_data import TISSUE_COLORS, TISSUES  # noqa: E402
+
 SPACING_MM = 6.0
-GREY, WHITE = "grey matter", "white matter"
-COLORS = {GREY: (0.9, 0.6, 0.5), WHITE: (0.95, 0.95, 0.8)}
-
-
-@pytest.fixture
-def scene():
-    slicer = pytest.importorskip("slicer", reason="needs Slicer's MRML: pip install slicer-core")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the installed 'slicer' package has no vtkMRMLScene (install slicer-core)")
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    if factory.GetConverterRules() == ():  # Slicer's Segmentations module registers these at start-up
-        for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
-                     slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule):
-            factory.RegisterConverterRule(rule())
-    scene = slicer.vtkMRMLScene()
-    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # created once, as in Slicer
-    return scene
+GREY, WHITE = TISSUES[1], TISSUES[2]
+COLORS = {TISSUES[v]: TISSUE_COLORS[v] for v in TISSUES}
 
 
 @lru_cache(maxsize=None)
@@ -49,14 +35,9 @@ def mni() -> dict[str, sitk.Image]:
 
 
 def tissue_labels(values=(1, 2)) -> sitk.Image:
-    """Grey matter → values[0], white matter → values[1] (the larger probability over 0.5), on the MNI grid."""
-    gm, wm = (sitk.GetArrayFromImage(mni()[name]) for name in ("gm", "wm"))
-    array = np.zeros(gm.shape, np.uint8)
-    array[(gm > 0.5) & (gm >= wm)] = values[0]
-    array[(wm > 0.5) & (wm > gm)] = values[1]
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(mni()["gm"])
-    return image
+    """Grey matter → values[0], white matter → values[1] (``gvsl.sample_data.tissue_labels``), on the MNI grid."""
+    from gvsl.sample_data import tissue_labels as grey_1_white_2
+    return sitk.ChangeLabel(grey_1_white_2(mni()), {1: values[0], 2: values[1]})
 
 
 def oblique_grid(reference: sitk.Image, spacing=(5.0, 5.5, 7.0)) -> sitk.Image:
@@ -341,45 +322,6 @@ def test_fine_tuning_events_give_loss_and_dice_charts(scene, tmp_path):
     assert chart.GetYAxisTitle() == "loss / Dice" and chart.GetNumberOfPlotSeriesNodes() == 6
     dice_table = scene.GetFirstNodeByName("training Dice").GetTable()
     assert dice_table.GetNumberOfRows() == 2 and dice_table.GetValueByName(1, f"Dice {GREY}") == 0.6
-
-
-def test_real_fine_tuning_then_segmentation_imports_named_segments(scene, tmp_path):
-    """The module's path end to end with the real backend: export two cases, ``gvsl finetune`` from scratch for
-    2 iterations (tiny network, 6 mm), ``gvsl segment`` with the run, import of the label map."""
-    import subprocess
-
-    from GVSLPretrainLib import volumes
-    from GVSLSegmentLib import results, training_data
-    cases = two_cases(scene)
-    training_data.export_training_data(scene, cases, tmp_path / "data")
-    run_dir = tmp_path / "run"
-    command = finetuning.finetune_command(tmp_path / "data", "", run_dir, mode="scratch", iterations=2, patch=16,
-                                          batch=1, lr=1e-3, val_every=2, precision="fp32", device="cpu")
-    tiny = ["--channels", "4,4,8,8,8,8,8,4,4", "--workers", "0", "--no-tensorboard", "--log-every", "1",
-            "--spacing", str(SPACING_MM), "--no-augment"]
-    process = runs.BackgroundProcess(command + tiny, run_dir / runs.PROCESS_LOG_NAME)
-    run = runs.RunFolder(run_dir)
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline:
-        run.poll()
-        time.sleep(0.2)
-    run.poll()
-    assert process.poll() == 0, run.new_log()
-    assert run.progress.state == "finished" and run.progress.iteration == 2
-    assert {"Dice (mean)", f"Dice {GREY}", f"Dice {WHITE}"} <= set(finetuning.split_curves(run.progress.curves)[1])
-
-    node = cases[1].volume_node
-    volumes.write_volume_node(node, tmp_path / "input.nrrd")
-    out = tmp_path / "segmentation.nrrd"
-    done = subprocess.run(finetuning.segment_command(tmp_path / "input.nrrd", run_dir, out, "cpu"),
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr
-    labels, table = results.read_label_map(out)
-    assert_same_geometry(labels, volumes.image_from_volume_node(node))
-    output = results.import_label_map(scene, labels, table, node)
-    segmentation = output.GetSegmentation()
-    assert sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())) == [
-        GREY, WHITE]
 
 
 def test_real_segmentation_by_matching_carries_the_atlas_segments_onto_the_input(scene, tmp_path):

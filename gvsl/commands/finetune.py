@@ -7,7 +7,7 @@ import sys
 
 from gvsl.finetune.config import MODES, SCHEDULES, FinetuneConfig
 from gvsl.finetune.engine import run_finetune
-from gvsl.train.config import PRECISIONS, config_from_arguments, parse_channels, parse_patch
+from gvsl.train.config import PRECISIONS, config_from_arguments, parse_channels, parse_patch, parse_spacing
 from gvsl.train.distributed import context_from_environment
 from gvsl.train.engine import TrainingError
 
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of crops centred on a labelled voxel (default 0.5)")
     parser.add_argument("--val-every", type=int, default=s, help="iterations between validations (250)")
     parser.add_argument("--val-fraction", type=float, default=s, help="share of cases held out (0.2)")
-    parser.add_argument("--spacing", type=_spacing, default=s, metavar="MM[,MM,MM]",
+    parser.add_argument("--spacing", type=parse_spacing, default=s, metavar="MM[,MM,MM]",
                         help="voxel size of the preprocessed grid, x,y,z mm (default 1; as pre-training)")
     parser.add_argument("--modality", choices=("auto", "CT", "MR"), default=s, help="intensity normalisation")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, crops and augmentation (default 0)")
@@ -66,13 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", action=boolean, default=s, help="spatial and intensity augmentation (on)")
     parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
     parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
-
-
-def _spacing(value: str) -> tuple[float, float, float]:
-    sizes = [float(v) for v in value.split(",") if v.strip()]
-    if len(sizes) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"spacing must be one or three sizes in mm, got {value!r}")
-    return tuple(sizes * 3 if len(sizes) == 1 else sizes)
 
 
 def run(args: argparse.Namespace) -> int:

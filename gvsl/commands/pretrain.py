@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gvsl.train.config import PRECISIONS, TrainConfig, config_from_arguments, parse_channels, parse_patch
+from gvsl.train.config import (
+    PRECISIONS,
+    TrainConfig,
+    config_from_arguments,
+    parse_channels,
+    parse_patch,
+    parse_spacing,
+)
 from gvsl.train.distributed import context_from_environment
 from gvsl.train.engine import TrainingError, run_training
 
@@ -27,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--config", metavar="FILE", help="JSON file of settings (field names as in config.json)")
     parser.add_argument("--cache", default=s, metavar="DIR", help="where to prepare the cache (default RUN_DIR/cache)")
+    parser.add_argument("--spacing", type=parse_spacing, default=s, metavar="MM[,MM,MM]",
+                        help="voxel size of the cache's grid, x,y,z mm (default 1, or DATA's when it is a cache)")
     parser.add_argument("--init", default=s, metavar="FILE",
                         help="start from a checkpoint of ours or the published GVSL state dict (original conventions)")
     parser.add_argument("--iterations", type=int, default=s, help="total iterations (a resumed run continues to it)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from gvsl.train.config import PRECISIONS, RunConfig, parse_channels, parse_patch
+from gvsl.train.config import PRECISIONS, RunConfig, parse_channels, parse_patch, parse_spacing
 
 MODES = ("finetune", "linear", "scratch")
 SCHEDULES = ("poly", "constant")
@@ -67,7 +67,7 @@ class FinetuneConfig(RunConfig):
         self.patch = parse_patch(self.patch)
         if self.channels is not None:
             self.channels = parse_channels(self.channels)
-        self.spacing = tuple(float(s) for s in self.spacing)
+        self.spacing = parse_spacing(self.spacing)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode != "scratch" and self.init is None:
@@ -82,8 +82,6 @@ class FinetuneConfig(RunConfig):
             raise ValueError("lr must be positive and weight_decay >= 0")
         if not 0.0 <= self.foreground <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("foreground must be in [0, 1] and val_fraction in [0, 1)")
-        if len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"spacing must be three positive sizes in mm, got {self.spacing}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workers < 0:

@@ -63,6 +63,7 @@ class TrainConfig(RunConfig):
     data: Optional[str] = None
     out: Optional[str] = None
     cache: Optional[str] = None
+    spacing: Optional[Tuple[float, float, float]] = None
     init: Optional[str] = None
     iterations: int = 200_000
     patch: Tuple[int, int, int] = (128, 128, 128)
@@ -90,6 +91,8 @@ class TrainConfig(RunConfig):
         self.patch = parse_patch(self.patch)
         if self.channels is not None:
             self.channels = parse_channels(self.channels)
+        if self.spacing is not None:
+            self.spacing = parse_spacing(self.spacing)
         for name in ("iterations", "batch", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -113,6 +116,21 @@ def parse_patch(value: int | str | Sequence[int]) -> tuple[int, int, int]:
         sizes *= 3
     if len(sizes) != 3 or min(sizes) < 16:
         raise ValueError(f"patch must be one size or three sizes (D, H, W), each >= 16 voxels; got {value!r}")
+    return tuple(sizes)
+
+
+def parse_spacing(value: float | str | Sequence[float]) -> tuple[float, float, float]:
+    """Voxel size in mm, (x, y, z): one size for isotropic voxels or three; from a number, a list, or "1.5,1.5,3"."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    try:
+        sizes = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"spacing must be one or three sizes in mm, got {value!r}") from exc
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3 or min(sizes) <= 0:
+        raise ValueError(f"spacing must be one or three positive sizes in mm, got {value!r}")
     return tuple(sizes)
 
 

@@ -116,6 +116,22 @@ def cache_location(config: TrainConfig, run_dir: Path) -> Path:
     return Path(config.cache) if config.cache else run_dir / CACHE_NAME
 
 
+def prepare_training_cache(config: TrainConfig, cache: Path) -> None:
+    """Prepare DATA into ``cache`` at ``config.spacing`` (1 mm by default), or check DATA when it is the cache.
+
+    A cache given as DATA keeps its own grid: a ``spacing`` that differs from it raises ValueError.
+    """
+    from gvsl.data import PrepareConfig, cache_preprocessing, is_cache, prepare_cache
+
+    if is_cache(config.data) and Path(config.data) == cache:
+        cached = tuple(cache_preprocessing(cache)["target_spacing"])
+        if config.spacing is not None and tuple(config.spacing) != cached:
+            raise ValueError(f"{cache} was prepared at {cached} mm, not --spacing {config.spacing}: leave --spacing "
+                             "out, or give the original data (or --cache DIR) to prepare again")
+    prepare = PrepareConfig(target_spacing=config.spacing) if config.spacing else PrepareConfig()
+    prepare_cache(Path(config.data), cache, config=prepare, workers=config.workers, progress=config.progress)
+
+
 def build_model(config: TrainConfig, device: torch.device) -> GVSL:
     """A fresh network (seeded from ``config.seed``) or the ``config.init`` checkpoint's weights.
 
@@ -300,9 +316,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, on_event: Optiona
         else:
             cache = cache_location(config, run_dir)
             if context.is_main:  # a cache given as DATA is only checked against its manifest
-                from gvsl.data import prepare_cache
-
-                prepare_cache(Path(config.data), cache, workers=config.workers, progress=config.progress)
+                prepare_training_cache(config, cache)
             context.barrier()
         trainer = Trainer(config, run_dir, cache, context, device, precision, events, resume_from)
         model = trainer.model
