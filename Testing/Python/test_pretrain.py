@@ -93,6 +93,64 @@ def test_interrupted_and_resumed_equals_uninterrupted(cache, tmp_path):
         assert starts[1]["resumed_from"].endswith(f"iter_{stop_at:06d}.pt") and starts[1]["iteration"] == stop_at
 
 
+def test_resume_with_loader_workers_equals_uninterrupted(cache, tmp_path):
+    """With two data loader processes the pair stream is still a function of the iteration: stopped at 2, resumed
+    to 5 equals one run of 5 (the loader restarts mid-way between checkpoints)."""
+    settings = dict(iterations=5, checkpoint_every=4, workers=2)
+    run_training(_config(cache, tmp_path / "whole", **settings))
+    run_dir = tmp_path / "stopped"
+    assert run_training(_config(cache, run_dir, **settings), on_event=_stop_at(run_dir, 2)).iteration == 2
+    assert run_training(resolve_config({}, resume_dir=run_dir), resume=True).iteration == 5
+    reference, resumed = _final(tmp_path / "whole"), _final(run_dir)
+    for key, value in reference["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_panel_tiles_are_the_middle_slices_superior_up():
+    """Columns = volumes, rows = axial / coronal / sagittal middle slices; in the last two, array index d (LPS
+    superior on the cache's grid) grows upwards."""
+    from gvsl.train.panels import GAP, slice_panel
+    d, h, w = np.meshgrid(np.arange(6), np.arange(8), np.arange(10), indexing="ij")
+    volume = (d * 100 + h * 10 + w).astype(np.float32)
+    panel = slice_panel([volume, volume + 1], low=0.0, high=1000.0) * 1000
+    np.testing.assert_allclose(panel[:8, :10], volume[3], atol=1e-3)
+    np.testing.assert_allclose(panel[8 + GAP:8 + GAP + 6, :10], volume[::-1, 4, :], atol=1e-3)
+    np.testing.assert_allclose(panel[2 * (8 + GAP):2 * (8 + GAP) + 6, :8], volume[::-1, :, 5], atol=1e-3)
+    np.testing.assert_allclose(panel[:8, 10 + GAP:20 + GAP], volume[3] + 1, atol=1e-3)
+    assert panel.shape == (3 * 8 + 2 * GAP, 2 * 10 + GAP)
+
+
+def test_tensorboard_scalars_and_panels(cache, tmp_path, monkeypatch):
+    """TensorBoard holds every logged loss (equal to the event file's) and, every ``image_every`` iterations, the
+    panel of the step's own views (A, B, warped B, restored A), as written by ``slice_panel``."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gvsl.train.engine import Trainer
+    from gvsl.train.panels import slice_panel
+    shown = []
+    original = Trainer.add_panel
+    monkeypatch.setattr(Trainer, "add_panel", lambda self, views: (shown.append(views), original(self, views)))
+    run_dir = tmp_path / "run"
+    run_training(_config(cache, run_dir, iterations=4, tensorboard=True, image_every=2))
+
+    board = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    logged = [r for r in read_events(run_dir / "events.jsonl") if r["event"] == "iteration"]
+    for name in ("loss", "ncc", "mse", "smooth"):
+        scalars = board.Scalars(f"loss/{name}")
+        assert [s.step for s in scalars] == [1, 2, 3, 4]
+        np.testing.assert_allclose([s.value for s in scalars], [r[name] for r in logged], rtol=1e-6)
+    images = board.Images("panels/A_B_warpedB_restoredA")
+    assert [image.step for image in images] == [2, 4] and len(shown) == 2
+    for image, views in zip(images, shown):
+        assert [tuple(v.shape) for v in views] == [(32, 32, 32)] * 4
+        pixels = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("L"), np.float32) / 255
+        np.testing.assert_allclose(pixels, slice_panel(views), atol=1 / 255 + 1e-6)
+        assert all(np.ptp(column) > 0.05 for column in np.split(pixels[:32, :4 * 32 + 6], [34, 68, 102], axis=1))
+
+
 def test_checkpoints_events_and_config(cache, tmp_path):
     run_dir = tmp_path / "run"
     result = run_training(_config(cache, run_dir, iterations=5, checkpoint_every=2, keep_checkpoints=2))
