@@ -57,6 +57,24 @@ def test_two_processes_hold_identical_weights(tmp_path):
     assert len(starts) == 1 and starts[0]["world_size"] == 2  # only rank 0 writes events
 
 
+def test_readme_torchrun_command_line(tmp_path):
+    """``torchrun --nproc_per_node=2 -m gvsl pretrain DATA --out RUN_DIR`` as the README shows it (CPU, Gloo): one
+    run folder, one final checkpoint recording both processes, one ``start`` event, one summary line printed."""
+    cache = make_tiny_cache(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gvsl",
+               "pretrain", str(cache), "--out", str(tmp_path / "run"), "--iterations", "2", "--patch", "32",
+               "--batch", "1", "--channels", ",".join(map(str, WIDTHS)), "--workers", "0", "--device", "cpu",
+               "--no-tensorboard", "--no-progress"]
+    completed = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert [i for i, _ in list_checkpoints(tmp_path / "run")] == [2]
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1][1])["world_size"] == 2
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    assert [r["event"] for r in events].count("start") == 1 and events[-1]["event"] == "end"
+    assert completed.stdout.count("gvsl pretrain: finished at iteration 2") == 1
+
+
 def _initial_weights() -> dict[str, torch.Tensor]:
     from gvsl.networks import GVSL
     from gvsl.train.state import derive_seed
