@@ -33,6 +33,13 @@ FIXED_VIEWS = ("vtkMRMLSliceNodeRed", "vtkMRMLSliceNodeGreen", "vtkMRMLViewNode1
 MOVING_VIEW = "Yellow"  # the moving volume in its own space, with the matched points and the similarity map
 SIMILARITY_NAME = "GVSL feature similarity"
 SIMILARITY_DELAY_MS = 700
+# The user guide (the extension's README): EXTENSION_HOMEPAGE in CMakeLists.txt, which a test compares with this.
+USER_GUIDE_URL = "https://github.com/PLACEHOLDER-OWNER/SlicerGVSL#readme"
+USER_GUIDE_LINK = (
+    f'<p>The <a href="{USER_GUIDE_URL}">user guide</a> covers installation, pre-training on a GPU server or a '
+    "cluster, the published GVSL weights, what the metrics mean and troubleshooting (no GPU found, out of memory, a "
+    "CUDA build of torch on a CPU machine).</p>"
+)
 
 
 def _ui_path(module_dir):
@@ -66,7 +73,10 @@ class GVSLPretrain(ScriptedLoadableModule):
             "folder and scan them. <b>Pre-training</b>: runs <code>gvsl pretrain</code> in the background; the run "
             "folder keeps its progress, so the module reconnects to it later. <b>Inspect matches</b>: matches a "
             "moving volume to a fixed one with a checkpoint and shows the transform, the warped volume and linked "
-            "point lists."
+            "point lists. <b>Metrics</b>: <code>ncc_after</code> above <code>ncc_before</code> means the warped "
+            "volume agrees better with the fixed one (local normalised cross-correlation, 0..1); "
+            "<code>nonpositive_jacobian_percent</code> is the share of the field that folds (0 is ideal)."
+            + USER_GUIDE_LINK
         )
         self.parent.acknowledgementText = (
             "Geometric Visual Similarity Learning: Y. He et al., CVPR 2023. "

@@ -25,7 +25,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from GVSLPretrain import GVSLPretrainLogic, GVSLPretrainWidget, RunControlMixin, _pathOrNone, runPipelineCheck
+from GVSLPretrain import (
+    USER_GUIDE_LINK,
+    GVSLPretrainLogic,
+    GVSLPretrainWidget,
+    RunControlMixin,
+    _pathOrNone,
+    runPipelineCheck,
+)
 
 POLL_INTERVAL_MS = 1000
 LAST_RUN_SETTING = "GVSLSegment/lastRunFolder"
@@ -59,7 +66,10 @@ class GVSLSegment(ScriptedLoadableModule):
             "matched by name, or a folder of labelled cases. <b>Fine-tune</b>: runs <code>gvsl finetune</code> "
             "in the background; the run folder keeps its progress, so the module reconnects to it later. "
             "<b>Segment</b>: runs the fine-tuned model on a volume, or carries an atlas segmentation onto it "
-            "through the matches a pre-trained network finds (no fine-tuning)."
+            "through the matches a pre-trained network finds (no fine-tuning). <b>Validation Dice</b>: overlap of "
+            "the model's segmentation with the held-out cases' (0..1, higher is better), per label and mean; the "
+            "run keeps the best checkpoint."
+            + USER_GUIDE_LINK
         )
         self.parent.acknowledgementText = (
             "Geometric Visual Similarity Learning: Y. He et al., CVPR 2023. "

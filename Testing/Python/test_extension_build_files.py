@@ -249,6 +249,15 @@ def test_icon_and_screenshot_urls_name_files_of_this_repository():
         assert png_size(path)[0] >= 128, url
 
 
+def test_module_help_links_to_the_extension_homepage():
+    """The modules' help text points to the user guide at the homepage the catalogue shows."""
+    text = (ROOT / "GVSLPretrain" / "GVSLPretrain.py").read_text(encoding="utf-8")
+    url = re.search(r'^USER_GUIDE_URL = "([^"]+)"', text, re.MULTILINE).group(1)
+    top = Extension.read(ROOT).top
+    assert url == expand(top.variables["EXTENSION_HOMEPAGE"], top.variables)[0]
+    assert "USER_GUIDE_LINK" in (ROOT / "GVSLSegment" / "GVSLSegment.py").read_text(encoding="utf-8")
+
+
 def test_catalogue_entry_agrees_with_cmake():
     entry = json.loads((ROOT / "GVSL.json").read_text(encoding="utf-8"))
     top = Extension.read(ROOT).top
