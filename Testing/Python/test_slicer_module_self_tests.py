@@ -1,0 +1,135 @@
+"""The modules' own self-tests (``GVSLPretrainTest``, ``GVSLSegmentTest``: what Slicer's "Reload and Test" and the
+extension build's ``ctest`` run), executed here against a real ``slicer-core`` MRML scene with the real backend.
+
+``slicer-core`` has MRML, the module logics and ``slicer.util`` but not Slicer's application: Qt, the
+``ScriptedLoadableModule`` base classes, the parameter node wrapper and ``slicer.app``. The fixture below stands in
+for exactly those (the Test classes use only ``delayDisplay``, ``slicer.app.temporaryPath`` and
+``processEvents``; widgets are not built), so the Test classes' own code runs as written: the pipeline check in
+background processes (sample heads from the MNI152 template in the nilearn wheel → pre-training → matches →
+fine-tuning → segmentation), then their assertions on the scene. The scene afterwards is checked further here.
+"""
+from __future__ import annotations
+
+import sys
+import types
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = ("GVSLPretrain", "GVSLSegment")
+
+
+@pytest.fixture
+def slicer_application(scene, tmp_path, monkeypatch):
+    """Import both modules as Slicer would, with ``scene`` as ``slicer.mrmlScene``; yields ``slicer``."""
+    import slicer
+
+    base = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            displayed.append(message)
+
+    class ScriptedLoadableModuleLogic:
+        def getParameterNode(self):
+            return scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+
+    displayed: list[str] = []
+    base.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
+    base.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+    base.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
+    base.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: (lambda node: node)
+    wrapper.Choice = wrapper.Decimals = wrapper.WithinRange = lambda *args, **kwargs: None
+    for name, module in (("slicer.ScriptedLoadableModule", base), ("slicer.parameterNodeWrapper", wrapper),
+                         ("qt", mock.MagicMock(name="qt"))):
+        monkeypatch.setitem(sys.modules, name, module)
+    ticks = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path),
+                                                             processEvents=lambda: ticks.append(1)), raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **layers: None)
+    for folder in MODULES:
+        monkeypatch.syspath_prepend(str(ROOT / folder))
+    for name in MODULES:
+        sys.modules.pop(name, None)
+    slicer.displayed, slicer.ticks = displayed, ticks
+    yield slicer
+    for name in MODULES:
+        sys.modules.pop(name, None)
+
+
+def run_test_case(case: type[unittest.TestCase], last: str) -> unittest.TestResult:
+    """Every test of ``case`` as Slicer's test runner loads them, the one called ``last`` last (each test's setUp
+    clears the scene, so the scene afterwards is the one ``last`` left)."""
+    names = unittest.defaultTestLoader.getTestCaseNames(case)
+    result = unittest.TestResult()
+    unittest.TestSuite([case(name) for name in sorted(names, key=lambda name: name == last)]).run(result)
+    return result
+
+
+def assert_passed(result: unittest.TestResult, tests: int) -> None:
+    problems = [f"{test.id()}:\n{trace}" for test, trace in result.errors + result.failures]
+    assert not problems, "\n".join(problems)
+    assert result.testsRun == tests and not result.skipped, result.skipped
+
+
+def test_pretrain_module_self_test(slicer_application):
+    import GVSLPretrain
+    result = run_test_case(GVSLPretrain.GVSLPretrainTest, last="test_pretrain_and_match")
+    assert_passed(result, tests=3)
+    assert slicer_application.ticks, "Slicer's event loop was never served while the processes ran"
+    assert any(message.startswith("Pre-training and matching OK") for message in slicer_application.displayed)
+
+
+def test_segment_module_self_test_and_the_scene_it_leaves(slicer_application, monkeypatch):
+    import GVSLPretrainLib.volumes as volumes
+    from GVSLPretrainLib import runs
+    from GVSLSegmentLib import finetuning, pipeline_check
+
+    import GVSLSegment
+    from gvsl.sample_data import TISSUES
+    outputs = []
+    check = pipeline_check.check_finetune_and_segment
+    monkeypatch.setattr(GVSLSegment.pipeline_check, "check_finetune_and_segment",
+                        lambda *args: outputs.append(check(*args)) or outputs[-1])
+    assert_passed(run_test_case(GVSLSegment.GVSLSegmentTest, last="test_finetune_and_segment"), tests=3)
+    out, scene = outputs[0], slicer_application.mrmlScene
+
+    names = {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
+    assert {"GVSL match deformable", "GVSL match affine", "GVSL match warped moving", "GVSL match checkerboard",
+            "GVSL check fixed head", "GVSL check target head segmentation"} <= names
+    # the warped moving volume lies on the fixed grid, with the moving head's intensities
+    fixed = volumes.image_from_volume_node(out["fixed"])
+    warped = volumes.image_from_volume_node(out["warped"])
+    assert warped.GetSize() == fixed.GetSize()
+    np.testing.assert_allclose(warped.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
+    moving = sitk.GetArrayFromImage(volumes.image_from_volume_node(out["moving"]))
+    assert 0 < sitk.GetArrayFromImage(warped).max() <= moving.max() + 1e-3
+    assert np.isfinite([out["metrics"]["ncc_before"], out["metrics"]["ncc_after"]]).all()
+    # fine-tuning is followed through its event file as the module follows it: per-class Dice curves
+    run = runs.RunFolder(out["run"])
+    run.poll()
+    assert {f"Dice {name}" for name in TISSUES.values()} <= set(finetuning.split_curves(run.progress.curves)[1])
+    # the segmentation of the target head carries the training segments' names
+    segmentation = out["segmentation"].GetSegmentation()
+    assert sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())) == \
+        sorted(TISSUES.values())
+
+
+def test_self_tests_skip_and_say_why_without_the_backend(slicer_application, monkeypatch):
+    import GVSLPretrain
+    import GVSLSegment
+    monkeypatch.setattr(GVSLPretrain.GVSLPretrainLogic, "missingBackendPackages", staticmethod(lambda: ["gvsl"]))
+    for case, test in ((GVSLPretrain.GVSLPretrainTest, "test_pretrain_and_match"),
+                       (GVSLSegment.GVSLSegmentTest, "test_finetune_and_segment")):
+        result = unittest.TestResult()
+        case(test).run(result)
+        assert [reason for _, reason in result.skipped] == [
+            "the GVSL backend is not installed (missing: gvsl); install it from the module's panel first"]
