@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gvsl.atomic_files import write_atomically
 from gvsl.networks import GVSL
 from gvsl.networks.conventions import check_conventions
 
@@ -42,45 +42,18 @@ class CheckpointInfo:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically: temporary file in the same folder, fsync, rename.
+    """Write ``payload`` to ``path`` atomically (``gvsl.atomic_files``).
 
     A failure (read-only folder, full disk) raises OSError with a message naming
     the path and leaves any existing file at ``path`` untouched.
     """
     path = Path(path)
-    folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomically(path, lambda file: torch.save(payload, file))
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write checkpoint in {folder}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise OSError(exc.errno, f"cannot write checkpoint {path}: {reason}") from exc
-        raise
-    _fsync_folder(folder)
-    return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported everywhere (e.g. Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+        raise OSError(exc.errno, f"cannot write checkpoint {path}: {reason}") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from gvsl.atomic_files import write_text_atomically
+
 LabelTable = dict[str, list[dict[str, Any]]]
 SUFFIX = ".labels.json"
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -91,12 +93,8 @@ def read_label_table(path: str | os.PathLike) -> LabelTable:
 
 
 def write_label_table(table: LabelTable, path: str | os.PathLike) -> Path:
-    """Write ``table`` as indented JSON (through a temporary file and a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(check_label_table(table), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``table`` as indented JSON, atomically."""
+    return write_text_atomically(path, json.dumps(check_label_table(table), indent=2) + "\n")
 
 
 def label_values(table: LabelTable) -> list[int]:

@@ -117,8 +117,11 @@ def test_full_disk_keeps_what_was_written(messy: Messy, tmp_path, monkeypatch):
     assert len(entries) == 1 and entries[0].stored().shape == tuple(entries[0].shape)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([entries[0].file, "manifest.json"])
     monkeypatch.setattr(cache_module.np, "save", real_save)
+    leftover = tmp_path / "cache" / f".{entries[0].file}.k1ll3d.partial"  # what a killed writer leaves
+    leftover.write_bytes(b"half")
     summary = prepare_cache(messy.root / "volumes", tmp_path / "cache", config=CONFIG, progress=False)
     assert (summary.processed, summary.reused) == (1, 1)
+    assert not leftover.exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")

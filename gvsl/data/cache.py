@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from ..atomic_files import is_partial, write_atomically, write_text_atomically
 from ..io import SeriesInfo, error_text, hash_id, read_volume, scan
 from .preprocess import PrepareConfig, preprocess_image
 
@@ -153,7 +154,7 @@ def prepare_cache(source: Path | str, cache_dir: Path | str, *, config: PrepareC
     cache_dir = Path(cache_dir)
     if is_cache(source):
         return _validate(Path(source))
-    _ensure_writable(cache_dir)
+    ensure_writable(cache_dir)
     settings = _settings(config)
     old_settings, old = _read_manifest(cache_dir) if is_cache(cache_dir) else (settings, {})
     if old_settings != settings:
@@ -220,7 +221,8 @@ def _category(reason: str) -> str:
     return re.split(r" \(|: ", reason, maxsplit=1)[0]
 
 
-def _ensure_writable(cache_dir: Path) -> None:
+def ensure_writable(cache_dir: Path) -> None:
+    """Create ``cache_dir`` if needed; CacheWriteError unless a file can be written in it."""
     probe = cache_dir / f".write-test-{os.getpid()}"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -280,7 +282,7 @@ def process_series(record: SeriesInfo, fingerprint: str, cache_dir: Path, config
         return _skipped_entry(record, fingerprint, f"cannot be read or preprocessed ({error_text(exc)})")
     array = to_storage(sitk.GetArrayViewFromImage(result.image))
     name = f"{record.key}-{fingerprint[:8]}.npy"
-    _write_array(cache_dir / name, array)
+    write_array(cache_dir / name, array)
     image = result.image
     note = "; ".join(filter(None, [record.note, f"{result.non_finite} NaN/Inf voxels set to 0" if result.non_finite
                                    else ""]))
@@ -290,35 +292,23 @@ def process_series(record: SeriesInfo, fingerprint: str, cache_dir: Path, config
                       source=_source(record, fingerprint), note=note)
 
 
-def _write_array(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, fsync, rename; on failure remove the temporary file and raise CacheWriteError."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+def write_array(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as ``path`` (.npy) atomically; CacheWriteError when it cannot be written."""
     try:
-        with open(tmp, "wb") as fp:
-            np.save(fp, array)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, lambda file: np.save(file, array))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CacheWriteError(f"cannot write {path.name} in {path.parent}: {exc.strerror or exc}; the cache keeps "
                               "everything written before (free space or fix permissions, then run again)") from exc
 
 
 def _write_manifest(cache_dir: Path, settings: dict[str, Any], entries: dict[str, CacheEntry]) -> None:
-    """Replace the manifest atomically (temporary file, fsync, rename)."""
+    """Replace the manifest atomically."""
     data = {"format": FORMAT, "version": VERSION, "preprocessing": settings,
             "entries": [entries[k].to_json() for k in sorted(entries)]}
     path = cache_dir / MANIFEST
-    tmp = path.with_name(f"{MANIFEST}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as fp:
-            json.dump(data, fp, indent=1)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps(data, indent=1))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CacheWriteError(f"cannot write {path}: {exc.strerror or exc}; the previous manifest is intact") from exc
 
 
@@ -352,7 +342,7 @@ def _remove_unreferenced(cache_dir: Path, entries: dict[str, CacheEntry]) -> Non
     """Delete cache arrays (and leftover temporary files) that no manifest entry references."""
     referenced = {e.file for e in entries.values() if e.status == OK}
     for path in cache_dir.iterdir():
-        if (_ARRAY_NAME.match(path.name) and path.name not in referenced) or ".tmp-" in path.name:
+        if (_ARRAY_NAME.match(path.name) and path.name not in referenced) or is_partial(path):
             path.unlink(missing_ok=True)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from gvsl.data.cache import STORAGE_MAX, _ensure_writable, _write_array, from_storage, to_storage
+from gvsl.atomic_files import write_text_atomically
+from gvsl.data.cache import STORAGE_MAX, ensure_writable, from_storage, to_storage, write_array
 from gvsl.data.preprocess import PrepareConfig, preprocess_image
 from gvsl.finetune.data import Case
 
@@ -137,11 +137,9 @@ def _read_manifest(cache_dir: Path) -> tuple[dict[str, Any], dict[str, CachedCas
 
 
 def _write_manifest(cache_dir: Path, settings: dict[str, Any], cases: list[CachedCase]) -> None:
-    path = cache_dir / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "preprocessing": settings,
-                               "cases": [c.to_json() for c in cases]}, indent=1))
-    os.replace(tmp, path)
+    write_text_atomically(cache_dir / MANIFEST, json.dumps({"format": FORMAT, "version": VERSION,
+                                                            "preprocessing": settings,
+                                                            "cases": [c.to_json() for c in cases]}, indent=1))
 
 
 def prepare_cases(cases: list[Case], cache_dir: Path | str, config: PrepareConfig,
@@ -152,7 +150,7 @@ def prepare_cases(cases: list[Case], cache_dir: Path | str, config: PrepareConfi
     mismatch; ``gvsl.data.CacheWriteError`` when the folder cannot be written.
     """
     cache_dir = Path(cache_dir)
-    _ensure_writable(cache_dir)
+    ensure_writable(cache_dir)
     settings = _settings(config, modality)
     old_settings, old = _read_manifest(cache_dir)
     out = []
@@ -170,8 +168,8 @@ def prepare_cases(cases: list[Case], cache_dir: Path | str, config: PrepareConfi
         labels = sitk.GetArrayFromImage(label)
         values, counts = np.unique(labels[labels > 0], return_counts=True)
         stem = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', case.name)}-{fingerprint[:8]}"
-        _write_array(cache_dir / f"{stem}.image.npy", to_storage(sitk.GetArrayViewFromImage(image)))
-        _write_array(cache_dir / f"{stem}.label.npy", labels)
+        write_array(cache_dir / f"{stem}.image.npy", to_storage(sitk.GetArrayViewFromImage(image)))
+        write_array(cache_dir / f"{stem}.label.npy", labels)
         out.append(CachedCase(case.name, f"{stem}.image.npy", f"{stem}.label.npy", fingerprint, prepared.modality,
                               list(labels.shape), list(image.GetSpacing()), list(image.GetOrigin()),
                               prepared.normalisation._asdict(),

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+from gvsl.atomic_files import write_text_atomically
+
 CONFIG_NAME = "config.json"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Fields a resumed run may change; the others (data, model, optimiser, seed) define the run.
@@ -200,9 +202,5 @@ def config_from_arguments(args: Any, cls: type[RunConfig]) -> RunConfig:
 
 
 def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
-    """Write ``run_dir/config.json`` (through a temporary file and a rename, so never half written)."""
-    path = Path(run_dir) / CONFIG_NAME
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``run_dir/config.json`` atomically (never half written)."""
+    return write_text_atomically(Path(run_dir) / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
