@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from gvsl.train.config import PRECISIONS, RunConfig, parse_channels, parse_patch, parse_spacing
+from gvsl.train.config import RunConfig
 
 MODES = ("finetune", "linear", "scratch")
 SCHEDULES = ("poly", "constant")
@@ -64,25 +64,15 @@ class FinetuneConfig(RunConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.patch = parse_patch(self.patch)
-        if self.channels is not None:
-            self.channels = parse_channels(self.channels)
-        self.spacing = parse_spacing(self.spacing)
+        self._check_shared(("iterations", "batch", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode != "scratch" and self.init is None:
             raise ValueError(f"--mode {self.mode} starts from a pre-trained model: give --init CHECKPOINT "
                              "(or use --mode scratch)")
-        for name in ("iterations", "batch", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("lr must be positive and weight_decay >= 0")
         if not 0.0 <= self.foreground <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("foreground must be in [0, 1] and val_fraction in [0, 1)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")

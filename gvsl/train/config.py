@@ -45,6 +45,22 @@ class RunConfig:
             raise ValueError(f"unknown setting(s) in {source}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
 
+    def _check_shared(self, counts: Sequence[str]) -> None:
+        """Normalise and check what every run has (patch, channels, spacing, workers, precision) and the ``counts``
+        (numbers of iterations or items that must be at least 1); ValueError naming the setting."""
+        self.patch = parse_patch(self.patch)
+        if self.channels is not None:
+            self.channels = parse_channels(self.channels)
+        if self.spacing is not None:
+            self.spacing = parse_spacing(self.spacing)
+        for name in counts:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
 
 @dataclass
 class TrainConfig(RunConfig):
@@ -90,22 +106,11 @@ class TrainConfig(RunConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.patch = parse_patch(self.patch)
-        if self.channels is not None:
-            self.channels = parse_channels(self.channels)
-        if self.spacing is not None:
-            self.spacing = parse_spacing(self.spacing)
-        for name in ("iterations", "batch", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        self._check_shared(("iterations", "batch", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"))
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if min(self.weight_ncc, self.weight_mse, self.weight_smooth) < 0:
             raise ValueError("loss weights must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 
