@@ -3,13 +3,11 @@ segmentation model (resumable, multi-GPU)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
+from gvsl.commands.training_run import start_run
 from gvsl.finetune.config import MODES, SCHEDULES, FinetuneConfig
 from gvsl.finetune.engine import run_finetune
-from gvsl.train.config import PRECISIONS, config_from_arguments, parse_channels, parse_patch, parse_spacing
-from gvsl.train.distributed import context_from_environment
-from gvsl.train.engine import TrainingError
+from gvsl.train.config import PRECISIONS, parse_channels, parse_patch, parse_spacing
 
 HELP = "fine-tune a pre-trained GVSL model into a segmentation model from labelled images"
 EPILOG = """\
@@ -69,17 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_arguments(args, FinetuneConfig)
-        result = run_finetune(config, resume=args.resume is not None)
-    except (ValueError, TrainingError, OSError) as exc:
-        print(f"gvsl finetune: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gvsl finetune: interrupted without saving (second stop signal)", file=sys.stderr)
-        return 130
-    if not context_from_environment().is_main:
-        return 0
+    result, status = start_run("finetune", args, FinetuneConfig, run_finetune)
+    if result is None:
+        return status
     state = "stopped at" if result.stopped else "finished at"
     best = f"best validation Dice {result.best_dice:.3f} in {result.best}" if result.best else "no validation yet"
     print(f"gvsl finetune: {state} iteration {result.iteration}; {best}; run folder {result.run_dir}"

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from gvsl.commands.training_run import start_run
 from gvsl.train.config import (
     PRECISIONS,
     TrainConfig,
-    config_from_arguments,
     parse_channels,
     parse_patch,
     parse_spacing,
 )
-from gvsl.train.distributed import context_from_environment
-from gvsl.train.engine import TrainingError, run_training
+from gvsl.train.engine import run_training
 
 HELP = "pre-train GVSL on unlabeled CT/MR (a DICOM folder, a folder of volumes, or a prepared cache)"
 EPILOG = """\
@@ -69,17 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_arguments(args, TrainConfig)
-        result = run_training(config, resume=args.resume is not None)
-    except (ValueError, TrainingError, OSError) as exc:
-        print(f"gvsl pretrain: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gvsl pretrain: interrupted without saving (second stop signal)", file=sys.stderr)
-        return 130
-    if not context_from_environment().is_main:
-        return 0
+    result, status = start_run("pretrain", args, TrainConfig, run_training)
+    if result is None:
+        return status
     state = "stopped at" if result.stopped else "finished at"
     print(f"gvsl pretrain: {state} iteration {result.iteration}; run folder {result.run_dir}; "
           f"checkpoint {result.checkpoint}" + (f"; continue with: gvsl pretrain --resume {result.run_dir}"
