@@ -125,11 +125,13 @@ class RunControlMixin:
     The widget provides ``self.ui`` (startButton, stopButton, resumeButton, progressBar, progressLabel,
     logTextEdit, runFolderPathLineEdit), ``self.logic``, a parameter node with ``runFolder``, ``self._run``
     (a ``runs.RunFolder`` or None), ``self._trainProcess``, ``self._chartShown`` and ``updateRunPanel``;
-    subclasses set ``lastRunSetting`` (QSettings key) and ``commandName`` (for the log).
+    subclasses set ``lastRunSetting`` (QSettings key), ``commandName`` (for the log) and ``runName`` (for messages);
+    the logic's ``resumeRun`` continues a run.
     """
 
     lastRunSetting = LAST_RUN_SETTING
     commandName = "gvsl pretrain"
+    runName = "pre-training"
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -169,6 +171,13 @@ class RunControlMixin:
         qt.QSettings().setValue(self.lastRunSetting, str(self._run.path))
         self._run.progress.state = "running"
         self.updateRunPanel()
+
+    def onResume(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay(f"Could not resume {self.runName}.", waitCursor=True):
+            if not self.ensureBackend():
+                return
+            self._trainProcess = self.logic.resumeRun(self._run.path)
+            self._startedRun()
 
     def onStop(self, _checked=None):
         self._run.request_stop()
@@ -213,9 +222,19 @@ class RunControlMixin:
         return progress
 
     @staticmethod
-    def _progressParts(progress):
-        return [progress.message or progress.state, f"iteration {progress.iteration}"
-                + (f" of {progress.iterations}" if progress.iterations else "")]
+    def _progressText(progress, details=()):
+        """State, iteration, the widget's ``details`` and, while running, the ETA, for the progress label."""
+        parts = [progress.message or progress.state, f"iteration {progress.iteration}"
+                 + (f" of {progress.iterations}" if progress.iterations else ""), *details]
+        if progress.eta_s is not None and progress.state == "running":
+            parts.append(f"ETA {runs.format_duration(progress.eta_s)}")
+        return ", ".join(parts)
+
+    def _showChartOnce(self, chart):
+        """Put the run's chart in the layout the first time it has data (later, the user's layout stays)."""
+        if not self._chartShown:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+            self._chartShown = True
 
 
 class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -419,28 +438,14 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             self._trainProcess = self.logic.startPretraining(self._parameterNode, dataPath)
             self._startedRun()
 
-    def onResume(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not resume pre-training.", waitCursor=True):
-            if not self.ensureBackend():
-                return
-            self._trainProcess = self.logic.resumePretraining(self._run.path)
-            self._startedRun()
-
     def updateRunPanel(self):
         progress = self._updateRunButtons()
         if progress is None:
             return
-        parts = self._progressParts(progress)
-        if progress.it_per_s:
-            parts.append(f"{progress.it_per_s:.2f} it/s")
-        if progress.eta_s is not None and progress.state == "running":
-            parts.append(f"ETA {runs.format_duration(progress.eta_s)}")
-        self.ui.progressLabel.text = ", ".join(parts)
+        self.ui.progressLabel.text = self._progressText(
+            progress, [f"{progress.it_per_s:.2f} it/s"] if progress.it_per_s else [])
         if progress.curves:
-            chart = plots.update_loss_chart(slicer.mrmlScene, progress.curves)
-            if not self._chartShown:
-                slicer.modules.plots.logic().ShowChartInLayout(chart)
-                self._chartShown = True
+            self._showChartOnce(plots.update_loss_chart(slicer.mrmlScene, progress.curves))
 
     # Inspect matches
 
@@ -589,6 +594,8 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
 class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
     """Starts the ``gvsl`` processes and turns their outputs into nodes; no Qt widgets, no torch."""
 
+    runCommand = "pretrain"  # the gvsl command of this module's runs
+
     def getParameterNode(self):
         return GVSLPretrainParameterNode(super().getParameterNode())
 
@@ -639,9 +646,9 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
                                         device=p.device or "auto", init=_pathOrNone(p.initCheckpoint))
         return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
 
-    @staticmethod
-    def resumePretraining(runFolder):
-        command = runs.resume_command(runFolder)
+    def resumeRun(self, runFolder):
+        """``gvsl COMMAND --resume RUN_DIR`` in the background (COMMAND: ``runCommand``)."""
+        command = runs.resume_command(runFolder, self.runCommand)
         return runs.BackgroundProcess(command, pathlib.Path(runFolder) / runs.PROCESS_LOG_NAME)
 
     def startMatch(self, fixedNode, movingNode, checkpoint, device="auto"):

@@ -118,6 +118,7 @@ class GVSLSegmentParameterNode:
 class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     lastRunSetting = LAST_RUN_SETTING
     commandName = "gvsl finetune"
+    runName = "fine-tuning"
     ensureBackend = GVSLPretrainWidget.ensureBackend  # the same confirmation and installation as GVSLPretrain
 
     def __init__(self, parent=None):
@@ -252,34 +253,23 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             self._trainProcess = self.logic.startFinetuning(p, dataPath)
             self._startedRun()
 
-    def onResume(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not resume fine-tuning.", waitCursor=True):
-            if not self.ensureBackend():
-                return
-            self._trainProcess = self.logic.resumeFinetuning(self._run.path)
-            self._startedRun()
-
     def updateRunPanel(self):
         progress = self._updateRunButtons()
         if progress is None:
             return
         losses, dice = finetuning.split_curves(progress.curves)
-        parts = self._progressParts(progress)
+        details = []
         if losses.get("loss"):
-            parts.append(f"loss {losses['loss'][-1][1]:.4f}")
+            details.append(f"loss {losses['loss'][-1][1]:.4f}")
         if dice.get(finetuning.MEAN_DICE_NAME):
-            parts.append(f"validation Dice {dice[finetuning.MEAN_DICE_NAME][-1][1]:.3f}")
-        if progress.eta_s is not None and progress.state == "running":
-            parts.append(f"ETA {runs.format_duration(progress.eta_s)}")
-        self.ui.progressLabel.text = ", ".join(parts)
+            details.append(f"validation Dice {dice[finetuning.MEAN_DICE_NAME][-1][1]:.3f}")
+        self.ui.progressLabel.text = self._progressText(progress, details)
         if losses:
             chart = plots.update_loss_chart(slicer.mrmlScene, losses, CHART, y_title="loss / Dice")
             if dice:
                 plots.update_loss_chart(slicer.mrmlScene, dice, CHART, y_title="loss / Dice",
                                         table_name=f"{CHART} Dice table")
-            if not self._chartShown:
-                slicer.modules.plots.logic().ShowChartInLayout(chart)
-                self._chartShown = True
+            self._showChartOnce(chart)
 
     # Segmentation
 
@@ -359,6 +349,8 @@ class GVSLSegmentLogic(GVSLPretrainLogic):
     The backend installation and the work folders are GVSLPretrain's.
     """
 
+    runCommand = "finetune"
+
     def getParameterNode(self):
         return GVSLSegmentParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
 
@@ -381,11 +373,6 @@ class GVSLSegmentLogic(GVSLPretrainLogic):
                                               lr=p.learningRate, val_every=p.validationInterval,
                                               precision=p.precision, device=p.device or "auto")
         return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
-
-    @staticmethod
-    def resumeFinetuning(runFolder):
-        command = runs.resume_command(runFolder, "finetune")
-        return runs.BackgroundProcess(command, pathlib.Path(runFolder) / runs.PROCESS_LOG_NAME)
 
     def startSegmentation(self, inputNode, model, device="auto"):
         """``gvsl segment`` on the volume in the background; returns the job: ``process``, ``labels`` (the label

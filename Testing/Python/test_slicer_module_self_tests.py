@@ -133,3 +133,21 @@ def test_self_tests_skip_and_say_why_without_the_backend(slicer_application, mon
         case(test).run(result)
         assert [reason for _, reason in result.skipped] == [
             "the GVSL backend is not installed (missing: gvsl); install it from the module's panel first"]
+
+
+def test_resume_runs_each_modules_command(slicer_application, tmp_path):
+    """The widgets' shared Resume asks the logic's ``resumeRun``: ``gvsl pretrain --resume`` for GVSLPretrain,
+    ``gvsl finetune --resume`` for GVSLSegment; resuming a folder without a run fails with the backend's message."""
+    from GVSLPretrainLib import runs
+
+    import GVSLPretrain
+    import GVSLSegment
+    for logic, command in ((GVSLPretrain.GVSLPretrainLogic(), "pretrain"),
+                           (GVSLSegment.GVSLSegmentLogic(), "finetune")):
+        folder = tmp_path / command
+        folder.mkdir()
+        process = logic.resumeRun(folder)
+        assert process.command[1:5] == ["-m", "gvsl", command, "--resume"]
+        process.process.wait(timeout=120)
+        assert process.poll() == 1
+        assert f"gvsl {command}: error:" in (folder / runs.PROCESS_LOG_NAME).read_text()
