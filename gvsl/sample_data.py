@@ -16,6 +16,7 @@ import datetime
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -193,13 +194,23 @@ def _subject_grid(template: sitk.Image, spacing: float, rng: np.random.Generator
     return grid
 
 
+class SampleHead(NamedTuple):
+    """One head of ``write_sample_heads``: its files and its known geometry."""
+
+    volume: Path
+    labels: Path
+    to_template: sitk.Transform  # the head's physical point (LPS mm) -> the same anatomy's MNI template point
+
+
 def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: float = 4.0, seed: int = 0
-                       ) -> list[tuple[Path, Path]]:
+                       ) -> list[SampleHead]:
     """Write ``n_subjects`` warped copies of the MNI T1 head with their tissue label maps, as NRRD files.
 
     Layout: ``out_dir/volumes/head-NN.nrrd`` (T1, float32) and ``out_dir/labels/head-NN.nrrd`` (uint8,
     ``tissue_labels``) with its label table beside it (``head-NN.labels.json``); each subject on its own
-    axis-aligned LPS grid of ``spacing`` mm, as in ``write_sample_collection``. Returns (volume, labels) paths.
+    axis-aligned LPS grid of ``spacing`` mm, as in ``write_sample_collection``. Because each head's warp is known,
+    two heads' true correspondence is too: fixed point p matches the moving point q with
+    ``moving.to_template(q) == fixed.to_template(p)``.
     """
     from gvsl.labels import make_label_table, sidecar_path, write_label_table
 
@@ -220,5 +231,5 @@ def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: flo
         sitk.WriteImage(sitk.Resample(labels, grid, warp, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8),
                         str(labels_path), useCompression=True)
         write_label_table(table, sidecar_path(labels_path))
-        paths.append((volume_path, labels_path))
+        paths.append(SampleHead(volume_path, labels_path, warp))
     return paths
