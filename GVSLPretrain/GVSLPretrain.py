@@ -137,6 +137,14 @@ class RunControlMixin:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
     def initializeParameterNode(self):
         """The module's parameter node, its run folder defaulting to the last one used (reconnect)."""
         self.setParameterNode(self.logic.getParameterNode())
@@ -308,14 +316,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         if self._probe is not None:
             self._probe.close()
         self.removeObservers()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)

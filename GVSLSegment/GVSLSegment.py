@@ -171,14 +171,6 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             self._segmentJob.process.kill()
         self.removeObservers()
 
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
         self.ui.casesTableWidget.setRowCount(0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from gvsl.commands.training_run import start_run
+from gvsl.commands.training_run import add_run_arguments, start_run
 from gvsl.finetune.config import MODES, SCHEDULES, FinetuneConfig
 from gvsl.finetune.engine import run_finetune
-from gvsl.train.config import PRECISIONS, parse_channels, parse_patch, parse_spacing
+from gvsl.train.config import parse_channels, parse_patch, parse_spacing
 
 HELP = "fine-tune a pre-trained GVSL model into a segmentation model from labelled images"
 EPILOG = """\
@@ -53,17 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="voxel size of the preprocessed grid, x,y,z mm (default 1; as pre-training)")
     parser.add_argument("--modality", choices=("auto", "CT", "MR"), default=s, help="intensity normalisation")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, crops and augmentation (default 0)")
-    parser.add_argument("--device", default=s, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", choices=PRECISIONS, default=s,
-                        help="auto: bf16 on GPUs that support it, else fp16 with a loss scaler; fp32 on CPU/MPS")
-    parser.add_argument("--workers", type=int, default=s, help="data loading processes (default 2)")
-    parser.add_argument("--checkpoint-every", type=int, default=s, help="iterations between checkpoints (250)")
-    parser.add_argument("--keep-checkpoints", type=int, default=s, help="how many recent checkpoints to keep (2)")
-    parser.add_argument("--log-every", type=int, default=s, help="iterations between progress events (10)")
     boolean = argparse.BooleanOptionalAction
     parser.add_argument("--augment", action=boolean, default=s, help="spatial and intensity augmentation (on)")
-    parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
-    parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
+    add_run_arguments(parser, FinetuneConfig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from gvsl.commands.training_run import start_run
+from gvsl.commands.training_run import add_run_arguments, start_run
 from gvsl.train.config import (
-    PRECISIONS,
     TrainConfig,
     parse_channels,
     parse_patch,
@@ -49,21 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-mse", type=float, default=s, help="weight of the restoration MSE (default 1)")
     parser.add_argument("--weight-smooth", type=float, default=s, help="weight of the smoothness term (default 1)")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, pairs and augmentation (default 0)")
-    parser.add_argument("--device", default=s, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", choices=PRECISIONS, default=s,
-                        help="auto: bf16 on GPUs that support it, else fp16 with a loss scaler; fp32 on CPU/MPS")
-    parser.add_argument("--workers", type=int, default=s, help="data loading processes (default 2)")
-    parser.add_argument("--checkpoint-every", type=int, default=s, help="iterations between checkpoints (500)")
-    parser.add_argument("--keep-checkpoints", type=int, default=s, help="how many recent checkpoints to keep (3)")
-    parser.add_argument("--log-every", type=int, default=s, help="iterations between progress events (10)")
     parser.add_argument("--image-every", type=int, default=s, help="iterations between TensorBoard panels (1000)")
     boolean = argparse.BooleanOptionalAction
     parser.add_argument("--activation-checkpointing", action=boolean, default=s,
                         help="recompute activations in backward to save memory (costs about one more forward pass)")
     parser.add_argument("--channels-last", action=boolean, default=s,
                         help="channels-last-3d memory layout (default: on CUDA; on CPU if all widths >= 32)")
-    parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
-    parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
+    add_run_arguments(parser, TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:

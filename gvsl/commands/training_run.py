@@ -3,12 +3,33 @@ errors a user can meet into one line and an exit status."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, Callable, Optional
 
-from gvsl.train.config import RunConfig, config_from_arguments
+from gvsl.train.config import PRECISIONS, RunConfig, config_from_arguments
 from gvsl.train.distributed import context_from_environment
 from gvsl.train.engine import TrainingError
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, config_class: type[RunConfig]) -> None:
+    """The flags of how a run runs (device, precision, loading, checkpoints, reporting), with ``config_class``'s
+    defaults in their help; unset flags stay absent so a config file and a resumed run's settings apply."""
+    s = argparse.SUPPRESS
+    default = {f.name: f.default for f in dataclasses.fields(config_class)}
+    parser.add_argument("--device", default=s, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", choices=PRECISIONS, default=s,
+                        help="auto: bf16 on GPUs that support it, else fp16 with a loss scaler; fp32 on CPU/MPS")
+    parser.add_argument("--workers", type=int, default=s, help=f"data loading processes (default {default['workers']})")
+    parser.add_argument("--checkpoint-every", type=int, default=s,
+                        help=f"iterations between checkpoints ({default['checkpoint_every']})")
+    parser.add_argument("--keep-checkpoints", type=int, default=s,
+                        help=f"how many recent checkpoints to keep ({default['keep_checkpoints']})")
+    parser.add_argument("--log-every", type=int, default=s,
+                        help=f"iterations between progress events ({default['log_every']})")
+    boolean = argparse.BooleanOptionalAction
+    parser.add_argument("--tensorboard", action=boolean, default=s, help="TensorBoard scalars and panels (on)")
+    parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
 
 
 def start_run(command: str, args: argparse.Namespace, config_class: type[RunConfig],
