@@ -9,7 +9,6 @@ import os
 import pathlib
 import tempfile
 import time
-from types import SimpleNamespace
 from typing import Annotated
 
 import qt
@@ -657,13 +656,7 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
 
         ``device`` as for pre-training; "auto" lets the backend pick CUDA, then Apple MPS, then the CPU.
         """
-        folder = self._workFolder("match")
-        fixedPath, movingPath = match.write_match_inputs(fixedNode, movingNode, folder)
-        outDir = folder / "out"
-        device = device or "auto"
-        inputs = (fixedPath, movingPath, checkpoint, device)
-        process = runs.BackgroundProcess(match.match_command(*inputs[:3], outDir, device), folder / "match.log")
-        return SimpleNamespace(process=process, outDir=outDir, inputs=inputs)
+        return match.start_match(fixedNode, movingNode, checkpoint, self._workFolder("match"), device)
 
     @staticmethod
     def startSimilarity(inputs, pointFixedRas):

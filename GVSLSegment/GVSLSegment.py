@@ -369,12 +369,7 @@ class GVSLSegmentLogic(GVSLPretrainLogic):
     def startSegmentation(self, inputNode, model, device="auto"):
         """``gvsl segment`` on the volume in the background; returns the job: ``process``, ``labels`` (the label
         map it writes) and ``table`` (its label table)."""
-        folder = self._workFolder("segment")
-        imagePath, labels = folder / "input.nrrd", folder / "segmentation.nrrd"
-        volumes.write_volume_node(inputNode, imagePath, "input volume")
-        process = runs.BackgroundProcess(finetuning.segment_command(imagePath, model, labels, device or "auto"),
-                                         folder / "segment.log")
-        return SimpleNamespace(process=process, labels=labels, table=training_data.label_table_path(labels))
+        return results.start_segmentation(inputNode, model, self._workFolder("segment"), device)
 
     def startSegmentationByMatching(self, inputNode, atlasNode, atlasSegmentationNode, checkpoint, device="auto"):
         """``gvsl match INPUT ATLAS --labels ATLAS_LABELS``: the atlas segmentation carried onto the input through

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from .runs import gvsl_command
+from .runs import BackgroundProcess, gvsl_command
 from .similarity_job import SIMILARITY_NAME
 from .transforms import add_match_transform_nodes, show_transform
 from .volumes import (
@@ -62,6 +62,19 @@ def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint:
     ``moving_labels``: a label map on the moving volume, carried onto the fixed grid (``PROPAGATED_LABELS_NAME``)."""
     labels = ["--labels", str(moving_labels)] if moving_labels else []
     return gvsl_command("match", *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device), *labels)
+
+
+def start_match(fixed_node, moving_node, checkpoint: os.PathLike, folder: os.PathLike, device: str = "auto"
+                ) -> SimpleNamespace:
+    """``gvsl match`` on two volume nodes in the background, its inputs, log and outputs in ``folder``; returns the
+    job: ``process``, ``outDir`` (the output folder) and ``inputs`` (fixed path, moving path, checkpoint, device:
+    what ``similarity_command`` needs). ``device`` "auto" lets the backend pick CUDA, then Apple MPS, then the CPU."""
+    folder = Path(folder)
+    fixed_path, moving_path = write_match_inputs(fixed_node, moving_node, folder)
+    out_dir = folder / "out"
+    inputs = (fixed_path, moving_path, checkpoint, device or "auto")
+    process = BackgroundProcess(match_command(*inputs[:3], out_dir, inputs[3]), folder / "match.log")
+    return SimpleNamespace(process=process, outDir=out_dir, inputs=inputs)
 
 
 def similarity_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,

@@ -103,11 +103,9 @@ def match_in_scene(scene, fixed_node, moving_node, checkpoint: os.PathLike, fold
                    tick: Tick = no_op) -> dict:
     """``gvsl match`` on two volume nodes, as the module runs it, shown in the scene (``match.show_match``);
     returns the shown nodes and ``metrics``."""
-    folder = Path(folder)
-    fixed_path, moving_path = match.write_match_inputs(fixed_node, moving_node, folder)
-    command = match.match_command(fixed_path, moving_path, checkpoint, folder / "out", DEVICE)
-    run_to_end(runs.BackgroundProcess(command, folder / "match.log"), "gvsl match", tick)
-    result = match.load_match_outputs(folder / "out")
+    job = match.start_match(fixed_node, moving_node, checkpoint, folder, DEVICE)
+    run_to_end(job.process, "gvsl match", tick)
+    result = match.load_match_outputs(job.outDir)
     return {**match.show_match(scene, result, fixed_node), "metrics": result.metrics}
 
 

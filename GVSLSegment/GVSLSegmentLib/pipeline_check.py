@@ -21,7 +21,6 @@ from GVSLPretrainLib.pipeline_check import (
     no_op,
     run_to_end,
 )
-from GVSLPretrainLib.volumes import write_volume_node
 
 from . import finetuning, results, training_data
 
@@ -57,14 +56,9 @@ def finetune(scene, cases, checkpoint: os.PathLike, folder: os.PathLike, tick: T
 
 def segment_in_scene(scene, volume_node, model: os.PathLike, folder: os.PathLike, tick: Tick = no_op):
     """``gvsl segment`` on a volume node as the module runs it; returns the imported segmentation node."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    image, labels = folder / "input.nrrd", folder / "segmentation.nrrd"
-    write_volume_node(volume_node, image, "input volume")
-    run_to_end(runs.BackgroundProcess(finetuning.segment_command(image, model, labels, DEVICE), folder / "segment.log"),
-               "gvsl segment", tick)
-    label_image, table = results.read_label_map(labels)
-    return results.import_label_map(scene, label_image, table, volume_node)
+    job = results.start_segmentation(volume_node, model, folder, DEVICE)
+    run_to_end(job.process, "gvsl segment", tick)
+    return results.import_label_map(scene, *results.read_label_map(job.labels, job.table), volume_node)
 
 
 def check_finetune_and_segment(scene, folder: os.PathLike, tick: Tick = no_op) -> dict:

@@ -10,14 +10,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
-from GVSLPretrainLib.volumes import add_volume_node, image_from_volume_node
+from GVSLPretrainLib.runs import BackgroundProcess
+from GVSLPretrainLib.volumes import add_volume_node, image_from_volume_node, write_volume_node
 
+from .finetuning import segment_command
 from .training_data import color_table_node, label_table_path, working_nodes
+
+
+def start_segmentation(volume_node, model: os.PathLike, folder: os.PathLike, device: str = "auto") -> SimpleNamespace:
+    """``gvsl segment`` on a volume node in the background, its input, log and output in ``folder``; returns the job:
+    ``process``, ``labels`` (the label map it writes) and ``table`` (that map's label table)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image, labels = folder / "input.nrrd", folder / "segmentation.nrrd"
+    write_volume_node(volume_node, image, "input volume")
+    process = BackgroundProcess(segment_command(image, model, labels, device or "auto"), folder / "segment.log")
+    return SimpleNamespace(process=process, labels=labels, table=label_table_path(labels))
 
 
 def read_label_map(path: os.PathLike, table_path: Optional[os.PathLike] = None) -> tuple[sitk.Image, dict]:
