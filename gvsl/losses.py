@@ -13,15 +13,22 @@ def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
 
     (N, C, D, H, W) -> same shape. Equal to a dense conv3d with a ones kernel
     and ``window // 2`` zero padding, at 3 * window instead of window^3 taps.
+    On the CPU the passes are depthwise convolutions (about 2x faster there than
+    average pooling, measured in benchmarks/RESULTS.md); elsewhere average pooling.
     """
     pad = window // 2
+    channels = x.shape[1]
     for axis in range(3):
         kernel = [1, 1, 1]
         kernel[axis] = window
         padding = [0, 0, 0]
         padding[axis] = pad
-        x = F.avg_pool3d(x, kernel, stride=1, padding=padding, count_include_pad=True)
-    return x * window**3
+        if x.device.type == "cpu":
+            ones = torch.ones(channels, 1, *kernel, dtype=x.dtype)
+            x = F.conv3d(x, ones, padding=padding, groups=channels)
+        else:
+            x = F.avg_pool3d(x, kernel, stride=1, padding=padding, count_include_pad=True) * window
+    return x
 
 
 def local_ncc_loss(warped: torch.Tensor, target: torch.Tensor, window: int = NCC_WINDOW) -> torch.Tensor:
