@@ -1,33 +1,53 @@
 """The ``gvsl`` command: one sub-command per module in ``gvsl.commands``.
 
-Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int`` (the exit status).
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int`` (the exit status); its one-line
+help is in ``COMMANDS``. Only the chosen command's module is imported (each imports what it needs: torch, MONAI,
+SimpleITK...), so ``gvsl --help`` and every command start without the others' dependencies.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable, Sequence
 
-COMMANDS = ("scan", "prepare", "pretrain", "match", "finetune", "segment", "demo")
+COMMANDS = {
+    "scan": "List the series in a DICOM folder tree (grouped by Series Instance UID) and whether each is usable.",
+    "prepare": "Preprocess the usable CT/MR series of a DICOM collection (or volume files) into a training cache.",
+    "pretrain": "pre-train GVSL on unlabeled CT/MR (a DICOM folder, a folder of volumes, or a prepared cache)",
+    "match": "Register two scans with a GVSL network: ITK transform, warped moving image, metrics, propagated labels.",
+    "finetune": "fine-tune a pre-trained GVSL model into a segmentation model from labelled images",
+    "segment": "segment a CT/MR volume with a fine-tuned model (label map + label table, in the input's geometry)",
+    "demo": "run the whole pipeline on a small public sample (MNI152 heads as DICOM) in a few minutes on CPU",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The ``gvsl`` parser: every command is listed; the arguments of ``commands`` (all by default) are added,
+    which imports their modules."""
     parser = argparse.ArgumentParser(
         prog="gvsl", description="GVSL: self-supervised pre-training, matching, fine-tuning and segmentation of 3D "
                                  "CT/MR (Geometric Visual Similarity Learning, He et al., CVPR 2023).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        # Imported when the parser is built, not at `import gvsl.cli`, so importing the package stays cheap.
-        module = importlib.import_module(f"gvsl.commands.{name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    wanted = set(commands)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name in wanted:
+            module = importlib.import_module(f"gvsl.commands.{name}")
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> list[str]:
+    """The command named in ``argv`` (its first word that is not an option), as a list of at most one name."""
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return [first] if first in COMMANDS else []
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     return int(args._run(args) or 0)
 
 

@@ -9,7 +9,6 @@ from gvsl.finetune.config import MODES, SCHEDULES, FinetuneConfig
 from gvsl.finetune.engine import run_finetune
 from gvsl.train.config import parse_channels, parse_patch, parse_spacing
 
-HELP = "fine-tune a pre-trained GVSL model into a segmentation model from labelled images"
 EPILOG = """\
 DATA: an nnU-Net folder (imagesTr/CASE_0000.nii.gz + labelsTr/CASE.nii.gz, names from dataset.json), a CSV
 (header image,label) or JSON list of image/label pairs (paths relative to the file), or the Slicer module's

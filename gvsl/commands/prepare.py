@@ -7,8 +7,6 @@ import sys
 from ..data import CacheWriteError, NoUsableDataError, PrepareConfig, prepare_cache
 from .scan import add_selection_arguments, selection_from_args
 
-HELP = "Preprocess the usable CT/MR series of a DICOM collection (or volume files) into a training cache."
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = PrepareConfig()

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 
 from ..io import ScanOptions, SeriesInfo, scan
 
-HELP = "List the series in a DICOM folder tree (grouped by Series Instance UID) and whether each is usable."
-
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The series filters shared by ``scan`` and ``prepare``."""

@@ -10,8 +10,6 @@ import SimpleITK as sitk
 from gvsl.segment.segment import segment_image, write_segmentation
 from gvsl.train.config import PRECISIONS
 
-HELP = "segment a CT/MR volume with a fine-tuned model (label map + label table, in the input's geometry)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="volume file (NIfTI, NRRD, MHA) in physical units")
