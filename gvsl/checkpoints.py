@@ -1,13 +1,14 @@
 """Saving and loading GVSL checkpoints: ours and the published GVSL state dict.
 
 Our checkpoint is a dict ``{"format": "gvsl", "version": 1, "model": state_dict,
-"channels": [9 ints], "conventions": str, "iteration": int, ...}`` holding only
+"channels": [9 ints], "conventions": str, "architecture": str, "iteration": int, ...}`` holding only
 tensors and plain Python values, so it loads with ``weights_only=True``. A
 published GVSL checkpoint is a plain state dict of the original network; it
 uses the ``"original"`` conventions and its widths are read off the shapes.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pickle
@@ -33,12 +34,14 @@ _WIDTH_KEYS = (
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What a checkpoint holds: ``kind`` is "gvsl" (ours) or "published" (a plain original state dict)."""
+    """What a checkpoint holds: ``kind`` is "gvsl" (ours) or "published" (a plain original state dict);
+    ``architecture``: "paper" or "correlation" (``gvsl.networks.GVSL``)."""
 
     kind: str
     channels: tuple[int, ...]
     conventions: str
     iteration: int | None
+    architecture: str = "paper"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -88,7 +91,8 @@ def describe(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Checkpoi
         conventions = str(payload.get("conventions", "corrected"))
         check_conventions(conventions)
         channels = tuple(int(c) for c in payload.get("channels") or infer_channels(state))
-        return state, CheckpointInfo("gvsl", channels, conventions, payload.get("iteration"))
+        architecture = str(payload.get("architecture") or "paper")
+        return state, CheckpointInfo("gvsl", channels, conventions, payload.get("iteration"), architecture)
     if all(isinstance(v, torch.Tensor) for v in payload.values()):
         return payload, CheckpointInfo("published", infer_channels(payload), "original", None)
     raise ValueError("not a GVSL checkpoint: neither our format nor a plain state dict of tensors")
@@ -131,8 +135,8 @@ def load_gvsl(source: str | os.PathLike | dict[str, Any], device: str | torch.de
     state, info = describe(payload)
     if conventions is not None:
         check_conventions(conventions)
-        info = CheckpointInfo(info.kind, info.channels, conventions, info.iteration)
-    model = GVSL(channels=info.channels, conventions=info.conventions)
+        info = dataclasses.replace(info, conventions=conventions)
+    model = GVSL(channels=info.channels, conventions=info.conventions, architecture=info.architecture)
     model_state_dict_matches(model, state)
     model.load_state_dict(state, strict=True)
     return model.to(device), info
@@ -146,6 +150,7 @@ def gvsl_payload(model: GVSL, iteration: int, **extra: Any) -> dict[str, Any]:
         "model": model.state_dict(),
         "channels": list(model.channels),
         "conventions": model.conventions,
+        "architecture": model.architecture,
         "iteration": int(iteration),
         **extra,
     }

@@ -22,6 +22,14 @@ def test_round_trip_keeps_weights_widths_and_conventions(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+def test_round_trip_keeps_the_correlation_architecture(tmp_path):
+    model = GVSL(channels=SMALL, architecture="correlation")
+    save_checkpoint(tmp_path / "c.pt", gvsl_payload(model, 3))
+    loaded, info = load_gvsl(tmp_path / "c.pt")
+    assert info.architecture == loaded.architecture == "correlation"
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_published_small_state_dict_infers_widths(tmp_path):
     model = GVSL(channels=SMALL)
     torch.save(model.state_dict(), tmp_path / "p.pth")

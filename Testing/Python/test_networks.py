@@ -15,6 +15,8 @@ from real_images import mni_block
 
 from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks import GVSL, affine_voxel_matrix, flow_sampled_voxels, warp_affine, warp_moving
+from gvsl.networks.conventions import corrected_theta
+from gvsl.networks.correlation import fit_affine
 
 # The project's shared folder sits beside the repository (as in CI); GVSL_REFERENCE_DIR overrides.
 REFERENCE = Path(os.environ.get("GVSL_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"))
@@ -100,17 +102,68 @@ def small_pair(shape=(16, 32, 24), batch=1, seed=0):
     return a, b
 
 
-def test_affine_head_gets_gradient():
+def test_new_network_returns_the_identity_and_its_heads_learn():
+    """The heads' last layers start at zero: a new network leaves B where it is; from the second step on every
+    layer of the affine and deformable heads gets a gradient."""
     torch.manual_seed(0)
     model = GVSL(channels=SMALL)
     a, b = small_pair()
-    restored, warped, theta, flow = model(a, b)
-    loss = local_ncc_loss(warped, a) + restoration_loss(restored, a) + smoothness_loss(flow)
-    loss.backward()
-    head = [model.f_conv, model.fc_rot, model.fc_scl, model.fc_trans, model.fc_shear]
-    for module in head:
+    _, warped, theta, flow = model(a, b)
+    assert torch.equal(theta, identity_theta()) and not flow.any()
+    assert torch.allclose(warped, b, atol=1e-5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        restored, warped, theta, flow = model(a, b)
+        (local_ncc_loss(warped, a) + restoration_loss(restored, a) + smoothness_loss(flow)).backward()
+        optimizer.step()
+    for module in [model.f_conv, model.fc_rot, model.fc_scl, model.fc_trans, model.fc_shear, model.sp_conv,
+                   model.out_flow]:
         for name, p in module.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_correlation_affine_is_the_identity_for_a_self_pair_and_learns():
+    torch.manual_seed(0)
+    model = GVSL(channels=SMALL, architecture="correlation")
+    assert not hasattr(model, "fc_rot")
+    a = torch.from_numpy(mni_block((32, 40, 36)))[None, None]
+    _, warped, theta, flow = model(a, a)
+    assert torch.allclose(theta, identity_theta(), atol=1e-5) and not flow.any()
+    a, b = small_pair()
+    restored, warped, theta, flow = model(a, b)
+    (local_ncc_loss(warped, a) + restoration_loss(restored, a) + smoothness_loss(flow)).backward()
+    for name, p in model.correlation_head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_fit_affine_recovers_a_known_affine():
+    """Points of B placed by a known voxel affine ("corrected" convention) give back that affine."""
+    shape = (40, 48, 36)
+    g = torch.Generator().manual_seed(0)
+    points_a = torch.rand(1, 32, 3, generator=g) * (torch.tensor(shape) - 1)
+    theta = identity_theta()
+    theta[0, :, :3] += 0.08 * (torch.rand(3, 3, generator=g) - 0.5)
+    theta[0, :, 3] = torch.tensor([2.5, -4.0, 1.5])
+    matrix = affine_voxel_matrix(theta, shape, "corrected")[0]
+    points_b = points_a @ matrix[:3, :3].T + matrix[:3, 3]
+    assert torch.allclose(fit_affine(points_a, points_b, torch.ones(1, 32), shape), theta, atol=1e-2)
+    assert torch.allclose(corrected_theta(matrix[None], shape), theta, atol=1e-6)
+
+
+@pytest.mark.parametrize("shift", [5, 16])
+def test_correlation_affine_follows_a_shift_before_any_training(shift):
+    """Position enters by construction: B = A moved by some voxels (inside a zero background) is found by an
+    untrained head's block matching (random descriptors fall short by a fraction, not by the shift)."""
+    torch.manual_seed(0)
+    model = GVSL(channels=SMALL, architecture="correlation").eval()
+    head = torch.from_numpy(mni_block((24, 32, 24)))
+    a = torch.zeros(1, 1, 48, 64, 64)
+    a[0, 0, 12:36, 16:48, 8:32] = head
+    with torch.no_grad():
+        theta = model(a, a.roll(shift, dims=-1))[2][0]
+    assert 0.7 * shift < theta[2, 3] < 1.1 * shift
+    assert theta[:2, 3].abs().max() < 0.2 * shift
 
 
 def test_batch_equals_single_calls():
@@ -251,6 +304,13 @@ def test_bad_input_is_named(a, match):
 def test_mismatched_pair_is_refused():
     with pytest.raises(ValueError, match="same shape"):
         GVSL(channels=SMALL)(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 32))
+
+
+def test_correlation_needs_the_corrected_conventions():
+    with pytest.raises(ValueError, match="corrected"):
+        GVSL(channels=SMALL, conventions="original", architecture="correlation")
+    with pytest.raises(ValueError, match="architecture"):
+        GVSL(channels=SMALL, architecture="keymorph")
 
 
 def test_unknown_conventions_refused():

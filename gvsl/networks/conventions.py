@@ -75,6 +75,13 @@ def affine_voxel_matrix(theta: torch.Tensor, shape_dhw: Sequence[int], conventio
     return out
 
 
+def corrected_theta(matrix: torch.Tensor, shape_dhw: Sequence[int]) -> torch.Tensor:
+    """The (N, 3, 4) [R | t] of the "corrected" convention whose ``affine_voxel_matrix`` is ``matrix`` (N, 4, 4)."""
+    centre = (torch.tensor([float(s) for s in shape_dhw], dtype=matrix.dtype, device=matrix.device) - 1) / 2
+    linear = matrix[:, :3, :3]
+    return torch.cat([linear, (matrix[:, :3, 3] - centre + linear @ centre).unsqueeze(-1)], dim=-1)
+
+
 def flow_sampled_voxels(flow: torch.Tensor, conventions: Conventions) -> torch.Tensor:
     """Voxel each output voxel samples under a displacement field.
 

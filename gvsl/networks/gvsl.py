@@ -10,7 +10,17 @@ from gvsl.networks.affine import bound_affine_parameters, compose_affine_matrix
 from gvsl.networks.backbone import DEFAULT_CHANNELS, SIZE_MULTIPLE, UNetBackbone
 from gvsl.networks.blocks import DoubleConv, group_count
 from gvsl.networks.conventions import Conventions, check_conventions
+from gvsl.networks.correlation import CorrelationAffineHead
 from gvsl.networks.warp import at_least_float32, warp_affine, warp_moving
+
+ARCHITECTURES: tuple[str, ...] = ("paper", "correlation")
+
+
+def check_architecture(architecture: str, conventions: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if architecture != "paper" and conventions != "corrected":
+        raise ValueError(f"the {architecture} architecture needs the corrected conventions")
 
 
 def check_volume(x: torch.Tensor, name: str) -> None:
@@ -39,22 +49,31 @@ class GVSL(nn.Module):
     - ``flow_ba`` (N, 3, D, H, W): displacement in voxels, channels (d, h, w).
 
     What the affine and the field mean in voxels depends on ``conventions``
-    (see ``gvsl.networks.conventions``). Layer names follow the published
-    checkpoint so its state dict loads with ``strict=True``; the heads' widths
-    follow ``channels``: affine head 2*c[4] -> c[4]/2, deformable head
-    2*c[8] -> c[8]/2, restoration head c[8] -> c[8]/2 -> 1.
+    (see ``gvsl.networks.conventions``). ``architecture`` "paper" is the
+    published network: its layer names follow the published checkpoint so its
+    state dict loads with ``strict=True``; the heads' widths follow
+    ``channels``: affine head 2*c[4] -> c[4]/2, deformable head
+    2*c[8] -> c[8]/2, restoration head c[8] -> c[8]/2 -> 1. ``"correlation"``
+    replaces the affine head by ``CorrelationAffineHead`` (block matching of
+    the local features, corrected conventions only). The last layers of the
+    affine and deformable heads start at zero, so a new paper network returns
+    the identity; any correlation network returns the identity for a pair of
+    identical images.
     """
 
     def __init__(self, channels: Sequence[int] = DEFAULT_CHANNELS, conventions: Conventions = "corrected",
-                 in_channels: int = 1):
+                 in_channels: int = 1, architecture: str = "paper"):
         super().__init__()
         check_conventions(conventions)
+        check_architecture(architecture, conventions)
         self.conventions = conventions
+        self.architecture = architecture
         self.unet = UNetBackbone(in_channels, channels)
         c = self.unet.channels
         g, l_ = c[4] // 2, c[8] // 2
         # Attribute order = the published state dict's key order.
-        self.f_conv = DoubleConv(2 * c[4], g)  # affine head, on global features of B and A
+        if architecture == "paper":
+            self.f_conv = DoubleConv(2 * c[4], g)  # affine head, on global features of B and A
         self.sp_conv = DoubleConv(2 * c[8], l_)  # deformable head, on local features of warped B and A
         self.res_conv = nn.Sequential(  # restoration head, on local features of A'
             nn.Conv3d(c[8], l_, 3, padding=1),
@@ -63,10 +82,18 @@ class GVSL(nn.Module):
             nn.Conv3d(l_, 1, 1),
         )
         self.out_flow = nn.Conv3d(l_, 3, 3, padding=1)
-        self.fc_rot = nn.Linear(g, 3)
-        self.fc_scl = nn.Linear(g, 3)
-        self.fc_trans = nn.Linear(g, 3)
-        self.fc_shear = nn.Linear(g, 6)
+        if architecture == "paper":
+            self.fc_rot = nn.Linear(g, 3)
+            self.fc_scl = nn.Linear(g, 3)
+            self.fc_trans = nn.Linear(g, 3)
+            self.fc_shear = nn.Linear(g, 6)
+            last_layers = [self.out_flow, self.fc_rot, self.fc_scl, self.fc_trans, self.fc_shear]
+        else:
+            self.correlation_head = CorrelationAffineHead(c[8])
+            last_layers = [self.out_flow]
+        for layer in last_layers:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -101,7 +128,10 @@ class GVSL(nn.Module):
         global_f, local_f = self.features(torch.cat([a, b], dim=0))
         global_a, global_b = global_f.chunk(2)
         local_a, local_b = local_f.chunk(2)
-        theta = self.affine(global_b, global_a)
+        if self.architecture == "paper":
+            theta = self.affine(global_b, global_a)
+        else:
+            theta = self.correlation_head(local_a, local_b)
         flow = self.deformation(warp_affine(local_b, theta, self.conventions), local_a)
         warped_b = warp_moving(b, theta, flow, self.conventions)
         return self.restore(local_a), warped_b, theta, flow
