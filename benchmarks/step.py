@@ -45,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--patch", type=parse_patch, default=(64, 64, 64), help="one size or D,H,W (default 64)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--channels", type=parse_channels, default=DEFAULT_CHANNELS, help="nine widths (default: paper)")
+    p.add_argument("--architecture", choices=("paper", "correlation"), default="paper",
+                   help="affine head (default paper, as the step numbers in RESULTS.md)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
@@ -83,7 +85,7 @@ def main() -> None:
     device = select_device(args.device)
     precision = select_precision(args.precision, device)
     torch.manual_seed(0)
-    model = GVSL(channels=args.channels).to(device)
+    model = GVSL(channels=args.channels, architecture=args.architecture).to(device)
     args.channels_last = use_channels_last(args.channels_last, device, args.channels)
     if args.channels_last:
         model.to(memory_format=torch.channels_last_3d)
@@ -109,7 +111,8 @@ def main() -> None:
     memory, memory_kind = peak_memory_bytes(device)
     result = {
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "precision": precision.name, "patch": list(args.patch), "batch": args.batch, "channels": list(args.channels),
+        "precision": precision.name, "architecture": args.architecture, "patch": list(args.patch),
+        "batch": args.batch, "channels": list(args.channels),
         "channels_last": args.channels_last, "activation_checkpointing": args.activation_checkpointing,
         "data": "loader" if args.data else "preloaded", "workers": args.workers if args.data else None,
         "threads": torch.get_num_threads(), "s_per_it_mean": statistics.mean(times),

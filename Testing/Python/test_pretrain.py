@@ -20,7 +20,7 @@ from tiny_cache import make_tiny_cache
 from gvsl.checkpoints import load_checkpoint
 from gvsl.cli import main
 from gvsl.networks import GVSL
-from gvsl.train.config import TrainConfig, resolve_config
+from gvsl.train.config import TrainConfig, parse_duration, resolve_config
 from gvsl.train.engine import TrainingError, run_training
 from gvsl.train.events import EVENTS, read_events
 from gvsl.train.state import list_checkpoints
@@ -183,6 +183,19 @@ def test_signal_stops_with_a_checkpoint(cache, tmp_path):
     stop = [r for r in read_events(tmp_path / "run" / "events.jsonl") if r["event"] == "stop"]
     assert stop == [{**stop[0], "iteration": 2, "reason": "SIGINT"}]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_time_limit_stops_with_a_resumable_checkpoint(cache, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_training(_config(cache, run_dir, iterations=100_000, time_limit_s=1.0))
+    assert result.stopped and 0 < result.iteration < 100_000
+    final = _final(run_dir)
+    assert final["iteration"] == result.iteration
+    assert (final["initial_alignment"], final["architecture"]) == ("centres-of-mass", "correlation")  # for gvsl match
+    assert [e["reason"] for e in read_events(run_dir / "events.jsonl") if e["event"] == "stop"] == ["time limit"]
+    assert parse_duration("90m") == 5400 and parse_duration("1.5h") == 5400 and parse_duration("45") == 45
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("soon")
 
 
 def test_cli_new_run_resume_and_refusals(cache, tmp_path, capsys):

@@ -7,17 +7,18 @@ from gvsl.commands.training_run import add_run_arguments, start_run
 from gvsl.train.config import (
     TrainConfig,
     parse_channels,
+    parse_duration,
     parse_patch,
     parse_spacing,
 )
 from gvsl.train.engine import run_training
 
-HELP = "pre-train GVSL on unlabeled CT/MR (a DICOM folder, a folder of volumes, or a prepared cache)"
 EPILOG = """\
 defaults follow the paper: Adam, lr 1e-4, 128^3 crops, batch 2, 200000 iterations, loss = NCC + MSE + smoothness.
 Settings: defaults < --config FILE (JSON, e.g. an earlier run's config.json) < flags. The resolved configuration
 is saved as RUN_DIR/config.json; progress goes to RUN_DIR/events.jsonl and RUN_DIR/tensorboard.
-Stop with Ctrl-C, SIGTERM or by creating RUN_DIR/STOP: a checkpoint is saved; continue with --resume RUN_DIR.
+Stop with Ctrl-C, SIGTERM, by creating RUN_DIR/STOP or with --time-limit: a checkpoint is saved; continue with
+--resume RUN_DIR.
 Several GPUs: torchrun --nproc_per_node=N -m gvsl pretrain DATA --out RUN_DIR (see the README)."""
 
 
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=s, metavar="FILE",
                         help="start from a checkpoint of ours or the published GVSL state dict (original conventions)")
     parser.add_argument("--iterations", type=int, default=s, help="total iterations (a resumed run continues to it)")
+    parser.add_argument("--time-limit", dest="time_limit_s", type=parse_duration, default=s, metavar="DURATION",
+                        help="stop with a checkpoint after this long, e.g. 30m or 23h (resumable; default: none)")
     parser.add_argument("--patch", type=parse_patch, default=s, metavar="N[,N,N]",
                         help="crop size in voxels: one number for a cube or D,H,W (default 128)")
     parser.add_argument("--batch", type=int, default=s, help="pairs per iteration and process (default 2)")
@@ -43,10 +46,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nine backbone widths (default 32,64,128,256,512,256,128,64,32 or --init's)")
     parser.add_argument("--conventions", choices=("corrected", "original"), default=s,
                         help="network conventions (default: corrected, or --init's)")
+    parser.add_argument("--architecture", choices=("correlation", "paper"), default=s,
+                        help="correlation (default for new runs): the affine head fits block matches of the two "
+                             "scans' features; paper: the published network exactly (default with --init: its own)")
+    parser.add_argument("--initial-alignment", choices=("centres-of-mass", "physical"), default=s,
+                        help="how B is placed in A's frame before corresponding crops are taken, and how gvsl match "
+                             "places scans by default: centres-of-mass (default) or physical (scans share a frame)")
     parser.add_argument("--lr", type=float, default=s, help="Adam learning rate (default 1e-4)")
     parser.add_argument("--weight-ncc", type=float, default=s, help="weight of the NCC term (default 1)")
     parser.add_argument("--weight-mse", type=float, default=s, help="weight of the restoration MSE (default 1)")
     parser.add_argument("--weight-smooth", type=float, default=s, help="weight of the smoothness term (default 1)")
+    parser.add_argument("--weight-ncc-affine", type=float, default=s,
+                        help="weight of the NCC of B warped by the affine alone (default 0, the paper's loss)")
+    parser.add_argument("--synthetic-fraction", type=float, default=s,
+                        help="share of pairs that are A against a copy of itself under a known affine, which "
+                             "supervises the affine head (default 0, the paper's pairs)")
+    parser.add_argument("--weight-synthetic-affine", type=float, default=s,
+                        help="weight of the affine's error on those pairs (default 1)")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, pairs and augmentation (default 0)")
     parser.add_argument("--image-every", type=int, default=s, help="iterations between TensorBoard panels (1000)")
     boolean = argparse.BooleanOptionalAction

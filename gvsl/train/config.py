@@ -17,9 +17,10 @@ from gvsl.atomic_files import write_text_atomically
 
 CONFIG_NAME = "config.json"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_ARCHITECTURE = "correlation"  # for new runs; "paper" is the published network (see gvsl.networks.GVSL)
 # Fields a resumed run may change; the others (data, model, optimiser, seed) define the run.
 RESUME_OVERRIDABLE = frozenset({
-    "iterations", "device", "precision", "workers", "checkpoint_every", "keep_checkpoints", "log_every",
+    "iterations", "time_limit_s", "device", "precision", "workers", "checkpoint_every", "keep_checkpoints", "log_every",
     "image_every", "tensorboard", "activation_checkpointing", "channels_last", "progress",
 })
 
@@ -67,11 +68,21 @@ class TrainConfig(RunConfig):
     """Everything that defines a pre-training run. Defaults follow the GVSL paper.
 
     Sizes are in voxels of the cache's grid; ``lr`` is Adam's learning rate;
+    ``time_limit_s``: seconds after which this process saves a checkpoint
+    and stops as on a stop request (resumable; None: no limit).
     ``checkpoint_every``, ``log_every`` and ``image_every`` are in iterations
     (one iteration = one optimiser step; with several processes each draws
     ``batch`` pairs, so the effective batch is ``batch * world_size``).
-    ``channels``/``conventions`` of None mean: those of ``init``, else the
-    default widths and the "corrected" conventions. ``channels_last`` of None
+    ``channels``/``conventions``/``architecture`` of None mean: those of
+    ``init``, else the default widths, the "corrected" conventions and
+    ``DEFAULT_ARCHITECTURE``. ``initial_alignment``: how B is placed in A's
+    frame before the corresponding crops are taken (``gvsl.data.alignment``);
+    ``gvsl match`` applies the same rule by default. ``weight_ncc_affine``:
+    the NCC of B warped by the affine alone (0: the paper's loss).
+    ``synthetic_fraction``: share of pairs that are A against a copy of A
+    under a known affine, where the affine head's error is a loss term of
+    weight ``weight_synthetic_affine`` (``gvsl.train.synthetic``; 0: the
+    paper's pairs). ``channels_last`` of None
     means: on CUDA, and on CPU when every width is >= 32 (see
     ``gvsl.train.device.use_channels_last``).
     """
@@ -84,14 +95,20 @@ class TrainConfig(RunConfig):
     spacing: Optional[Tuple[float, float, float]] = None
     init: Optional[str] = None
     iterations: int = 200_000
+    time_limit_s: Optional[float] = None
     patch: Tuple[int, int, int] = (128, 128, 128)
     batch: int = 2
     channels: Optional[Tuple[int, ...]] = None
     conventions: Optional[str] = None
+    architecture: Optional[str] = None
+    initial_alignment: str = "centres-of-mass"
     lr: float = 1e-4
     weight_ncc: float = 1.0
     weight_mse: float = 1.0
     weight_smooth: float = 1.0
+    weight_ncc_affine: float = 0.0
+    synthetic_fraction: float = 0.0
+    weight_synthetic_affine: float = 1.0
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -109,8 +126,20 @@ class TrainConfig(RunConfig):
         self._check_shared(("iterations", "batch", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"))
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if min(self.weight_ncc, self.weight_mse, self.weight_smooth) < 0:
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError(f"time limit must be positive, got {self.time_limit_s} s")
+        if min(self.weight_ncc, self.weight_mse, self.weight_smooth, self.weight_ncc_affine,
+               self.weight_synthetic_affine) < 0:
             raise ValueError("loss weights must be >= 0")
+        if not 0 <= self.synthetic_fraction <= 1:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        # Imported here: reading a configuration (e.g. for ``--help``) must not import torch or SimpleITK.
+        from gvsl.data.alignment import check_initial_alignment
+        from gvsl.networks.gvsl import check_architecture
+
+        check_initial_alignment(self.initial_alignment)
+        if self.architecture is not None:
+            check_architecture(self.architecture, self.conventions or "corrected")
 
 
 
@@ -139,6 +168,19 @@ def parse_spacing(value: float | str | Sequence[float]) -> tuple[float, float, f
     if len(sizes) != 3 or min(sizes) <= 0:
         raise ValueError(f"spacing must be one or three positive sizes in mm, got {value!r}")
     return tuple(sizes)
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds from a number of seconds or a string with a unit: "45s", "90m", "3h", "1.5h"."""
+    text = str(value).strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError as exc:
+        raise ValueError(f"a duration is a number of seconds or a number with s, m or h; got {value!r}") from exc
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
 
 
 def parse_channels(value: str | Sequence[int]) -> tuple[int, ...]:

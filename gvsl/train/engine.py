@@ -8,7 +8,7 @@ Events written to ``RUN_DIR/events.jsonl`` (rank 0 only), besides ``event`` and 
   iterations since the previous ``iteration`` event, on rank 0's pairs), ``lr``, ``it_per_s``, ``eta_s``,
   ``peak_memory_bytes`` and ``memory_kind`` (see ``gvsl.train.device.peak_memory_bytes``);
 - ``checkpoint``: ``iteration``, ``path``, ``deleted`` (older checkpoints removed to keep the last K);
-- ``stop``: ``iteration``, ``reason`` (``SIGINT``, ``SIGTERM`` or ``STOP file``);
+- ``stop``: ``iteration``, ``reason`` (``SIGINT``, ``SIGTERM``, ``STOP file`` or ``time limit``);
 - ``error``: ``iteration`` (or null), ``type``, ``message``: the run ended on this error;
 - ``end``: ``iteration``, ``checkpoint`` (the last one), ``stopped``, ``elapsed_s``.
 
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from gvsl.checkpoints import gvsl_payload, load_checkpoint, load_gvsl, model_state_dict_matches, save_checkpoint
 from gvsl.networks import DEFAULT_CHANNELS, GVSL
-from gvsl.train.config import CONFIG_NAME, TrainConfig, save_config
+from gvsl.train.config import CONFIG_NAME, DEFAULT_ARCHITECTURE, TrainConfig, save_config
 from gvsl.train.device import (
     Precision,
     is_out_of_memory,
@@ -135,15 +135,19 @@ def prepare_training_cache(config: TrainConfig, cache: Path) -> None:
 def build_model(config: TrainConfig, device: torch.device) -> GVSL:
     """A fresh network (seeded from ``config.seed``) or the ``config.init`` checkpoint's weights.
 
-    An ``init`` whose widths differ from ``config.channels`` raises ValueError naming the mismatched keys.
+    An ``init`` whose widths or architecture differ from ``config.channels`` / ``config.architecture`` raises
+    ValueError naming the mismatched keys.
     """
     if config.init is None:
         torch.manual_seed(derive_seed(config.seed, "init"))
-        model = GVSL(channels=config.channels or DEFAULT_CHANNELS, conventions=config.conventions or "corrected")
+        model = GVSL(channels=config.channels or DEFAULT_CHANNELS, conventions=config.conventions or "corrected",
+                     architecture=config.architecture or DEFAULT_ARCHITECTURE)
     else:
         model, info = load_gvsl(config.init, conventions=config.conventions)
-        if config.channels is not None and tuple(config.channels) != info.channels:
-            model_state_dict_matches(GVSL(channels=config.channels, conventions=info.conventions), model.state_dict())
+        channels, architecture = tuple(config.channels or info.channels), config.architecture or info.architecture
+        if (channels, architecture) != (info.channels, info.architecture):  # raises, naming what does not fit
+            model_state_dict_matches(GVSL(channels=channels, conventions=info.conventions, architecture=architecture),
+                                     model.state_dict())
     return model.to(device)
 
 
@@ -159,7 +163,7 @@ def pair_batches(cache: Path, config: TrainConfig, context: DistributedContext, 
 
     start = iteration - iteration % config.checkpoint_every
     dataset = PairDataset(cache, patch_size=config.patch, seed=derive_seed(config.seed, "data", start) & 0x7FFFFFFF,
-                          rank=context.rank, world_size=context.world_size)
+                          rank=context.rank, world_size=context.world_size, alignment=config.initial_alignment)
     loader = DataLoader(dataset, batch_size=config.batch, num_workers=config.workers,
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
@@ -198,9 +202,11 @@ class Trainer:
         network = self.model
         if context.enabled:
             network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        weights = LossWeights(config.weight_ncc, config.weight_mse, config.weight_smooth)
+        weights = LossWeights(config.weight_ncc, config.weight_mse, config.weight_smooth, config.weight_ncc_affine,
+                              config.weight_synthetic_affine)
         self.step = TrainStep(network, self.optimizer, self.scaler, GVSLAugmentation(AugmentationConfig()),
-                              precision, device, weights, channels_last=channels_last)
+                              precision, device, weights, channels_last=channels_last,
+                              synthetic_fraction=config.synthetic_fraction)
         self.writer = None
         if config.tensorboard and context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -213,7 +219,7 @@ class Trainer:
         if self.context.is_main:
             payload = gvsl_payload(self.model, self.iteration, optimizer=self.optimizer.state_dict(),
                                    scaler=self.scaler.state_dict(), rng=rng_state(), config=self.config.to_dict(),
-                                   preprocessing=self.preprocessing,
+                                   preprocessing=self.preprocessing, initial_alignment=self.config.initial_alignment,
                                    world_size=self.context.world_size)
             save_checkpoint(path, payload)
             deleted = prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
@@ -320,7 +326,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, on_event: Optiona
             context.barrier()
         trainer = Trainer(config, run_dir, cache, context, device, precision, events, resume_from)
         model = trainer.model
-        config = replace(config, cache=str(cache), channels=tuple(model.channels), conventions=model.conventions)
+        config = replace(config, cache=str(cache), channels=tuple(model.channels), conventions=model.conventions,
+                         architecture=model.architecture)
         trainer.config = config
         if context.is_main:
             save_config(config, run_dir)
@@ -328,7 +335,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, on_event: Optiona
                      resumed_from=str(resume_from) if resume_from else None, device=str(device),
                      precision=precision.name, world_size=context.world_size, cache=str(cache),
                      config=config.to_dict())
-        with StopRequest(run_dir) as stop:
+        with StopRequest(run_dir, config.time_limit_s) as stop:
             if trainer.iteration >= config.iterations:
                 stopped = False
             else:

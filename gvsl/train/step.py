@@ -14,7 +14,9 @@ from torch.utils.checkpoint import checkpoint
 
 from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks.blocks import DoubleConv
+from gvsl.networks.warp import warp_affine
 from gvsl.train.device import Precision
+from gvsl.train.synthetic import affine_supervision_loss, make_synthetic_pairs
 
 # (a, b, generator) -> (A, A', B), each (N, 1, D, H, W) on the device: see gvsl.augment.GVSLAugmentation.
 Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -22,23 +24,35 @@ Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[tor
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the three terms of the GVSL loss (the paper uses 1, 1, 1)."""
+    """Weights of the terms of the GVSL loss: the paper's three (it uses 1, 1, 1); ``ncc_affine``, the NCC of B
+    warped by the affine alone, and ``synthetic_affine``, the affine's error on synthetic pairs
+    (``gvsl.train.synthetic``), are not in the paper (0 leaves them out)."""
 
     ncc: float = 1.0
     mse: float = 1.0
     smooth: float = 1.0
+    ncc_affine: float = 0.0
+    synthetic_affine: float = 0.0
 
 
 def gvsl_losses(restored_a: torch.Tensor, warped_b: torch.Tensor, flow_ba: torch.Tensor, clean_a: torch.Tensor,
-                weights: LossWeights) -> dict[str, torch.Tensor]:
-    """The paper's loss and its terms (scalars): ``loss`` = w_ncc NCC(warped B, A) + w_mse MSE(restored A, A) +
-    w_smooth smoothness(field). NCC is computed in float32 whatever the autocast dtype."""
+                weights: LossWeights, affine_warped_b: Optional[torch.Tensor] = None,
+                synthetic_affine: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """The loss and its terms (scalars): ``loss`` = w_ncc NCC(warped B, A) + w_mse MSE(restored A, A) +
+    w_smooth smoothness(field) [+ w_ncc_affine NCC(affine-warped B, A) when ``affine_warped_b`` is given]
+    [+ w_synthetic_affine ``synthetic_affine`` when given]. NCC is computed in float32 whatever the autocast dtype."""
     terms = {
         "ncc": local_ncc_loss(warped_b, clean_a),
         "mse": restoration_loss(restored_a, clean_a),
         "smooth": smoothness_loss(flow_ba.float()),
     }
     total = weights.ncc * terms["ncc"] + weights.mse * terms["mse"] + weights.smooth * terms["smooth"]
+    if affine_warped_b is not None:
+        terms["ncc_affine"] = local_ncc_loss(affine_warped_b, clean_a)
+        total = total + weights.ncc_affine * terms["ncc_affine"]
+    if synthetic_affine is not None:
+        terms["synthetic_affine"] = synthetic_affine
+        total = total + weights.synthetic_affine * synthetic_affine
     return {"loss": total, **terms}
 
 
@@ -68,12 +82,14 @@ class TrainStep:
     ``model`` is a GVSL network (or its DistributedDataParallel wrapper) on
     ``device``; ``scaler`` is a ``torch.amp.GradScaler`` (disabled unless
     float16). ``channels_last`` feeds the network channels-last-3d inputs
-    (the model should be converted the same way).
+    (the model should be converted the same way). ``synthetic_fraction``: the
+    share of samples whose B is replaced by a synthetic pair
+    (``gvsl.train.synthetic``; weighted by ``weights.synthetic_affine``).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  augmentation: Augmentation, precision: Precision, device: torch.device,
-                 weights: LossWeights = LossWeights(), channels_last: bool = False):
+                 weights: LossWeights = LossWeights(), channels_last: bool = False, synthetic_fraction: float = 0.0):
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -82,6 +98,8 @@ class TrainStep:
         self.device = device
         self.weights = weights
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.synthetic_fraction = synthetic_fraction
+        self.conventions = getattr(model, "module", model).conventions
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator,
                  keep_views: bool = False) -> StepOutput:
@@ -92,10 +110,16 @@ class TrainStep:
         a = a.to(self.device, non_blocking=True)
         b = b.to(self.device, non_blocking=True)
         clean_a, corrupted_a, b = self.augmentation(a, b, generator)
+        synthetic = None
+        if self.synthetic_fraction:
+            synthetic = make_synthetic_pairs(clean_a, b, self.synthetic_fraction, generator)
+            b = synthetic.b
         with self.precision.autocast(self.device):
-            restored_a, warped_b, _, flow_ba = self.model(corrupted_a.contiguous(memory_format=self.memory_format),
-                                                          b.contiguous(memory_format=self.memory_format))
-        losses = gvsl_losses(restored_a, warped_b, flow_ba, clean_a, self.weights)
+            restored_a, warped_b, theta, flow_ba = self.model(corrupted_a.contiguous(memory_format=self.memory_format),
+                                                              b.contiguous(memory_format=self.memory_format))
+        affine_warped_b = warp_affine(b, theta, self.conventions) if self.weights.ncc_affine else None
+        synthetic_affine = None if synthetic is None else affine_supervision_loss(theta, synthetic, self.conventions)
+        losses = gvsl_losses(restored_a, warped_b, flow_ba, clean_a, self.weights, affine_warped_b, synthetic_affine)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)

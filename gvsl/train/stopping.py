@@ -1,9 +1,10 @@
-"""Graceful stop: SIGINT/SIGTERM or a ``STOP`` file in the run folder ask the loop to save and exit."""
+"""Graceful stop: SIGINT/SIGTERM, a ``STOP`` file in the run folder or a time limit ask the loop to save and exit."""
 from __future__ import annotations
 
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,16 +13,18 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """Set by a signal or by ``RUN_DIR/STOP``; the training loop polls ``requested()`` once per iteration.
+    """Set by a signal, by ``RUN_DIR/STOP`` or once ``time_limit_s`` seconds have passed since it was made; the
+    training loop polls ``requested()`` once per iteration.
 
     Use as a context manager: handlers are installed on entry (main thread
     only) and the previous ones restored on exit. A second signal while a
     stop is pending raises KeyboardInterrupt (stop now, without saving).
     """
 
-    def __init__(self, run_dir: os.PathLike):
+    def __init__(self, run_dir: os.PathLike, time_limit_s: Optional[float] = None):
         self.stop_file = Path(run_dir) / STOP_NAME
         self.reason: Optional[str] = None
+        self.deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame) -> None:
@@ -32,6 +35,8 @@ class StopRequest:
     def requested(self) -> bool:
         if self.reason is None and self.stop_file.exists():
             self.reason = "STOP file"
+        if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = "time limit"
         return self.reason is not None
 
     def __enter__(self) -> StopRequest:
