@@ -233,3 +233,19 @@ def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: flo
         write_label_table(table, sidecar_path(labels_path))
         paths.append(SampleHead(volume_path, labels_path, warp))
     return paths
+
+
+def correspondence_errors_mm(fixed: SampleHead, moving: SampleHead, transform: sitk.Transform, points: int = 2000,
+                             seed: int = 0) -> np.ndarray:
+    """How far a fixed -> moving transform (LPS mm) sends points of the fixed head's brain from their true match:
+    ``|moving.to_template(T(p)) - fixed.to_template(p)|`` in template mm, at up to ``points`` random labelled voxels
+    of the fixed head (drawn with ``seed``)."""
+    labels = sitk.ReadImage(str(fixed.labels))
+    index = np.argwhere(sitk.GetArrayViewFromImage(labels) > 0)[:, ::-1]  # (x, y, z)
+    index = index[np.random.default_rng(seed).choice(len(index), min(points, len(index)), replace=False)]
+    out = []
+    for voxel in index:
+        p = labels.TransformIndexToPhysicalPoint([int(i) for i in voxel])
+        truth = np.asarray(fixed.to_template.TransformPoint(p))
+        out.append(np.linalg.norm(np.asarray(moving.to_template.TransformPoint(transform.TransformPoint(p))) - truth))
+    return np.asarray(out)

@@ -12,11 +12,11 @@ import SimpleITK as sitk
 
 from ..checkpoints import CheckpointInfo, load_checkpoint, load_gvsl
 from ..data import PrepareConfig
-from ..match import MatchConfig, MatchResult, match_volumes
+from ..match import MatchConfig, MatchResult, RefineConfig, match_volumes
 from ..train.device import select_device
 
-HELP = "Register two scans with a GVSL network: ITK transform, warped moving image, metrics, propagated labels."
 TRANSFORM_FILE = "transform.h5"
+NETWORK_TRANSFORM_FILE = "transform_network.h5"  # with refinement: the network's answer alone
 WARPED_FILE = "moving_warped.nii.gz"
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels_propagated.nii.gz"
@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("fixed", "moving"):
         parser.add_argument(f"--{name}-modality", choices=("auto", "CT", "MR"), default="auto",
                             help=f"modality of the {name} scan (default: inferred from its intensities)")
+    parser.add_argument("--initial-alignment", choices=("centres-of-mass", "physical"),
+                        help="how the moving scan is placed in the fixed scan's frame before the network: "
+                             "centres-of-mass or physical (the scans share a frame); default: the rule the checkpoint "
+                             "was trained with, else centres-of-mass")
+    parser.add_argument("--refine", type=int, default=RefineConfig().iterations, metavar="N",
+                        help=f"optimisation steps per refinement stage on the pair itself, from the network's answer "
+                             f"(default {RefineConfig().iterations}; 0: the network's answer alone)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     trained = "default: the checkpoint's training preprocessing, else"
@@ -70,11 +77,16 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
 def write_outputs(out_dir: Path, result: MatchResult, extra: dict[str, object],
                   labels: sitk.Image | None) -> list[Path]:
     """Write every output under a temporary name, then rename them all: a failure leaves no partial file."""
+    report = {**result.metrics, **extra, "initial_alignment": result.initial_alignment,
+              "refine_iterations": result.refine_iterations}
     writers: dict[str, Callable[[Path], None]] = {
         TRANSFORM_FILE: lambda p: sitk.WriteTransform(result.transform, str(p)),
         WARPED_FILE: lambda p: sitk.WriteImage(result.warped, str(p), useCompression=True),
-        METRICS_FILE: lambda p: p.write_text(json.dumps({**result.metrics, **extra}, indent=2) + "\n"),
     }
+    if result.refine_iterations:
+        report["network"] = result.network_metrics
+        writers[NETWORK_TRANSFORM_FILE] = lambda p: sitk.WriteTransform(result.network_transform, str(p))
+    writers[METRICS_FILE] = lambda p: p.write_text(json.dumps(report, indent=2) + "\n")
     if labels is not None:
         propagated = result.propagate_labels(labels)
         writers[LABELS_FILE] = lambda p: sitk.WriteImage(propagated, str(p), useCompression=True)
@@ -113,7 +125,11 @@ def compute_match(args: argparse.Namespace) -> tuple[MatchResult, CheckpointInfo
     Returns the match, what the checkpoint is, and the label image to propagate (None without ``--labels``).
     """
     payload = load_checkpoint(args.checkpoint)
-    config = MatchConfig(prepare=preprocessing_for(args, payload), max_size_xyz=tuple(args.max_size))
+    if args.refine < 0:
+        raise ValueError(f"--refine must be >= 0, got {args.refine}")
+    alignment = args.initial_alignment or payload.get("initial_alignment", "centres-of-mass")
+    config = MatchConfig(prepare=preprocessing_for(args, payload), max_size_xyz=tuple(args.max_size),
+                         initial_alignment=alignment, refine=RefineConfig(iterations=args.refine))
     fixed, moving = read_image(args.fixed), read_image(args.moving)
     labels = read_image(args.labels) if args.labels else None
     device = select_device(args.device)
@@ -132,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"gvsl match: {exc}", file=sys.stderr)
         return 1
-    for key, value in result.metrics.items():
-        print(f"{key}: {value:.4g}")
+    stages = [("network", result.network_metrics)] + ([("refined", result.metrics)] if result.refine_iterations else [])
+    for stage, metrics in stages:
+        print(f"{stage}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -8,7 +8,9 @@ the flow is zero. With G_f, G_m the grids' index -> LPS maps, the fixed -> movin
 
     T(x) = A(x + u(x)),   A = G_m · M · L · G_f⁻¹ (an affine in mm),   u(x) = linear part of G_f applied to v(p),
 
-u being a displacement field in mm on the fixed network grid (exact at its voxels, trilinear in between).
+u being a displacement field in mm on the fixed network grid (exact at its voxels, trilinear in between). In
+``gvsl match`` both network images live on one grid of the fixed scan's frame (G_f = G_m), and the moving scan's
+point is ``initial(T(x))``, ``initial`` being the initial alignment: ``physical_transforms`` folds it into A.
 """
 from __future__ import annotations
 
@@ -56,9 +58,10 @@ def field_map_at_zero_flow(shape_dhw: tuple[int, ...], conventions: Conventions)
     return out
 
 
-def network_to_physical(theta: torch.Tensor, flow: torch.Tensor, conventions: Conventions, fixed_grid: sitk.Image,
-                        moving_grid: sitk.Image) -> PhysicalTransforms:
-    """The fixed -> moving transform in LPS mm from the network's affine and field (see the module doc).
+def network_to_frame(theta: torch.Tensor, flow: torch.Tensor, conventions: Conventions, fixed_grid: sitk.Image,
+                     moving_grid: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
+    """A (4, 4, LPS mm) and u (a 3-component float64 image on ``fixed_grid``, LPS mm) from the network's outputs: the
+    map fixed grid point x -> moving grid point A(x + u(x)) that the network samples (see the module doc).
 
     Args:
         theta: (3, 4) or (1, 3, 4) affine head output [R | t].
@@ -88,7 +91,25 @@ def network_to_physical(theta: torch.Tensor, flow: torch.Tensor, conventions: Co
     u_mm = torch.einsum("ij,jdhw->dhwi", torch.from_numpy(fixed_to_mm[:3, :3]), v)
     displacement_mm = sitk.GetImageFromArray(u_mm.numpy(), isVector=True)
     displacement_mm.CopyInformation(fixed_grid)
+    return affine_mm, displacement_mm
 
+
+def affine_matrix(transform: sitk.Transform) -> np.ndarray:
+    """The (4, 4) homogeneous matrix (LPS mm) of an affine SimpleITK transform (translation, Euler, affine, ...)."""
+    out = np.eye(4)
+    origin = np.zeros(3)
+    out[:3, 3] = transform.TransformPoint(origin.tolist())
+    for axis in range(3):
+        out[:3, axis] = np.asarray(transform.TransformPoint(np.eye(3)[axis].tolist())) - out[:3, 3]
+    return out
+
+
+def physical_transforms(affine_mm: np.ndarray, displacement_mm: sitk.Image,
+                        initial: sitk.Transform | None = None) -> PhysicalTransforms:
+    """SimpleITK transforms for T(x) = initial(A(x + u(x))): ``affine`` = initial ∘ A (an affine in mm), ``deformable``
+    = x -> x + u(x) with u = ``displacement_mm`` (3-component float64, LPS mm)."""
+    if initial is not None:
+        affine_mm = affine_matrix(initial) @ affine_mm
     affine = sitk.AffineTransform(3)
     affine.SetMatrix([float(a) for a in affine_mm[:3, :3].ravel()])
     affine.SetTranslation([float(a) for a in affine_mm[:3, 3]])
@@ -96,3 +117,10 @@ def network_to_physical(theta: torch.Tensor, flow: torch.Tensor, conventions: Co
     # A composite transform applies its last transform first: T(x) = affine(deformable(x)).
     transform = sitk.CompositeTransform([affine, deformable])
     return PhysicalTransforms(affine, displacement_mm, deformable, transform)
+
+
+def network_to_physical(theta: torch.Tensor, flow: torch.Tensor, conventions: Conventions, fixed_grid: sitk.Image,
+                        moving_grid: sitk.Image, initial: sitk.Transform | None = None) -> PhysicalTransforms:
+    """The fixed -> moving transform in LPS mm from the network's affine and field (see the module doc and
+    ``network_to_frame``), after which ``initial`` (an affine: moving grid point -> moving scan point), if given."""
+    return physical_transforms(*network_to_frame(theta, flow, conventions, fixed_grid, moving_grid), initial)

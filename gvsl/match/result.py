@@ -27,9 +27,15 @@ class MatchResult:
     - ``displacement_mm_lps``: T(x) - x (affine included), float64 3-vectors on the fixed image's grid;
     - ``warped``: the moving image (original intensities and pixel type) resampled into the fixed image's grid,
       linear interpolation, 0 outside the moving image (``sitk.Resample(moving, fixed, transform)``);
-    - ``metrics``: see ``gvsl.match.metrics.match_metrics``; ``conventions``: the network's conventions;
-    - ``fixed_network`` / ``moving_network``: the preprocessed inputs on their network grids; ``warped_network``:
-      the network's own warped output on the fixed network grid;
+    - ``metrics``: see ``gvsl.match.metrics.match_metrics``, plus ``seconds`` (the stage's compute time);
+      ``conventions``: the network's conventions;
+    - ``fixed_network`` / ``moving_network``: the preprocessed inputs on the frame grid (the moving one placed by
+      the initial alignment); ``warped_network``: the moving network image under the answer, on the same grid (the
+      network's own output when there was no refinement);
+    - ``network_transform`` / ``network_metrics``: the network's answer alone, before refinement (the same as
+      ``transform`` / ``metrics`` when ``refine_iterations`` is 0); ``initial_alignment``: how the moving scan was
+      placed before the network ("centres-of-mass" or "physical"), ``initial``: that placement (fixed point ->
+      moving point, a translation; ``moving_network`` is the moving scan seen through it);
     - ``fixed`` / ``moving`` / ``model``: the inputs, kept for ``propagate_labels`` and ``feature_similarity``.
     """
 
@@ -43,6 +49,11 @@ class MatchResult:
     fixed_network: sitk.Image
     moving_network: sitk.Image
     warped_network: sitk.Image
+    network_transform: sitk.CompositeTransform
+    network_metrics: dict[str, float]
+    initial_alignment: str
+    initial: sitk.Transform
+    refine_iterations: int
     fixed: sitk.Image = field(repr=False)
     moving: sitk.Image = field(repr=False)
     model: GVSL = field(repr=False)

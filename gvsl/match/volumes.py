@@ -1,48 +1,83 @@
-"""``match_volumes``: register two scans of any geometry with a GVSL network."""
+"""``match_volumes``: register two scans of any geometry with a GVSL network, then refine on the pair itself."""
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import SimpleITK as sitk
 import torch
 
 from gvsl.match.config import MatchConfig
-from gvsl.match.grid import prepare_network_inputs
+from gvsl.match.frame import NetworkInputs, frame_levels, input_spacing_mm, prepare_network_inputs, voxel_box_mm
 from gvsl.match.metrics import match_metrics
-from gvsl.match.physical import network_to_physical
+from gvsl.match.physical import PhysicalTransforms, network_to_frame, physical_transforms
+from gvsl.match.refine import LevelImages, RegularGrid, refine
 from gvsl.match.result import MatchResult, image_tensor
 from gvsl.networks import GVSL
+
+
+def stage_outputs(inputs: NetworkInputs, fixed: sitk.Image, transforms: PhysicalTransforms, warped_network: sitk.Image,
+                  config: MatchConfig) -> tuple[sitk.Image, dict[str, float]]:
+    """The displacement T(x) - x on the fixed image's grid and the metrics of one answer (network or refined)."""
+    displacement_mm_lps = sitk.TransformToDisplacementField(
+        transforms.transform, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
+        fixed.GetDirection())
+    tensors = [image_tensor(image, "cpu") for image in (inputs.fixed, inputs.moving, warped_network)]
+    metrics = match_metrics(*tensors, inputs.fixed_region_dhw, transforms.displacement_mm, transforms.affine,
+                            displacement_mm_lps, config.ncc_window)
+    return displacement_mm_lps, metrics
+
+
+def refine_on_pair(inputs: NetworkInputs, fixed: sitk.Image, moving: sitk.Image, affine_mm: np.ndarray,
+                   displacement_mm: sitk.Image, config: MatchConfig) -> tuple[np.ndarray, sitk.Image]:
+    """``gvsl.match.refine.refine`` on the frame's resolution levels."""
+    spacings = config.refine.level_spacings(input_spacing_mm(fixed, moving))
+    levels = [LevelImages(image_tensor(f, "cpu"), image_tensor(m, "cpu"), RegularGrid.of(f))
+              for f, m in frame_levels(inputs, fixed, moving, config.prepare, spacings)]
+    return refine(levels, affine_mm, displacement_mm, voxel_box_mm(inputs.fixed), config.refine)
 
 
 def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_modality: str = "auto",
                   moving_modality: str = "auto", config: MatchConfig | None = None,
                   device: str | torch.device = "cpu") -> MatchResult:
     """Find where each point of ``fixed`` lies in ``moving`` (both 3D SimpleITK images of any size, spacing, origin
-    and direction) with the network's Z-matching head (affine + field).
+    and direction): the initial alignment, then the network's Z-matching head (affine + field), then, unless
+    ``config.refine.iterations`` is 0, the refinement on the pair (on the CPU).
 
-    Both are preprocessed as in training and zero-padded to one network size (``gvsl.match.grid``); ``model`` is
-    moved to ``device`` and put in eval mode. Modalities: "CT", "MR" or "auto". Raises ValueError for an input that
-    is not a usable 3D volume or a model that is not a GVSL network.
+    Both are preprocessed as in training and placed on one frame grid (``gvsl.match.frame``); ``model`` is moved to
+    ``device`` and put in eval mode. Modalities: "CT", "MR" or "auto". Raises ValueError for an input that is not a
+    usable 3D volume or a model that is not a GVSL network.
     """
     if not isinstance(model, GVSL):
         raise ValueError(f"model must be a GVSL network, got {type(model).__name__}")
     config = config or MatchConfig()
-    fixed_input, moving_input = prepare_network_inputs(fixed, moving, fixed_modality, moving_modality, config)
+    inputs = prepare_network_inputs(fixed, moving, fixed_modality, moving_modality, config)
     model = model.to(device).eval()
-    a = image_tensor(fixed_input.image, device)
-    b = image_tensor(moving_input.image, device)
+    started = time.perf_counter()
     with torch.inference_mode():
-        _, warped_b, theta, flow = model(a, b)
-    physical = network_to_physical(theta, flow, model.conventions, fixed_input.image, moving_input.image)
+        _, warped_b, theta, flow = model(image_tensor(inputs.fixed, device), image_tensor(inputs.moving, device))
+    affine_mm, displacement_mm = network_to_frame(theta, flow, model.conventions, inputs.fixed, inputs.fixed)
+    network = physical_transforms(affine_mm, displacement_mm, inputs.initial)
+    network_warped = sitk.GetImageFromArray(warped_b[0, 0].float().cpu().numpy())
+    network_warped.CopyInformation(inputs.fixed)
+    network_displacement, network_metrics = stage_outputs(inputs, fixed, network, network_warped, config)
+    network_metrics["seconds"] = time.perf_counter() - started
+    final, warped_network, displacement_mm_lps, metrics = network, network_warped, network_displacement, network_metrics
+    if config.refine.iterations:
+        started = time.perf_counter()
+        refined_affine_mm, refined_displacement_mm = refine_on_pair(inputs, fixed, moving, affine_mm, displacement_mm,
+                                                                     config)
+        final = physical_transforms(refined_affine_mm, refined_displacement_mm, inputs.initial)
+        in_frame = physical_transforms(refined_affine_mm, refined_displacement_mm).transform
+        warped_network = sitk.Resample(inputs.moving, inputs.fixed, in_frame)
+        displacement_mm_lps, metrics = stage_outputs(inputs, fixed, final, warped_network, config)
+        metrics["seconds"] = time.perf_counter() - started
     # SimpleITK's defaults (linear, 0 outside), so that sitk.Resample(moving, fixed, transform) reproduces it.
-    warped = sitk.Resample(moving, fixed, physical.transform)
-    displacement_mm_lps = sitk.TransformToDisplacementField(
-        physical.transform, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
-        fixed.GetDirection())
-    metrics = match_metrics(a, b, warped_b, fixed_input.region_slices_dhw(), physical.displacement_mm,
-                            physical.affine, displacement_mm_lps, config.ncc_window)
-    warped_network = sitk.GetImageFromArray(warped_b[0, 0].float().cpu().numpy())
-    warped_network.CopyInformation(fixed_input.image)
+    warped = sitk.Resample(moving, fixed, final.transform)
     return MatchResult(
-        transform=physical.transform, affine=physical.affine, deformable=physical.deformable,
+        transform=final.transform, affine=final.affine, deformable=final.deformable,
         displacement_mm_lps=displacement_mm_lps, warped=warped, metrics=metrics, conventions=model.conventions,
-        fixed_network=fixed_input.image, moving_network=moving_input.image, warped_network=warped_network,
+        fixed_network=inputs.fixed, moving_network=inputs.moving, warped_network=warped_network,
+        network_transform=network.transform, network_metrics=network_metrics,
+        initial_alignment=config.initial_alignment, initial=inputs.initial, refine_iterations=config.refine.iterations,
         fixed=fixed, moving=moving, model=model)
