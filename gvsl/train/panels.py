@@ -46,3 +46,20 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)  # uint8 2-D: grey
     return path
+
+
+def labelled_panel(volumes: Sequence[np.ndarray], titles: Sequence[str], high: float, zoom: int = 3) -> np.ndarray:
+    """``slice_panel`` of (D, H, W) arrays in [0, ``high``], each pixel ``zoom`` times larger, with a title over each
+    column (white on black): a 2-D float image in [0, 1]."""
+    from PIL import Image, ImageDraw
+
+    panel = slice_panel(volumes, 0.0, high)
+    panel = np.kron(panel, np.ones((zoom, zoom), np.float32))
+    title_h, width = 16, panel.shape[1]
+    image = Image.new("L", (width, panel.shape[0] + title_h), 0)
+    image.paste(Image.fromarray(np.round(panel * 255).astype(np.uint8)), (0, title_h))
+    draw = ImageDraw.Draw(image)
+    column = (width + GAP * zoom) / len(volumes)
+    for n, title in enumerate(titles):
+        draw.text((n * column + 4, 2), title, fill=255)
+    return np.asarray(image, np.float32) / 255
