@@ -71,10 +71,13 @@ class GVSLPretrain(ScriptedLoadableModule):
             "and inspect the correspondences it learned. <b>Data</b>: choose series from the DICOM database or a "
             "folder and scan them. <b>Pre-training</b>: runs <code>gvsl pretrain</code> in the background; the run "
             "folder keeps its progress, so the module reconnects to it later. <b>Inspect matches</b>: matches a "
-            "moving volume to a fixed one with a checkpoint and shows the transform, the warped volume and linked "
-            "point lists. <b>Metrics</b>: <code>ncc_after</code> above <code>ncc_before</code> means the warped "
-            "volume agrees better with the fixed one (local normalised cross-correlation, 0..1); "
-            "<code>nonpositive_jacobian_percent</code> is the share of the field that folds (0 is ideal)."
+            "moving volume to a fixed one with a checkpoint (after an initial alignment, then refined on the pair "
+            "itself unless the refinement steps are 0) and shows the transform, the warped volume and linked point "
+            "lists. <b>Metrics</b>: of the final match, and of the network's alone (<code>network ...</code>); "
+            "<code>ncc_after</code> above <code>ncc_before</code> means the warped volume agrees better with the "
+            "fixed one (local normalised cross-correlation, 0..1), which alone does not prove the points "
+            "correspond; <code>nonpositive_jacobian_percent</code> is the share of the field that folds (0 is "
+            "ideal)."
             + USER_GUIDE_LINK
         )
         self.parent.acknowledgementText = (
@@ -105,6 +108,8 @@ class GVSLPretrainParameterNode:
     checkpoint: pathlib.Path
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
+    initialAlignment: Annotated[str, Choice([match.AS_TRAINED, "centres-of-mass", "physical"])] = match.AS_TRAINED
+    refineSteps: Annotated[int, WithinRange(0, 10_000)] = 60  # gvsl.match.RefineConfig's default (a test checks)
     outputTransform: vtkMRMLTransformNode
     foregroundOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showCheckerboard: bool = False
@@ -463,7 +468,8 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
                 raise ValueError("Choose a checkpoint, a fixed volume and a moving volume.")
             if not self.ensureBackend():
                 return
-            self._matchJob = self.logic.startMatch(p.fixedVolume, p.movingVolume, checkpoint, p.device)
+            self._matchJob = self.logic.startMatch(p.fixedVolume, p.movingVolume, checkpoint, p.device, p.refineSteps,
+                                                   p.initialAlignment)
             self.ui.computeMatchesButton.enabled = False
             self.ui.matchStatusLabel.text = "Matching…"
 
@@ -650,20 +656,25 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
         command = runs.resume_command(runFolder, self.runCommand)
         return runs.BackgroundProcess(command, pathlib.Path(runFolder) / runs.PROCESS_LOG_NAME)
 
-    def startMatch(self, fixedNode, movingNode, checkpoint, device="auto"):
+    def startMatch(self, fixedNode, movingNode, checkpoint, device="auto", refineSteps=None,
+                   initialAlignment=match.AS_TRAINED):
         """``gvsl match`` on the two volumes in the background; returns the job: ``process``, ``outDir`` and
         ``inputs`` (what ``startSimilarity`` needs).
 
         ``device`` as for pre-training; "auto" lets the backend pick CUDA, then Apple MPS, then the CPU.
+        ``refineSteps``: refinement steps per stage on the pair (None: the backend's default, 0: the network
+        alone); ``initialAlignment``: "centres-of-mass", "physical" or ``match.AS_TRAINED``.
         """
-        return match.start_match(fixedNode, movingNode, checkpoint, self._workFolder("match"), device)
+        return match.start_match(fixedNode, movingNode, checkpoint, self._workFolder("match"), device, refineSteps,
+                                 initialAlignment)
 
     @staticmethod
     def startSimilarity(inputs, pointFixedRas):
         """The feature-similarity map of a fixed RAS point, in the background; returns (process, output folder)."""
-        fixedPath, movingPath, checkpoint, device = inputs
+        fixedPath, movingPath, checkpoint, device, initialAlignment = inputs
         outDir = fixedPath.parent / f"similarity-{time.monotonic_ns()}"
-        command = match.similarity_command(fixedPath, movingPath, checkpoint, outDir, device, pointFixedRas)
+        command = match.similarity_command(fixedPath, movingPath, checkpoint, outDir, device, pointFixedRas,
+                                           initialAlignment)
         return runs.BackgroundProcess(command, outDir / "similarity.log"), outDir
 
 

@@ -33,6 +33,7 @@ from .volumes import (
 
 # Files of a ``gvsl match --out DIR`` folder that the module reads (gvsl.commands.match; a test checks them).
 TRANSFORM_NAME = "transform.h5"  # fixed -> moving, LPS, a composite (affine after displacement field)
+NETWORK_TRANSFORM_NAME = "transform_network.h5"  # with refinement: the network's answer alone, as TRANSFORM_NAME
 WARPED_NAME = "moving_warped.nii.gz"  # the moving volume resampled into the fixed grid
 METRICS_NAME = "metrics.json"
 PROPAGATED_LABELS_NAME = "labels_propagated.nii.gz"  # with --labels: the moving label map on the fixed grid
@@ -50,40 +51,54 @@ def write_match_inputs(fixed_node, moving_node, folder: os.PathLike) -> tuple[Pa
     return paths[0], paths[1]
 
 
-def _match_arguments(fixed_path, moving_path, checkpoint, out_dir, device) -> list[str]:
+# The module's choice of initial alignment that leaves it to the checkpoint (the rule it was trained with).
+AS_TRAINED = "as trained"
+
+
+def _match_arguments(fixed_path, moving_path, checkpoint, out_dir, device, initial_alignment=AS_TRAINED) -> list[str]:
+    alignment = [] if initial_alignment in (None, AS_TRAINED) else ["--initial-alignment", initial_alignment]
     return [str(fixed_path), str(moving_path), "--checkpoint", str(checkpoint), "--out", str(out_dir),
-            "--device", device]
+            "--device", device, *alignment]
 
 
 def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,
-                  out_dir: os.PathLike, device: str = "cpu", moving_labels: Optional[os.PathLike] = None
-                  ) -> list[str]:
+                  out_dir: os.PathLike, device: str = "cpu", moving_labels: Optional[os.PathLike] = None,
+                  refine: Optional[int] = None, initial_alignment: str = AS_TRAINED) -> list[str]:
     """The ``gvsl match`` command line (run with Slicer's Python) on a torch ``device`` (cpu, cuda, cuda:N, mps);
-    ``moving_labels``: a label map on the moving volume, carried onto the fixed grid (``PROPAGATED_LABELS_NAME``)."""
+    ``moving_labels``: a label map on the moving volume, carried onto the fixed grid (``PROPAGATED_LABELS_NAME``);
+    ``refine``: refinement steps per stage (None: the backend's default; 0: the network alone);
+    ``initial_alignment``: "centres-of-mass", "physical" or ``AS_TRAINED``."""
     labels = ["--labels", str(moving_labels)] if moving_labels else []
-    return gvsl_command("match", *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device), *labels)
+    steps = [] if refine is None else ["--refine", str(int(refine))]
+    return gvsl_command("match", *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device,
+                                                   initial_alignment), *labels, *steps)
 
 
-def start_match(fixed_node, moving_node, checkpoint: os.PathLike, folder: os.PathLike, device: str = "auto"
-                ) -> SimpleNamespace:
+def start_match(fixed_node, moving_node, checkpoint: os.PathLike, folder: os.PathLike, device: str = "auto",
+                refine: Optional[int] = None, initial_alignment: str = AS_TRAINED) -> SimpleNamespace:
     """``gvsl match`` on two volume nodes in the background, its inputs, log and outputs in ``folder``; returns the
-    job: ``process``, ``outDir`` (the output folder) and ``inputs`` (fixed path, moving path, checkpoint, device:
-    what ``similarity_command`` needs). ``device`` "auto" lets the backend pick CUDA, then Apple MPS, then the CPU."""
+    job: ``process``, ``outDir`` (the output folder) and ``inputs`` (fixed path, moving path, checkpoint, device,
+    initial alignment: what ``similarity_command`` needs). ``device`` "auto" lets the backend pick CUDA, then Apple
+    MPS, then the CPU; ``refine`` and ``initial_alignment`` as for ``match_command``."""
     folder = Path(folder)
     fixed_path, moving_path = write_match_inputs(fixed_node, moving_node, folder)
     out_dir = folder / "out"
-    inputs = (fixed_path, moving_path, checkpoint, device or "auto")
-    process = BackgroundProcess(match_command(*inputs[:3], out_dir, inputs[3]), folder / "match.log")
+    inputs = (fixed_path, moving_path, checkpoint, device or "auto", initial_alignment)
+    command = match_command(*inputs[:3], out_dir, inputs[3], refine=refine, initial_alignment=initial_alignment)
+    process = BackgroundProcess(command, folder / "match.log")
     return SimpleNamespace(process=process, outDir=out_dir, inputs=inputs)
 
 
 def similarity_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,
-                       out_dir: os.PathLike, device: str, point_fixed_ras) -> list[str]:
-    """The similarity job's command line (same inputs as ``match_command``) for one fixed RAS point."""
+                       out_dir: os.PathLike, device: str, point_fixed_ras, initial_alignment: str = AS_TRAINED
+                       ) -> list[str]:
+    """The similarity job's command line (same inputs as ``match_command``) for one fixed RAS point. It needs the
+    network's features only, so it skips the refinement."""
     job = Path(__file__).with_name("similarity_job.py")
     point_lps = flip_lps_ras(point_fixed_ras)
-    return [sys.executable, str(job), *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device),
-            "--point-lps", *(repr(float(c)) for c in point_lps)]
+    return [sys.executable, str(job), *_match_arguments(fixed_path, moving_path, checkpoint, out_dir, device,
+                                                        initial_alignment),
+            "--refine", "0", "--point-lps", *(repr(float(c)) for c in point_lps)]
 
 
 def load_similarity(out_dir: os.PathLike) -> sitk.Image:
@@ -91,11 +106,14 @@ def load_similarity(out_dir: os.PathLike) -> sitk.Image:
 
 
 def load_match_outputs(out_dir: os.PathLike) -> SimpleNamespace:
-    """The ``transform``, ``warped`` and ``metrics`` that ``gvsl match`` wrote to ``out_dir``."""
+    """The ``transform``, ``warped`` and ``metrics`` that ``gvsl match`` wrote to ``out_dir``, and
+    ``network_transform`` (the network's answer before refinement; None without refinement)."""
     out_dir = Path(out_dir)
     metrics_path = out_dir / METRICS_NAME
+    network_path = out_dir / NETWORK_TRANSFORM_NAME
     return SimpleNamespace(
         transform=sitk.ReadTransform(str(out_dir / TRANSFORM_NAME)),
+        network_transform=sitk.ReadTransform(str(network_path)) if network_path.exists() else None,
         warped=sitk.ReadImage(str(out_dir / WARPED_NAME)),
         metrics=json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {})
 
@@ -176,7 +194,15 @@ def propagate_segmentation(scene, segmentation_node, moving_node, fixed_node, tr
     return output
 
 
-def format_metrics(metrics: dict) -> str:
-    """One line per metric, numbers with four significant digits (the file also holds e.g. paths)."""
-    return "\n".join(f"{key}: {value:.4g}" if isinstance(value, (int, float)) else f"{key}: {value}"
-                     for key, value in metrics.items())
+def format_metrics(metrics: dict, prefix: str = "") -> str:
+    """One line per metric, numbers with four significant digits (the file also holds e.g. paths); a nested group
+    (the network's own metrics before refinement) follows, each name prefixed with the group's."""
+    lines, groups = [], []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            groups.append(format_metrics(value, f"{prefix}{key} "))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            lines.append(f"{prefix}{key}: {value:.4g}")
+        else:
+            lines.append(f"{prefix}{key}: {value}")
+    return "\n".join(lines + groups)

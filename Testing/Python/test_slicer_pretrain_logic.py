@@ -134,12 +134,14 @@ def test_match_outputs_become_nodes(scene, tmp_path):
     moving = oblique_image(size=(12, 10, 8), seed=3)
     sitk.WriteTransform(result.transform, str(tmp_path / match.TRANSFORM_NAME))
     sitk.WriteImage(sitk.Resample(moving, fixed, result.transform), str(tmp_path / match.WARPED_NAME))
-    (tmp_path / match.METRICS_NAME).write_text(json.dumps({"ncc_after": 0.5, "conventions": "corrected"}))
+    (tmp_path / match.METRICS_NAME).write_text(json.dumps({"ncc_after": 0.5, "conventions": "corrected",
+                                                           "network": {"ncc_after": 0.25}}))
     fixed_node = volumes.add_volume_node(scene, fixed, "fixed")
 
     loaded = match.load_match_outputs(tmp_path)
+    assert loaded.network_transform is None  # written only with refinement
     shown = match.show_match(scene, loaded, fixed_node)
-    assert match.format_metrics(loaded.metrics) == "ncc_after: 0.5\nconventions: corrected"
+    assert match.format_metrics(loaded.metrics) == "ncc_after: 0.5\nconventions: corrected\nnetwork ncc_after: 0.25"
     for name in ("warped", "checkerboard"):
         np.testing.assert_allclose(ijk_to_ras(shown[name]), ijk_to_ras(fixed_node), atol=1e-9)
     output = shown["transforms"][-1]
@@ -343,11 +345,16 @@ def test_match_command_and_files_agree_with_the_backend(scene, tmp_path):
 
     from gvsl.cli import build_parser
     from gvsl.commands import match as backend
-    assert (match.TRANSFORM_NAME, match.WARPED_NAME, match.METRICS_NAME) == (
-        backend.TRANSFORM_FILE, backend.WARPED_FILE, backend.METRICS_FILE)
+    from gvsl.match import RefineConfig
+    assert (match.TRANSFORM_NAME, match.NETWORK_TRANSFORM_NAME, match.WARPED_NAME, match.METRICS_NAME) == (
+        backend.TRANSFORM_FILE, backend.NETWORK_TRANSFORM_FILE, backend.WARPED_FILE, backend.METRICS_FILE)
     args = build_parser().parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cuda:1")[3:])
     assert (args.fixed, args.moving, args.checkpoint, args.out, args.device) == (
         "f.nrrd", "m.nrrd", "c.pt", str(tmp_path), "cuda:1")
+    assert args.refine == RefineConfig().iterations and args.initial_alignment is None  # the backend's defaults
+    args = build_parser().parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cpu", refine=0,
+                                                         initial_alignment="physical")[3:])
+    assert args.refine == 0 and args.initial_alignment == "physical"
 
 
 def test_stop_kills_the_whole_process_tree(tmp_path):

@@ -64,3 +64,24 @@ def test_every_parameter_name_is_a_field(module):
         assert not bound, f"{module}.ui binds parameters but {module}.py has no @parameterNodeWrapper class"
         return
     assert bound - fields == set(), f"{module}.ui binds parameters that {module}.py does not declare"
+
+
+def parameter_defaults(source: str) -> dict[str, object]:
+    """Literal defaults of the ``@parameterNodeWrapper`` class's fields."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list):
+            return {s.target.id: s.value.value for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.value, ast.Constant)}
+    return {}
+
+
+def test_module_match_defaults_are_the_backends():
+    """The module's refinement default is ``gvsl match``'s (the module cannot import the backend at start-up)."""
+    from gvsl.match import RefineConfig
+
+    defaults = parameter_defaults(module_source("GVSLPretrain"))
+    assert defaults["refineSteps"] == RefineConfig().iterations
+    spin = next(w for w in ui_tree("GVSLPretrain").iter("widget") if w.get("name") == "refineStepsSpinBox")
+    assert int(next(p for p in spin.iter("property") if p.get("name") == "value").findtext("number")) == \
+        RefineConfig().iterations
