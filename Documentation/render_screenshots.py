@@ -17,8 +17,9 @@ the modules' own logic (``GVSLPretrainLib``, ``GVSLSegmentLib``), so the picture
 ``Screenshots/SOURCES.md`` says how the committed pictures' inputs were made.
 
 Writes ``matches.png`` (fixed axial slice with the deformation grid and the fixed points | moving axial slice
-with the matched points), ``checkerboard.png`` (warped moving and fixed, alternating boxes) and
-``segmentation_3d.png`` (the segments' closed surfaces in 3D: all | all but the first).
+with the matched points), ``checkerboard.png`` (warped moving and fixed, alternating boxes) and, when the
+segmentation inputs are given, ``segmentation_3d.png`` (the segments' closed surfaces in 3D: all | all but the
+first).
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fixed", required=True, help="fixed scan given to gvsl match (file, or a DICOM file)")
     parser.add_argument("--moving", required=True, help="moving scan given to gvsl match (file, or a DICOM file)")
     parser.add_argument("--match-dir", required=True, help="output folder of gvsl match (transform.h5, ...)")
-    parser.add_argument("--segment-image", required=True, help="volume given to gvsl segment")
-    parser.add_argument("--segment-labels", required=True, help="label map written by gvsl segment")
+    parser.add_argument("--segment-image", help="volume given to gvsl segment (with --segment-labels: render "
+                                                "segmentation_3d.png too)")
+    parser.add_argument("--segment-labels", help="label map written by gvsl segment")
     parser.add_argument("--points", type=int, default=6, help="fixed points placed on the axial slice (default 6)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "Screenshots"), help="output folder")
     return parser.parse_args(argv)
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     renderer = Renderer()
-    render_segmentation(renderer, args, out)  # first: recolouring segments with slice views open segfaults here
+    if args.segment_image and args.segment_labels:
+        render_segmentation(renderer, args, out)  # first: recolouring segments with slice views open segfaults here
     render_matches(renderer, args, out)
     return 0
 
