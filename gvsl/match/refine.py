@@ -65,11 +65,11 @@ class RegularGrid(NamedTuple):
     def of(cls, image: sitk.Image) -> RegularGrid:
         return cls(tuple(reversed(image.GetSize())), np.asarray(image.GetOrigin(), float), float(image.GetSpacing()[0]))
 
-    def points_xyz(self) -> torch.Tensor:
+    def points_xyz(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """(1, 3, D, H, W) float32 LPS points of the voxel centres, channels (x, y, z)."""
-        axes = [torch.arange(n, dtype=torch.float32) for n in self.shape_dhw]
+        axes = [torch.arange(n, dtype=torch.float32, device=device) for n in self.shape_dhw]
         xyz = torch.stack(torch.meshgrid(*axes, indexing="ij")).flip(0)
-        origin = torch.as_tensor(self.origin_xyz, dtype=torch.float32).view(1, 3, 1, 1, 1)
+        origin = torch.as_tensor(self.origin_xyz, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
         return origin + self.spacing_mm * xyz.unsqueeze(0)
 
     def positions_mm(self, axis_xyz: int) -> np.ndarray:
@@ -78,7 +78,7 @@ class RegularGrid(NamedTuple):
 
     def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
         """``volume`` (N, C, *shape_dhw) on this grid, trilinear at (N or 1, 3, ...) LPS points (x, y, z)."""
-        origin = torch.as_tensor(self.origin_xyz, dtype=points_xyz.dtype).view(1, 3, 1, 1, 1)
+        origin = torch.as_tensor(self.origin_xyz, dtype=points_xyz.dtype, device=points_xyz.device).view(1, 3, 1, 1, 1)
         return sample_voxels(volume, ((points_xyz - origin) / self.spacing_mm).flip(1), padding_mode=padding_mode)
 
 
@@ -125,7 +125,7 @@ class FrameMap(torch.nn.Module):
     def __init__(self, affine_mm: np.ndarray, displacement_mm: sitk.Image, control: RegularGrid, centre: np.ndarray,
                  radius: float):
         super().__init__()
-        self.centre = torch.as_tensor(centre, dtype=torch.float32)
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32))
         self.radius = float(radius)
         self.control = control
         linear = torch.as_tensor(affine_mm[:3, :3], dtype=torch.float32)
@@ -134,13 +134,14 @@ class FrameMap(torch.nn.Module):
         self.translation = torch.nn.Parameter((offset - self.centre + linear @ self.centre) / self.radius)
         self.delta = torch.nn.Parameter(torch.zeros(3, *control.shape_dhw))
         field = np.moveaxis(sitk.GetArrayFromImage(displacement_mm), -1, 0)  # (3 = x y z, D, H, W)
-        self.network_field = torch.from_numpy(field.astype(np.float32))[None]
+        self.register_buffer("network_field", torch.from_numpy(field.astype(np.float32))[None])
         self.network_grid = RegularGrid.of(displacement_mm)
 
     def stage(self, grid: RegularGrid) -> Stage:
-        points = grid.points_xyz()
+        points = grid.points_xyz(self.centre.device)
         network = self.network_grid.sample(self.network_field, points, padding_mode="border")
-        weights = tuple(interpolation_matrix(grid.positions_mm(axis), self.control, axis) for axis in (2, 1, 0))
+        weights = tuple(interpolation_matrix(grid.positions_mm(axis), self.control, axis).to(points.device)
+                        for axis in (2, 1, 0))
         return Stage(points, network, weights)
 
     def displacement(self, stage: Stage) -> torch.Tensor:
@@ -158,11 +159,11 @@ class FrameMap(torch.nn.Module):
 
     def affine_mm(self) -> np.ndarray:
         """A as a (4, 4) matrix (mm)."""
-        linear = self.linear.detach().double().numpy()
-        centre = self.centre.double().numpy()
+        linear = self.linear.detach().cpu().double().numpy()
+        centre = self.centre.cpu().double().numpy()
         out = np.eye(4)
         out[:3, :3] = linear
-        out[:3, 3] = centre - linear @ centre + self.radius * self.translation.detach().double().numpy()
+        out[:3, 3] = centre - linear @ centre + self.radius * self.translation.detach().cpu().double().numpy()
         return out
 
 
@@ -171,7 +172,7 @@ def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, 
     stage = frame_map.stage(level.grid)
     parameters = [frame_map.linear, frame_map.translation] + ([] if affine_only else [frame_map.delta])
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=level.fixed.device)
     for step in range(config.iterations):
         # Linear decay to 0: Adam's steps keep their size while gradients are small, so without it the answer
         # wanders by a fraction of a voxel around the optimum (e.g. around the identity of a self-pair).
@@ -189,20 +190,21 @@ def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, 
 
 def refine(levels: list[LevelImages], affine_mm: np.ndarray, displacement_mm: sitk.Image,
            box_mm: tuple[np.ndarray, np.ndarray], config: RefineConfig) -> tuple[np.ndarray, sitk.Image]:
-    """Refine the frame map (A, u) on ``levels`` (coarsest first); returns the refined A (4, 4) and u on the grid of
-    ``displacement_mm`` (a 3-component float64 image, LPS mm). ``box_mm``: the (low, high) corners of the frame."""
+    """Refine the frame map (A, u) on ``levels`` (coarsest first, on one device, where the optimisation runs);
+    returns the refined A (4, 4) and u on the grid of ``displacement_mm`` (a 3-component float64 image, LPS mm).
+    ``box_mm``: the (low, high) corners of the frame."""
     low, high = (np.asarray(b, float) for b in box_mm)
     nodes = tuple(int(n) for n in (np.ceil((high - low) / config.control_spacing_mm) + 1)[::-1])
     control = RegularGrid(nodes, low, config.control_spacing_mm)
     radius = float(np.linalg.norm(high - low) / 2 / np.sqrt(3))
     with torch.enable_grad():
-        frame_map = FrameMap(affine_mm, displacement_mm, control, (low + high) / 2, radius)
+        frame_map = FrameMap(affine_mm, displacement_mm, control, (low + high) / 2, radius).to(levels[0].fixed.device)
         if config.iterations:
             refine_level(frame_map, levels[0], config, affine_only=True)
             for level in levels:
                 refine_level(frame_map, level, config)
     with torch.no_grad():
-        field = frame_map.displacement(frame_map.stage(frame_map.network_grid))[0].double().numpy()
+        field = frame_map.displacement(frame_map.stage(frame_map.network_grid))[0].cpu().double().numpy()
     refined = sitk.GetImageFromArray(np.moveaxis(field, 0, -1), isVector=True)
     refined.CopyInformation(displacement_mm)
     return frame_map.affine_mm(), refined

@@ -29,10 +29,11 @@ def stage_outputs(inputs: NetworkInputs, fixed: sitk.Image, transforms: Physical
 
 
 def refine_on_pair(inputs: NetworkInputs, fixed: sitk.Image, moving: sitk.Image, affine_mm: np.ndarray,
-                   displacement_mm: sitk.Image, config: MatchConfig) -> tuple[np.ndarray, sitk.Image]:
-    """``gvsl.match.refine.refine`` on the frame's resolution levels."""
+                   displacement_mm: sitk.Image, config: MatchConfig, device: str | torch.device
+                   ) -> tuple[np.ndarray, sitk.Image]:
+    """``gvsl.match.refine.refine`` on the frame's resolution levels, on ``device``."""
     spacings = config.refine.level_spacings(input_spacing_mm(fixed, moving))
-    levels = [LevelImages(image_tensor(f, "cpu"), image_tensor(m, "cpu"), RegularGrid.of(f))
+    levels = [LevelImages(image_tensor(f, device), image_tensor(m, device), RegularGrid.of(f))
               for f, m in frame_levels(inputs, fixed, moving, config.prepare, spacings)]
     return refine(levels, affine_mm, displacement_mm, voxel_box_mm(inputs.fixed), config.refine)
 
@@ -42,11 +43,11 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
                   device: str | torch.device = "cpu") -> MatchResult:
     """Find where each point of ``fixed`` lies in ``moving`` (both 3D SimpleITK images of any size, spacing, origin
     and direction): the initial alignment, then the network's Z-matching head (affine + field), then, unless
-    ``config.refine.iterations`` is 0, the refinement on the pair (on the CPU).
+    ``config.refine.iterations`` is 0, the refinement on the pair.
 
     Both are preprocessed as in training and placed on one frame grid (``gvsl.match.frame``); ``model`` is moved to
-    ``device`` and put in eval mode. Modalities: "CT", "MR" or "auto". Raises ValueError for an input that is not a
-    usable 3D volume or a model that is not a GVSL network.
+    ``device`` and put in eval mode; the refinement runs there too. Modalities: "CT", "MR" or "auto". Raises
+    ValueError for an input that is not a usable 3D volume or a model that is not a GVSL network.
     """
     if not isinstance(model, GVSL):
         raise ValueError(f"model must be a GVSL network, got {type(model).__name__}")
@@ -66,7 +67,7 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
     if config.refine.iterations:
         started = time.perf_counter()
         refined_affine_mm, refined_displacement_mm = refine_on_pair(inputs, fixed, moving, affine_mm, displacement_mm,
-                                                                     config)
+                                                                     config, device)
         final = physical_transforms(refined_affine_mm, refined_displacement_mm, inputs.initial)
         in_frame = physical_transforms(refined_affine_mm, refined_displacement_mm).transform
         warped_network = sitk.Resample(inputs.moving, inputs.fixed, in_frame)
