@@ -1,7 +1,8 @@
 """Files written whole or not at all: a temporary file beside the target, fsync, rename.
 
 A reader, or a crash at any moment, sees the previous file or the new one, never a part of one. The temporary file
-is removed when writing fails; one left by a killed process is recognised by ``is_partial``.
+is removed when writing fails; one left by a killed process is recognised by ``is_partial``. The file gets the
+permissions an ordinary write would give it (the umask applies).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
     path = Path(path)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
+        os.chmod(temporary, _ordinary_file_mode())  # mkstemp makes 0600; others on a cluster must read runs too
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -43,6 +45,13 @@ def is_partial(path: str | os.PathLike) -> bool:
     """Whether ``path`` is the temporary file of an unfinished ``write_atomically``."""
     name = Path(path).name
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+
+
+def _ordinary_file_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -24,6 +24,7 @@ from gvsl.networks.conventions import check_conventions
 
 FORMAT = "gvsl"
 VERSION = 1
+SEGMENTATION_FORMAT = "gvsl-seg"  # gvsl.segment.model.FORMAT: fine-tuned models, which matching cannot use
 # (key of a conv weight, axis holding the width) for each of the nine backbone widths.
 _WIDTH_KEYS = (
     ("unet.inc.double_conv.0.weight", 0),
@@ -59,15 +60,26 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         raise OSError(exc.errno, f"cannot write checkpoint {path}: {reason}") from exc
 
 
+def is_pytorch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a file written by ``torch.save``: a zip archive (the format since PyTorch 1.6,
+    "PK\\x03\\x04", also when truncated) or a pickle stream (older files: the pickle protocol byte 0x80)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True``.
 
-    Raises ValueError for a missing, truncated or non-checkpoint file, and for
-    a pickle that would need to run code (which is never executed).
+    Raises ValueError for a missing file, a file that is not a PyTorch checkpoint (an image, a text file...), a
+    truncated or corrupt one, and a pickle that would need to run code (which is never executed).
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
+    if not is_pytorch_file(path):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (GVSL checkpoints are .pt files written by gvsl "
+                         "pretrain or gvsl finetune, or the published .pth state dict)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -75,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} holds Python objects that would need code execution to load; refused for safety "
             "(GVSL checkpoints hold only tensors and plain values)"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch.load fails on damaged files with many exception types
         raise ValueError(f"checkpoint {path} is not a readable PyTorch file (truncated or corrupt?): {exc}") from exc
     if not isinstance(payload, dict):
         raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
@@ -95,6 +107,12 @@ def describe(payload: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Checkpoi
         return state, CheckpointInfo("gvsl", channels, conventions, payload.get("iteration"), architecture)
     if all(isinstance(v, torch.Tensor) for v in payload.values()):
         return payload, CheckpointInfo("published", infer_channels(payload), "original", None)
+    if payload.get("format") == SEGMENTATION_FORMAT:
+        init = (payload.get("config") or {}).get("init")
+        raise ValueError("a fine-tuned segmentation model (gvsl finetune), not a pre-training checkpoint: use it with "
+                         "gvsl segment; here use the pre-training checkpoint it was fine-tuned from"
+                         + (f" ({init})" if init else "") + " or RUN_DIR/checkpoints/iter_NNNNNN.pt of a gvsl "
+                         "pretrain run")
     raise ValueError("not a GVSL checkpoint: neither our format nor a plain state dict of tensors")
 
 
@@ -124,15 +142,19 @@ def model_state_dict_matches(model: torch.nn.Module, state: dict[str, torch.Tens
 
 
 def load_gvsl(source: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu",
-              conventions: str | None = None) -> tuple[GVSL, CheckpointInfo]:
+              conventions: str | None = None, name: str | None = None) -> tuple[GVSL, CheckpointInfo]:
     """Build a GVSL network with the checkpoint's widths and load its weights.
 
-    ``source`` is a file path or an already loaded payload. ``conventions``
+    ``source`` is a file path or an already loaded payload (``name``: its file, for messages). ``conventions``
     overrides the checkpoint's own (rarely right: a network trained under one
     convention predicts matrices and fields meant for it).
     """
     payload = source if isinstance(source, dict) else load_checkpoint(source)
-    state, info = describe(payload)
+    name = name or (None if isinstance(source, dict) else str(source))
+    try:
+        state, info = describe(payload)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {name}: {exc}" if name else str(exc)) from exc
     if conventions is not None:
         check_conventions(conventions)
         info = dataclasses.replace(info, conventions=conventions)

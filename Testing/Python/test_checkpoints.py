@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import stat
 
 import pytest
 import torch
 
+from gvsl.atomic_files import write_text_atomically
 from gvsl.checkpoints import gvsl_payload, load_checkpoint, load_gvsl, save_checkpoint
 from gvsl.networks import GVSL
 
@@ -48,7 +51,7 @@ def test_truncated_file_is_named(tmp_path):
     save_checkpoint(tmp_path / "c.pt", gvsl_payload(GVSL(channels=SMALL), 1))
     data = (tmp_path / "c.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.pt"):
+    with pytest.raises(ValueError, match="cut.pt is not a readable PyTorch file .truncated or corrupt"):
         load_checkpoint(tmp_path / "cut.pt")
 
 
@@ -92,3 +95,20 @@ def test_unwritable_folder_is_named(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="cannot write checkpoint"):
         save_checkpoint(blocker / "c.pt", {"x": 1})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_respect_the_umask_like_ordinary_writes(tmp_path, umask):
+    """Checkpoints, config files, cache arrays and manifests (all written atomically) get the permissions an
+    ordinary write gets, so a run or a cache can be shared (0644 under the usual umask 022)."""
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "c.pt", gvsl_payload(GVSL(channels=SMALL), 1))
+        write_text_atomically(tmp_path / "config.json", "{}")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("c.pt", "config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name

@@ -12,7 +12,7 @@ import torch
 from pydicom.uid import generate_uid
 from real_images import mni_block
 
-from gvsl.checkpoints import gvsl_payload, save_checkpoint
+from gvsl.checkpoints import SEGMENTATION_FORMAT, gvsl_payload, save_checkpoint
 from gvsl.cli import main
 from gvsl.commands.match import read_image
 from gvsl.data import PrepareConfig
@@ -429,18 +429,37 @@ def test_cli_bad_inputs_fail_clearly_and_write_nothing(tmp_path, capsys):
     junk.write_bytes(b"not an image")
     not_gvsl = tmp_path / "other.pt"
     torch.save({"weight": torch.zeros(2)}, not_gvsl)
+    fine_tuned = tmp_path / "best.pt"
+    torch.save({"format": SEGMENTATION_FORMAT, "model": {}, "config": {"init": "run/checkpoints/iter_000500.pt"}},
+               fine_tuned)
     checkpoint = write_checkpoint(tmp_path)
+    other_grid = str(tmp_path / "labels_on_fixed.nrrd")
+    sitk.WriteImage(sitk.Cast(fixed_image() > 0.4, sitk.sitkUInt8), other_grid)
     out = tmp_path / "out"
     cases = [
-        ([good, str(tmp_path / "missing.nii.gz"), checkpoint], "does not exist"),
-        ([good, str(junk), checkpoint], "cannot read"),
-        ([good, flat, checkpoint], "2D"),
-        ([good, good, str(not_gvsl)], "not a GVSL state dict"),
+        ([good, str(tmp_path / "missing.nii.gz"), checkpoint], [], "does not exist"),
+        ([good, str(junk), checkpoint], [], "cannot read"),
+        ([good, flat, checkpoint], [], "2D"),
+        ([good, good, str(not_gvsl)], [], "not a GVSL state dict"),
+        ([good, good, good], [], f"{good} is not a PyTorch checkpoint"),  # an image given as the checkpoint
+        ([good, good, str(junk)], [], "is not a PyTorch checkpoint"),
+        ([good, good, str(fine_tuned)], [], "a fine-tuned segmentation model (gvsl finetune), not a pre-training "
+                                            "checkpoint: use it with gvsl segment; here use the pre-training "
+                                            "checkpoint it was fine-tuned from (run/checkpoints/iter_000500.pt)"),
+        ([good, flat.replace("flat", "moving"), checkpoint], ["--labels", other_grid],
+         "is not on the moving scan's grid (size"),
     ]
-    for (fixed, moving, ckpt), message in cases:
-        assert main(["match", fixed, moving, "--checkpoint", ckpt, "--out", str(out), *CLI_OPTIONS]) == 1
+    sitk.WriteImage(moving_image(), flat.replace("flat", "moving"))
+    for (fixed, moving, ckpt), extra, message in cases:
+        assert main(["match", fixed, moving, "--checkpoint", ckpt, "--out", str(out), *CLI_OPTIONS, *extra]) == 1
         assert message in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_segmentation_format_is_the_fine_tuned_models():
+    from gvsl.segment.model import FORMAT
+
+    assert SEGMENTATION_FORMAT == FORMAT
 
 
 # --- refinement on the pair ------------------------------------------------------------------------------------------

@@ -231,7 +231,9 @@ def test_user_errors_are_clear(cache, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["pretrain", str(empty), "--out", str(tmp_path / "r1"), *TINY_FLAGS]) == 1
-    assert "gvsl pretrain: error:" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "gvsl pretrain: error:" in error
+    assert f"nothing was trained: {tmp_path / 'r1'} holds no checkpoint and can be given to --out again" in error
     assert read_events(tmp_path / "r1" / "events.jsonl")[-1]["type"] == "NoUsableDataError"
     # The failed run left no checkpoint, so the same folder can be used again.
     assert main(["pretrain", str(cache), "--out", str(tmp_path / "r1"), "--iterations", "1", *TINY_FLAGS]) == 0

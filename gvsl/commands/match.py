@@ -12,7 +12,9 @@ import SimpleITK as sitk
 
 from ..checkpoints import CheckpointInfo, load_checkpoint, load_gvsl
 from ..data import PrepareConfig
+from ..io.geometry import grid_differences
 from ..match import MatchConfig, MatchResult, RefineConfig, match_volumes
+from ..train.config import parse_spacing
 from ..train.device import select_device
 
 TRANSFORM_FILE = "transform.h5"
@@ -43,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     trained = "default: the checkpoint's training preprocessing, else"
-    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                        help=f"target voxel size in mm ({trained} {' '.join(map(str, prepare.target_spacing))})")
+    parser.add_argument("--spacing", type=parse_spacing, metavar="MM[,MM,MM]",
+                        help=f"target voxel size in mm: one size, X,Y,Z or X Y Z ({trained} "
+                             f"{','.join(map(str, prepare.target_spacing))})")
     parser.add_argument("--ct-window", type=float, nargs=2, metavar=("LO", "HI"),
                         help=f"HU mapped to 0 and 1 ({trained} {' '.join(map(str, prepare.ct_window))})")
     parser.add_argument("--mr-percentiles", type=float, nargs=2, metavar=("LO", "HI"),
@@ -132,8 +135,13 @@ def compute_match(args: argparse.Namespace) -> tuple[MatchResult, CheckpointInfo
                          initial_alignment=alignment, refine=RefineConfig(iterations=args.refine))
     fixed, moving = read_image(args.fixed), read_image(args.moving)
     labels = read_image(args.labels) if args.labels else None
+    differences = grid_differences(moving, labels) if labels is not None else []
+    if differences:
+        raise ValueError(f"--labels {args.labels} is not on the moving scan's grid ({'; '.join(differences)}; "
+                         "moving vs labels): the labels to carry over must be a label map of the moving scan "
+                         f"{args.moving}")
     device = select_device(args.device)
-    model, info = load_gvsl(payload, device=device)
+    model, info = load_gvsl(payload, device=device, name=str(args.checkpoint))
     result = match_volumes(fixed, moving, model, fixed_modality=args.fixed_modality,
                            moving_modality=args.moving_modality, config=config, device=device)
     return result, info, labels

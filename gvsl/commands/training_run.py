@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from gvsl.train.config import PRECISIONS, RunConfig, config_from_arguments
 from gvsl.train.distributed import context_from_environment
 from gvsl.train.engine import TrainingError
+from gvsl.train.state import list_checkpoints
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, config_class: type[RunConfig]) -> None:
@@ -32,6 +34,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_class: type[RunCon
     parser.add_argument("--progress", action=boolean, default=s, help="console progress bar (on)")
 
 
+def reuse_note(args: argparse.Namespace) -> str:
+    """For a new run that failed before its first checkpoint: that its folder can be given to ``--out`` again."""
+    out = getattr(args, "out", None)
+    if args.resume is not None or out is None or not Path(out).is_dir() or list_checkpoints(out):
+        return ""
+    return f" (nothing was trained: {out} holds no checkpoint and can be given to --out again)"
+
+
 def start_run(command: str, args: argparse.Namespace, config_class: type[RunConfig],
               run: Callable[..., Any]) -> tuple[Optional[Any], int]:
     """``run(config, resume=...)`` with the configuration from ``args``; returns (its result, 0) on the process
@@ -39,7 +49,7 @@ def start_run(command: str, args: argparse.Namespace, config_class: type[RunConf
     try:
         result = run(config_from_arguments(args, config_class), resume=args.resume is not None)
     except (ValueError, TrainingError, OSError) as exc:
-        print(f"gvsl {command}: error: {exc}", file=sys.stderr)
+        print(f"gvsl {command}: error: {exc}{reuse_note(args)}", file=sys.stderr)
         return None, 1
     except KeyboardInterrupt:
         print(f"gvsl {command}: interrupted without saving (second stop signal)", file=sys.stderr)

@@ -26,6 +26,7 @@ from gvsl.atomic_files import write_text_atomically
 from gvsl.data.cache import STORAGE_MAX, ensure_writable, from_storage, to_storage, write_array
 from gvsl.data.preprocess import PrepareConfig, preprocess_image
 from gvsl.finetune.data import Case
+from gvsl.io.geometry import grid_differences
 
 MANIFEST = "manifest.json"
 FORMAT = "gvsl-seg-cache"
@@ -66,13 +67,7 @@ class CachedCase:
 
 def check_same_geometry(case: Case, image: sitk.Image, label: sitk.Image) -> None:
     """ValueError naming the case unless image and label share size, spacing, origin and direction."""
-    problems = []
-    if image.GetSize() != label.GetSize():
-        problems.append(f"size {image.GetSize()} vs {label.GetSize()}")
-    for what, tolerance in (("Spacing", 1e-4), ("Origin", 1e-3), ("Direction", 1e-4)):
-        a, b = (np.asarray(getattr(x, f"Get{what}")()) for x in (image, label))
-        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=tolerance):
-            problems.append(f"{what.lower()} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}")
+    problems = grid_differences(image, label)
     if problems:
         raise ValueError(f"case {case.name}: image and label do not share geometry ({'; '.join(problems)}); "
                          f"image {case.image}, label {case.label}")
