@@ -22,10 +22,41 @@ COMMANDS = {
 }
 
 
+SPACING_FLAG = "--spacing"
+
+
+def join_spacing(argv: Sequence[str]) -> list[str]:
+    """``--spacing X Y Z`` (three numbers) written as ``--spacing X,Y,Z``: every command's ``--spacing`` takes one
+    value, "MM" or "X,Y,Z", and also the three-number form."""
+    out, words = [], list(argv)
+    while words:
+        word = words.pop(0)
+        out.append(word)
+        if word == SPACING_FLAG and len(words) >= 3 and all(_is_number(w) for w in words[:3]):
+            out.append(",".join(words[:3]))
+            del words[:3]
+    return out
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+class GvslArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` (sub-command parsers included) that accepts ``--spacing X Y Z`` (``join_spacing``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(join_spacing(sys.argv[1:] if args is None else args), namespace)
+
+
 def build_parser(commands: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
     """The ``gvsl`` parser: every command is listed; the arguments of ``commands`` (all by default) are added,
     which imports their modules."""
-    parser = argparse.ArgumentParser(
+    parser = GvslArgumentParser(
         prog="gvsl", description="GVSL: self-supervised pre-training, matching, fine-tuning and segmentation of 3D "
                                  "CT/MR (Geometric Visual Similarity Learning, He et al., CVPR 2023).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

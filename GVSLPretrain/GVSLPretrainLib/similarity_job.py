@@ -5,7 +5,6 @@
 at every voxel of the moving image, on the moving grid (``MatchResult.feature_similarity``). The module runs it with
 Slicer's Python; it imports the backend (and torch) only inside ``main``, so the module can import the name below.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,9 +14,10 @@ SIMILARITY_NAME = "similarity.nrrd"
 def main(argv=None) -> int:
     import SimpleITK as sitk
 
+    from gvsl.cli import GvslArgumentParser
     from gvsl.commands import match as match_command
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = GvslArgumentParser(description=__doc__.splitlines()[0])
     match_command.add_arguments(parser)
     parser.add_argument("--point-lps", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"),
                         help="the fixed point, physical LPS millimetres")

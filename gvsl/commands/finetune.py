@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, default=s, help="iterations between validations (250)")
     parser.add_argument("--val-fraction", type=float, default=s, help="share of cases held out (0.2)")
     parser.add_argument("--spacing", type=parse_spacing, default=s, metavar="MM[,MM,MM]",
-                        help="voxel size of the preprocessed grid, x,y,z mm (default 1; as pre-training)")
+                        help="voxel size of the preprocessed grid in mm: one size, X,Y,Z or X Y Z (default 1; as "
+                             "pre-training)")
     parser.add_argument("--modality", choices=("auto", "CT", "MR"), default=s, help="intensity normalisation")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, crops and augmentation (default 0)")
     boolean = argparse.BooleanOptionalAction

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..data import CacheWriteError, NoUsableDataError, PrepareConfig, prepare_cache
+from ..train.config import parse_spacing
 from .scan import add_selection_arguments, selection_from_args
 
 
@@ -13,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="DICOM folder tree, volume file(s) folder, or an existing cache to check")
     parser.add_argument("--cache", required=True, help="cache folder (created if missing; updated incrementally)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (default 0: in this process)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=defaults.target_spacing, metavar=("X", "Y", "Z"),
-                        help="target voxel size in mm (default 1 1 1)")
+    parser.add_argument("--spacing", type=parse_spacing, default=defaults.target_spacing, metavar="MM[,MM,MM]",
+                        help="target voxel size in mm: one size, X,Y,Z or X Y Z (default 1)")
     parser.add_argument("--ct-window", type=float, nargs=2, default=defaults.ct_window, metavar=("LO", "HI"),
                         help="HU mapped to 0 and 1 (default -1024 1024)")
     parser.add_argument("--mr-percentiles", type=float, nargs=2, default=defaults.mr_percentiles,

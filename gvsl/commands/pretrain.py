@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="JSON file of settings (field names as in config.json)")
     parser.add_argument("--cache", default=s, metavar="DIR", help="where to prepare the cache (default RUN_DIR/cache)")
     parser.add_argument("--spacing", type=parse_spacing, default=s, metavar="MM[,MM,MM]",
-                        help="voxel size of the cache's grid, x,y,z mm (default 1, or DATA's when it is a cache)")
+                        help="voxel size of the cache's grid in mm: one size, X,Y,Z or X Y Z (default 1, or DATA's "
+                             "when it is a cache)")
     parser.add_argument("--init", default=s, metavar="FILE",
                         help="start from a checkpoint of ours or the published GVSL state dict (original conventions)")
     parser.add_argument("--iterations", type=int, default=s, help="total iterations (a resumed run continues to it)")
