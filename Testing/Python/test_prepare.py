@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import MESSY_SPACING, Messy, series_name
+from damaged_series import write_t1_series, write_truncated_duplicate
 from pydicom.data import get_testdata_file
 from scipy.ndimage import map_coordinates
 
@@ -25,6 +26,7 @@ from gvsl.data import (
     preprocess_image,
 )
 from gvsl.io import read_volume, scan
+from gvsl.sample_data import load_mni, tissue_labels
 
 CONFIG = PrepareConfig(target_spacing=MESSY_SPACING)
 
@@ -173,3 +175,42 @@ def test_preprocess_image_grid_and_errors():
         preprocess_image(image * float("nan"), "MR")
     with pytest.raises(ValueError, match="constant image"):
         preprocess_image(image * 0.0, "MR")
+
+
+def test_label_map_is_skipped(tmp_path):
+    mni = load_mni(3.0)
+    sitk.WriteImage(tissue_labels(mni), str(tmp_path / "tissues.nrrd"), useCompression=True)
+    sitk.WriteImage(sitk.Cast(mni["t1"], sitk.sitkInt16), str(tmp_path / "t1.nii.gz"))
+    summary = prepare_cache(tmp_path, tmp_path / "cache", config=PrepareConfig(target_spacing=(3.0, 3.0, 3.0)),
+                            progress=False)
+    assert (summary.used, summary.skipped) == (1, {"label map": 1})
+    manifest = json.loads(summary.manifest_path.read_text())
+    assert "label map (3 distinct integer values), not an image" in [e["reason"] for e in manifest["entries"]]
+
+
+def test_truncated_duplicate_is_not_read(tmp_path, monkeypatch):
+    """The series is cached from its 20 good slices; the reader is never given the truncated extra copy."""
+    paths = write_t1_series(tmp_path / "dicom")
+    bad = write_truncated_duplicate(paths, 5)
+    read = []
+
+    def recording_read_volume(record):
+        read.append(list(record.files))
+        return read_volume(record)
+
+    monkeypatch.setattr(cache_module, "read_volume", recording_read_volume)
+    summary = prepare_cache(tmp_path / "dicom", tmp_path / "cache", config=PrepareConfig(target_spacing=(4.0,) * 3),
+                            progress=False)
+    assert summary.used == 1 and read == [[str(p) for p in paths]] and str(bad) not in read[0]
+    [entry] = open_cache(tmp_path / "cache")
+    assert entry.shape[0] == 20 and "IM99999.dcm" in entry.note
+
+
+def test_scan_and_prepare_agree_on_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["scan", str(tmp_path / "empty")]) == 1
+    scan_error = capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "empty"), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 1
+    prepare_error = capsys.readouterr().err
+    message = f"no DICOM series or volume file (NIfTI, NRRD, MHA/MHD) found under {tmp_path / 'empty'}\n"
+    assert (scan_error, prepare_error) == (f"gvsl scan: {message}", f"gvsl prepare: {message}")

@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 from conftest import Messy, series_name
+from damaged_series import truncate, write_t1_series, write_truncated_duplicate
+from nibabel.testing import data_path as nibabel_data_path
 from pydicom.data import get_testdata_file
 
 from gvsl.cli import main
 from gvsl.io import ScanOptions, scan
+from gvsl.sample_data import load_mni, synthetic_ct, tissue_labels
 
 
 def test_discovery_finds_exactly_the_expected_series(messy: Messy):
@@ -70,3 +78,78 @@ def test_real_dicom_test_files_are_all_judged():
     records = scan(Path(get_testdata_file("CT_small.dcm")).parent)
     assert len(records) > 20
     assert all(r.reason for r in records if not r.usable)
+
+
+def test_label_maps_are_skipped_and_integer_scans_kept(tmp_path):
+    """A uint8 tissue segmentation is not an image; integer scans (the MNI T1 as int16, a real int16 MR from the
+    nibabel wheel, a CT-like int16 head with partial-volume values at its tissue borders) are."""
+    mni = load_mni(3.0)
+    sitk.WriteImage(tissue_labels(mni), str(tmp_path / "tissues.nrrd"), useCompression=True)
+    sitk.WriteImage(sitk.Cast(mni["t1"], sitk.sitkInt16), str(tmp_path / "t1_int16.nii.gz"))
+    ct = synthetic_ct(mni)
+    tilted = sitk.Euler3DTransform(ct.TransformContinuousIndexToPhysicalPoint([n / 2 for n in ct.GetSize()]), 0.1, 0, 0)
+    sitk.WriteImage(sitk.Cast(sitk.Round(sitk.Resample(ct, ct, tilted, sitk.sitkLinear, -1000.0)), sitk.sitkInt16),
+                    str(tmp_path / "ct_int16.nrrd"))
+    shutil.copy(Path(nibabel_data_path) / "anatomical.nii", tmp_path / "anatomical.nii")
+    records = {Path(r.files[0]).name: r for r in scan(tmp_path)}
+    assert records["tissues.nrrd"].reason == "label map (3 distinct integer values), not an image"
+    assert sorted(n for n, r in records.items() if r.usable) == ["anatomical.nii", "ct_int16.nrrd", "t1_int16.nii.gz"]
+
+
+def test_truncated_duplicate_slice_is_skipped_and_the_series_kept(tmp_path):
+    paths = write_t1_series(tmp_path)
+    bad = write_truncated_duplicate(paths, 5)
+    [record] = scan(tmp_path)
+    assert record.usable, record.reason
+    assert record.files == [str(p) for p in paths] and record.geometry.size[2] == 20
+    assert "IM99999.dcm" in record.note and "IM00006.dcm" in record.note, record.note
+    assert str(bad) not in record.files
+
+
+def test_truncated_slice_without_duplicate_makes_a_gap(tmp_path):
+    paths = write_t1_series(tmp_path)
+    truncate(paths[5])
+    [record] = scan(tmp_path)
+    assert not record.usable
+    assert record.reason.startswith("truncated file(s): 1 of 20 (IM00006.dcm)") and "gap" in record.reason, \
+        record.reason
+
+
+def _small_pipe() -> tuple[int, int]:
+    """A pipe (read fd, write fd) holding one page, so that a writer fills it at once (Linux)."""
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("needs F_SETPIPE_SZ (Linux)")
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    return read_fd, write_fd
+
+
+def test_scan_into_a_pipe_closed_early_exits_quietly(messy: Messy):
+    """`gvsl scan --json DIR | head -1`: the reader takes one line and goes away; no traceback."""
+    read_fd, write_fd = _small_pipe()
+    process = subprocess.Popen([sys.executable, "-m", "gvsl", "scan", "--json", str(messy.root)], stdout=write_fd,
+                               stderr=subprocess.PIPE)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as out:
+        first = out.readline()
+    errors = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 141  # 128 + SIGPIPE, as a shell reports tools that the closed pipe stopped
+    assert first == b"[\n"
+    assert errors == "", errors
+
+
+def test_empty_folder_is_an_error_and_skipped_series_are_not(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    for args in ([], ["--json"]):
+        assert main(["scan", str(tmp_path / "empty"), *args]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == f"gvsl scan: no DICOM series or volume file (NIfTI, NRRD, MHA/MHD) found under " \
+                      f"{tmp_path / 'empty'}\n"
+    (tmp_path / "dicom").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "dicom")
+    assert main(["scan", str(tmp_path / "dicom")]) == 0  # a report of what was found and why it is skipped
+    assert "0 usable of 1 series" in capsys.readouterr().out

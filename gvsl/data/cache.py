@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..atomic_files import is_partial, write_atomically, write_text_atomically
-from ..io import SeriesInfo, error_text, hash_id, read_volume, scan
+from ..io import SeriesInfo, error_text, hash_id, nothing_found_message, read_volume, scan
 from .preprocess import PrepareConfig, preprocess_image
 
 MANIFEST = "manifest.json"
@@ -372,6 +372,6 @@ def _validate(cache_dir: Path) -> PrepareSummary:
 
 def _nothing_usable_message(source: Path | str, records: list[SeriesInfo], summary: PrepareSummary) -> str:
     if not records:
-        return f"no DICOM series or volume file (NIfTI, NRRD, MHA/MHD) found under {source}"
+        return nothing_found_message(source)
     reasons = ", ".join(f"{n} x {reason}" for reason, n in sorted(summary.skipped.items(), key=lambda x: -x[1]))
     return f"no usable CT/MR volume under {source}: {len(records)} series found, all skipped ({reasons})"

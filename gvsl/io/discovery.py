@@ -2,7 +2,9 @@
 decide for each series (and each volume file: NIfTI, NRRD, MHA/MHD) whether it forms a usable CT/MR volume.
 
 Only headers are read here (pydicom with ``stop_before_pixels``; SimpleITK ``ReadImageInformation`` for volume
-files), so scanning is cheap. Geometry is reported as SimpleITK would build it: (x, y, z) order, mm, LPS.
+files), so scanning is cheap; the one exception is a volume file of an integer pixel type, whose voxels are read to
+tell a label map from a scan (see ``LABEL_MAP_MAX_VALUES``). Geometry is reported as SimpleITK would build it:
+(x, y, z) order, mm, LPS.
 """
 from __future__ import annotations
 
@@ -28,6 +30,16 @@ SUPPORTED_MODALITIES = ("CT", "MR")
 #: key-object selections, encapsulated documents, waveforms, registrations.
 NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "SEG", "PR", "KO", "DOC", "ECG", "HD", "AU",
                         "REG", "RWV", "PLAN", "FID"}
+#: An integer volume file with at most this many distinct voxel values is a label map (segmentation), not a scan.
+#: Real CT and MR hold hundreds to thousands of values (noise and partial volume alone give that; even an 8-bit
+#: export of a usable scan spans far more than 64 grey levels, 6 bits), while tissue/organ label maps hold a few
+#: to a few dozen. Atlases with more labels (e.g. 100+ organ classes) are not caught by this count.
+LABEL_MAP_MAX_VALUES = 64
+_INTEGER_PIXEL_IDS = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
+                      sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
+#: Voxels in the strided sample that rules out a label map before counting every voxel's value (sorting ~1e6 values
+#: takes tens of ms; a CT volume has ~1e8).
+_SAMPLE_VOXELS = 1_000_000
 
 
 @dataclass
@@ -66,6 +78,11 @@ class _Header:
 def is_volume_file(path: Path | str) -> bool:
     """True for file names that SimpleITK reads as whole volumes (NIfTI, NRRD, MHA/MHD)."""
     return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def nothing_found_message(root: Path | str) -> str:
+    """What ``gvsl scan`` and ``gvsl prepare`` say when ``scan(root)`` found no candidate volume at all."""
+    return f"no DICOM series or volume file (NIfTI, NRRD, MHA/MHD) found under {root}"
 
 
 def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool = False) -> list[SeriesInfo]:
@@ -178,17 +195,40 @@ def _assess_volume(path: str, root: Path, options: ScanOptions) -> SeriesInfo:
         return info.skip(f"colour or vector image ({reader.GetNumberOfComponents()} components per voxel)")
     if min(size) < options.min_slices:
         return info.skip(f"too few slices ({min(size)} < {options.min_slices}): localizer or 2D stack")
+    if reader.GetPixelID() in _INTEGER_PIXEL_IDS:
+        try:
+            n_values = _few_distinct_values(reader.Execute(), LABEL_MAP_MAX_VALUES)
+        except RuntimeError as exc:
+            return info.skip(f"unreadable volume file ({error_text(exc)})")
+        if n_values is not None:
+            return info.skip(f"label map ({n_values} distinct integer values), not an image")
     return info
 
 
+def _few_distinct_values(image: sitk.Image, limit: int) -> int | None:
+    """The number of distinct voxel values of ``image`` when it is at most ``limit``, else None."""
+    values = sitk.GetArrayViewFromImage(image).ravel()
+    if len(np.unique(values[:: max(1, values.size // _SAMPLE_VOXELS)])) > limit:
+        return None
+    n_values = len(np.unique(values))
+    return n_values if n_values <= limit else None
+
+
 def _assess_dicom_series(uid: str, headers: list[_Header], options: ScanOptions) -> list[SeriesInfo]:
-    """One record per series, or one per part when mixed orientations/sizes split it into stacks."""
+    """One record per series, or one per part when mixed orientations/sizes split it into stacks.
+
+    Truncated files that only repeat a slice held by a readable file are left out of the record (and so never
+    given to the reader); its note names them.
+    """
+    headers, duplicates = _drop_truncated_duplicates(headers)
     first = headers[0]
     info = SeriesInfo(
         key=hash_id(uid or first.path), kind=DICOM, files=sorted(h.path for h in headers),
         modality=str(first.get("Modality", "")).upper(), patient_id=str(first.get("PatientID", "")),
         study_uid=str(first.get("StudyInstanceUID", "")), series_uid=uid,
         description=str(first.get("SeriesDescription", "")), size_bytes=sum(h.size for h in headers),
+        note="; ".join(f"skipped truncated file {os.path.basename(bad.path)} (a copy of the slice in "
+                       f"{os.path.basename(twin.path)})" for bad, twin in duplicates),
         extra={"study_description": str(first.get("StudyDescription", ""))},
     )
     reason = _series_problem(info, headers, options)
@@ -202,8 +242,8 @@ def _assess_dicom_series(uid: str, headers: list[_Header], options: ScanOptions)
     parts = []
     for n, stack in enumerate(stacks, start=1):
         part = replace(info, key=f"{info.key}.{n}", files=[h.path for h in stack],
-                       size_bytes=sum(h.size for h in stack), note=f"part {n} of {len(stacks)} (series mixes "
-                       "orientations or image sizes)")
+                       size_bytes=sum(h.size for h in stack), note="; ".join(filter(None, [
+                           f"part {n} of {len(stacks)} (series mixes orientations or image sizes)", info.note])))
         parts.append(_assess_stack(part, stack, options))
     return parts
 
@@ -219,7 +259,9 @@ def _series_problem(info: SeriesInfo, headers: list[_Header], options: ScanOptio
         return "incomplete DICOM header: no image attributes (truncated file?)"
     broken = [h for h in headers if h.truncated]
     if broken:
-        return f"truncated file(s): {len(broken)} of {len(headers)} ({os.path.basename(broken[0].path)}, ...)"
+        names = ", ".join(os.path.basename(h.path) for h in broken[:3]) + (", ..." if len(broken) > 3 else "")
+        return (f"truncated file(s): {len(broken)} of {len(headers)} ({names}); no readable file holds their slices, "
+                "so the stack would have a gap")
     image_type = [str(v).upper() for v in (first.get("ImageType") or [])]
     if "LOCALIZER" in image_type:
         return "localizer/scout (ImageType LOCALIZER)"
@@ -255,13 +297,36 @@ def _assess_multiframe(info: SeriesInfo, options: ScanOptions) -> SeriesInfo:
     return info
 
 
+def _drop_truncated_duplicates(headers: list[_Header]) -> tuple[list[_Header], list[tuple[_Header, _Header]]]:
+    """Split off truncated files whose slice a readable file of the series also holds (same stack and
+    ImagePositionPatient to the micrometre): extra copies, e.g. from an interrupted re-send. Returns (the other
+    headers, [(truncated file, readable file at its position)])."""
+    truncated = [h for h in headers if h.truncated and h.get("ImagePositionPatient") is not None]
+    if not truncated:
+        return headers, []
+    readable = {_slice_key(h): h for h in headers if not h.truncated and h.get("ImagePositionPatient") is not None}
+    duplicates = [(h, readable[_slice_key(h)]) for h in truncated if _slice_key(h) in readable]
+    dropped = {bad.path for bad, _ in duplicates}
+    return [h for h in headers if h.path not in dropped], duplicates
+
+
+def _slice_key(header: _Header) -> tuple:
+    """Stack (``_stack_key``) and ImagePositionPatient rounded to 0.001 mm: equal for two copies of one slice."""
+    return _stack_key(header), tuple(np.round(np.asarray(header.get("ImagePositionPatient"), float), 3) + 0.0)
+
+
+def _stack_key(header: _Header) -> tuple:
+    """Orientation, image size and pixel spacing: slices that share them can form one stack."""
+    orientation = tuple(np.round(np.asarray(header.get("ImageOrientationPatient", [0] * 6), float), 3) + 0.0)
+    spacing = tuple(np.round(np.asarray(header.get("PixelSpacing", [0, 0]), float), 3))
+    return orientation, int(header.get("Rows", 0)), int(header.get("Columns", 0)), spacing
+
+
 def _split_stacks(headers: list[_Header]) -> list[list[_Header]]:
-    """Group slices by orientation, image size and pixel spacing (each group is one candidate stack)."""
+    """Group slices by ``_stack_key`` (each group is one candidate stack)."""
     groups: dict[tuple, list[_Header]] = defaultdict(list)
     for h in headers:
-        orientation = tuple(np.round(np.asarray(h.get("ImageOrientationPatient", [0] * 6), float), 3) + 0.0)
-        spacing = tuple(np.round(np.asarray(h.get("PixelSpacing", [0, 0]), float), 3))
-        groups[(orientation, int(h.get("Rows", 0)), int(h.get("Columns", 0)), spacing)].append(h)
+        groups[_stack_key(h)].append(h)
     return list(groups.values())
 
 
