@@ -4,7 +4,6 @@ The widget wires the panel; the logic calls ``GVSLPretrainLib`` (MRML and the
 ``gvsl`` backend processes, no Qt) and never imports torch: pre-training,
 scanning and matching run as ``gvsl`` processes with Slicer's Python.
 """
-import importlib.util
 import os
 import pathlib
 import tempfile
@@ -336,7 +335,11 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=True) is None:
             return False
-        missing = self.logic.missingBackendPackages()
+        try:
+            missing = self.logic.missingBackendPackages()
+        except RuntimeError as exc:  # the extension was installed without its backend folder
+            slicer.util.errorDisplay(str(exc))
+            return False
         if not missing:
             return True
         if not slicer.util.confirmOkCancelDisplay(
@@ -607,20 +610,18 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def missingBackendPackages():
         """What still has to be installed (empty when ``gvsl`` and its requirements are there)."""
-        if importlib.util.find_spec("gvsl") is None:
-            return [dependencies.backend_install_target(pathlib.Path(__file__).parent)]
-        return dependencies.missing_requirements(dependencies.backend_requirements())
+        return dependencies.install_plan(pathlib.Path(__file__).parent).packages
 
     @staticmethod
     def installBackend():
-        """pip-install the backend without its dependencies, then what it lacks, with Slicer's packages pinned."""
-        if importlib.util.find_spec("gvsl") is None:
-            slicer.util.pip_install(["--no-deps", dependencies.backend_install_target(pathlib.Path(__file__).parent)])
-        missing = dependencies.missing_requirements(dependencies.backend_requirements())
-        if missing:
-            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
-                constraints.write(dependencies.pins_of_provided())
-            slicer.util.pip_install([*missing, "-c", constraints.name])
+        """pip-install what ``dependencies.install_plan`` lists, with Slicer's own packages pinned."""
+        plan = dependencies.install_plan(pathlib.Path(__file__).parent)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
+            constraints.write(dependencies.pins_of_provided())
+        try:
+            for arguments in plan.pip_arguments(constraints.name):
+                slicer.util.pip_install(arguments)
+        finally:
             os.remove(constraints.name)
 
     @staticmethod
