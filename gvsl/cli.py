@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 COMMANDS = {
     "scan": "List the series in a DICOM folder tree (grouped by Series Instance UID) and whether each is usable.",
@@ -64,10 +64,16 @@ def build_parser(commands: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name in wanted:
-            module = importlib.import_module(f"gvsl.commands.{name}")
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            p.set_defaults(_run=add_command_arguments(p, name))
     return parser
+
+
+def add_command_arguments(parser: argparse.ArgumentParser, name: str) -> Callable[[argparse.Namespace], int]:
+    """Add the arguments of the command ``name`` to ``parser`` (importing its module; also for a script that takes
+    a command's options) and return the command's ``run``."""
+    module = importlib.import_module(f"gvsl.commands.{name}")
+    module.add_arguments(parser)
+    return module.run
 
 
 def chosen_command(argv: Sequence[str]) -> list[str]:

@@ -1,5 +1,9 @@
-"""Reading a discovered series or volume file into a SimpleITK image (float32, LPS, direction cosines kept)."""
+"""Reading images into SimpleITK (LPS, direction cosines kept): a discovered series (float32) for the training
+cache, and the image file or DICOM series folder a person names to ``gvsl match`` or ``gvsl segment``."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import SimpleITK as sitk
 
@@ -25,3 +29,27 @@ def read_volume(series: SeriesInfo) -> sitk.Image:
     if image.GetDimension() != 3:
         raise ValueError(f"{image.GetDimension()}D image: a 3D volume is needed")
     return image
+
+
+def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
+    """A volume file, or the one DICOM series in a folder, with ``pixel_type`` (``sitkUnknown``: the file's own).
+
+    Raises ValueError naming the path when it does not exist, when a folder holds no DICOM series or several, and
+    when SimpleITK cannot read it (with the last line of SimpleITK's reason).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if len(series) != 1:
+                raise ValueError(f"{path}: {len(series)} DICOM series in this folder; a folder holding one is needed")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetOutputPixelType(pixel_type)
+            return reader.Execute()
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist")
+        return sitk.ReadImage(str(path), pixel_type)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read {path} as an image: {reason}") from exc
