@@ -14,17 +14,18 @@ SIMILARITY_NAME = "similarity.nrrd"
 def main(argv=None) -> int:
     import SimpleITK as sitk
 
-    from gvsl.cli import GvslArgumentParser
-    from gvsl.commands import match as match_command
+    from gvsl.cli import GvslArgumentParser, add_command_arguments
+    from gvsl.match import MatchOptions, match_files
 
     parser = GvslArgumentParser(description=__doc__.splitlines()[0])
-    match_command.add_arguments(parser)
+    add_command_arguments(parser, "match")
     parser.add_argument("--point-lps", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"),
                         help="the fixed point, physical LPS millimetres")
     args = parser.parse_args(argv)
     try:
-        result, _, _ = match_command.compute_match(args)
-        similarity = result.feature_similarity(args.point_lps)
+        match = match_files(args.fixed, args.moving, args.checkpoint, MatchOptions.from_arguments(args),
+                            labels=args.labels)
+        similarity = match.result.feature_similarity(args.point_lps)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(similarity, str(Path(args.out) / SIMILARITY_NAME))
     except (ValueError, OSError, RuntimeError) as exc:
