@@ -14,8 +14,8 @@ from real_images import mni_block
 
 from gvsl.checkpoints import SEGMENTATION_FORMAT, gvsl_payload, save_checkpoint
 from gvsl.cli import main
-from gvsl.commands.match import read_image
 from gvsl.data import PrepareConfig
+from gvsl.io.reading import read_image
 from gvsl.match import MatchConfig, RefineConfig, match_volumes, network_to_physical, prepare_network_inputs
 from gvsl.networks import GVSL, affine_voxel_matrix, flow_sampled_voxels, warp_moving
 from gvsl.sample_data import write_dicom_series
@@ -388,7 +388,11 @@ def test_cli_writes_outputs_that_itk_tools_reproduce(tmp_path):
 def test_cli_preprocesses_as_the_checkpoint_was_trained(tmp_path):
     """Without flags, matching uses the spacing/window/percentiles recorded by ``gvsl pretrain``; flags win."""
     from gvsl.cli import build_parser
-    from gvsl.commands.match import compute_match
+    from gvsl.match import MatchOptions, match_files
+
+    def matched(argv: list[str]):
+        args = build_parser().parse_args(argv)
+        return match_files(args.fixed, args.moving, args.checkpoint, MatchOptions.from_arguments(args)).result
 
     fixed_path, moving_path = str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nrrd")
     sitk.WriteImage(fixed_image(), fixed_path)
@@ -399,11 +403,10 @@ def test_cli_preprocesses_as_the_checkpoint_was_trained(tmp_path):
         GVSL(CHANNELS), 0, preprocessing=recorded, initial_alignment="physical")))
     common = ["match", fixed_path, moving_path, "--checkpoint", checkpoint, "--out", str(tmp_path / "out"),
               "--fixed-modality", "MR", "--moving-modality", "MR", "--refine", "0"]
-    result, _, _ = compute_match(build_parser().parse_args(common))
+    result = matched(common)
     assert result.fixed_network.GetSpacing() == pytest.approx((3.0, 3.0, 3.0))
     assert result.initial_alignment == "physical"
-    result, _, _ = compute_match(build_parser().parse_args([*common, "--spacing", "2.5", "2.5", "2.5",
-                                                            "--initial-alignment", "centres-of-mass"]))
+    result = matched([*common, "--spacing", "2.5", "2.5", "2.5", "--initial-alignment", "centres-of-mass"])
     assert result.fixed_network.GetSpacing() == pytest.approx((2.5, 2.5, 2.5))
     assert result.initial_alignment == "centres-of-mass"
 

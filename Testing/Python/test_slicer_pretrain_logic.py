@@ -344,8 +344,8 @@ def test_match_command_and_files_agree_with_the_backend(scene, tmp_path):
     from GVSLPretrainLib import match
 
     from gvsl.cli import build_parser
-    from gvsl.commands import match as backend
     from gvsl.match import RefineConfig
+    from gvsl.match import outputs as backend
     assert (match.TRANSFORM_NAME, match.NETWORK_TRANSFORM_NAME, match.WARPED_NAME, match.METRICS_NAME) == (
         backend.TRANSFORM_FILE, backend.NETWORK_TRANSFORM_FILE, backend.WARPED_FILE, backend.METRICS_FILE)
     args = build_parser().parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cuda:1")[3:])

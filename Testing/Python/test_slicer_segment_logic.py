@@ -271,9 +271,9 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
     from GVSLSegmentLib import training_data
 
     from gvsl.cli import build_parser
-    from gvsl.commands import match as match_backend
     from gvsl.finetune import config, data
     from gvsl.labels import SUFFIX
+    from gvsl.match import outputs as match_outputs
     parser = build_parser()
     command = finetuning.finetune_command(tmp_path / "data", tmp_path / "init.pt", tmp_path / "run", mode="linear",
                                           iterations=40, patch=64, batch=3, lr=3e-4, val_every=20,
@@ -293,7 +293,7 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
                                                                            "out.nii.gz", "auto")
     matched = parser.parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cpu", "atlas.nrrd")[3:])
     assert matched.labels == "atlas.nrrd"
-    assert match.PROPAGATED_LABELS_NAME == match_backend.LABELS_FILE
+    assert match.PROPAGATED_LABELS_NAME == match_outputs.LABELS_FILE
     assert finetuning.MODES == config.MODES
     assert (training_data.LABEL_TABLE_NAME, training_data.NNUNET_DATASET_NAME, training_data.LABEL_TABLE_SUFFIX) == (
         data.LABELS_NAME, data.NNUNET_DATASET, SUFFIX)
