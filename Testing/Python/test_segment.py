@@ -112,7 +112,7 @@ def test_largest_component():
     assert np.sum(kept == 1) == 27 and kept[7, 7, 7] == 0 and kept[5, 0, 0] == 2
 
 
-def test_wrong_models_and_inputs(mni, model_file, tmp_path):
+def test_wrong_models_and_inputs(mni, model_file, tmp_path, capsys):
     image = mni["t1"]
     torch.manual_seed(0)
     pretrained = GVSL(WIDTHS)
@@ -132,6 +132,12 @@ def test_wrong_models_and_inputs(mni, model_file, tmp_path):
     sitk.WriteImage(image, str(tmp_path / "t1.nii.gz"))
     assert main(["segment", str(tmp_path / "t1.nii.gz"), "--model", str(ours), "--out", str(tmp_path / "x.nii.gz")
                  ]) == 1
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not an image")
+    for path, message in ((tmp_path / "missing.nii.gz", "missing.nii.gz does not exist"),
+                          (junk, "cannot read " + str(junk))):
+        assert main(["segment", str(path), "--model", str(model_file), "--out", str(tmp_path / "y.nii.gz")]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_label_tables(tmp_path):

@@ -7,6 +7,7 @@ import time
 
 import SimpleITK as sitk
 
+from gvsl.io.reading import read_image
 from gvsl.segment.segment import segment_image, write_segmentation
 from gvsl.train.config import PRECISIONS
 
@@ -30,10 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
-        try:
-            image = sitk.ReadImage(args.image, sitk.sitkFloat32)
-        except RuntimeError as exc:
-            raise ValueError(f"cannot read {args.image}: {exc}") from exc
+        image = read_image(args.image, sitk.sitkFloat32)
         label, table = segment_image(image, args.model, overlap=args.overlap, sw_batch_size=args.sw_batch,
                                      tta=args.tta, largest_component=args.largest_component, device=args.device,
                                      precision=args.precision)
