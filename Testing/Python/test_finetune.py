@@ -15,13 +15,17 @@ import torch
 
 from gvsl.checkpoints import gvsl_payload, load_checkpoint, save_checkpoint
 from gvsl.cli import main
+from gvsl.data.preprocess import PrepareConfig
 from gvsl.finetune import FinetuneConfig, find_cases, run_finetune
+from gvsl.finetune.cache import prepare_cases
+from gvsl.finetune.validation import choose_validation_windows, window_dice
 from gvsl.networks import GVSL
 from gvsl.sample_data import load_mni, tissue_labels
 from gvsl.segment import load_segmentation_model, segment_image
+from gvsl.segment.inference import FP32
+from gvsl.segment.model import SegmentationNet
 from gvsl.train.events import read_events
 
-pytestmark = pytest.mark.filterwarnings("ignore:a single labelled case")
 WIDTHS = (8, 8, 16, 16, 16, 16, 16, 8, 8)
 TINY = dict(patch=32, batch=2, channels=WIDTHS, spacing=(2.0, 2.0, 2.0), workers=0, tensorboard=False,
             progress=False, log_every=1)
@@ -70,8 +74,7 @@ def test_finetune_learns_real_tissue_labels(real, tmp_path):
     settings = {**TINY, "log_every": 20}
     config = FinetuneConfig(data=str(real["data"]), out=str(tmp_path / "run"), init=str(real["published"]),
                             iterations=60, val_every=60, checkpoint_every=60, lr=5e-3, augment=False, **settings)
-    with pytest.warns(UserWarning, match="single labelled case"):
-        result = run_finetune(config)
+    result = run_finetune(config)
     assert result.best_dice > 0.8, result.best_dice
     events = read_events(tmp_path / "run" / "events.jsonl")
     validations = [e for e in events if "val_dice" in e]
@@ -92,8 +95,7 @@ def test_modes(real, tmp_path, mode):
     init = str(real["ours"]) if mode == "linear" else None
     config = FinetuneConfig(data=str(real["data"]), out=str(tmp_path / mode), init=init, mode=mode, iterations=3,
                             val_every=3, **TINY)
-    with pytest.warns(UserWarning):
-        result = run_finetune(config)
+    result = run_finetune(config)
     model, info = load_segmentation_model(result.checkpoint)
     assert info.mode == mode and info.iteration == 3 and info.channels == WIDTHS
     if mode == "linear":
@@ -126,7 +128,7 @@ def test_resume_is_exact(real, tmp_path):
     assert main(["finetune", "--resume", str(tmp_path / "b"), "--lr", "1"]) == 1  # defines the run: refused
 
 
-def test_pair_lists_and_label_names(real, tmp_path):
+def test_pair_lists_and_label_names(real, tmp_path, capsys):
     """CSV and the Slicer export (pairs.json + labels.json) list the same case; without a table, names are values."""
     image, label = real["data"] / "imagesTr" / "mni_0000.nii.gz", real["data"] / "labelsTr" / "mni.nii.gz"
     (tmp_path / "pairs.csv").write_text(f"image,label\n{image},{label}\n")
@@ -141,6 +143,9 @@ def test_pair_lists_and_label_names(real, tmp_path):
     assert main(["finetune", str(export), "--mode", "scratch", "--out", str(tmp_path / "run"), "--iterations", "1",
                  "--patch", "32", "--batch", "1", "--channels", ",".join(map(str, WIDTHS)), "--spacing", "2",
                  "--workers", "0", "--no-tensorboard", "--no-progress", "--device", "cpu"]) == 0
+    errors = capsys.readouterr().err  # the single case's note, as a plain line (no Python warning, no source line)
+    assert errors.startswith("gvsl finetune: note: a single labelled case: validation reuses the training case(s)")
+    assert "Warning" not in errors and errors.count("\n") == 1, errors
     saved = json.loads((tmp_path / "run" / "labels.json").read_text())["labels"]
     assert [(e["value"], e["name"]) for e in saved] == [(1, "1"), (2, "WM")]
 
@@ -180,3 +185,50 @@ def test_validation_split():
     assert len(val) == 1 and sorted(train + val) == cases and split_cases(cases, 0.2, seed=3) == (train, val)
     assert split_cases(cases[:1], 0.2, seed=0) == (cases[:1], cases[:1])
     assert len(split_cases(cases[:2], 0.9, seed=0)[0]) == 1
+
+
+class IntensityClasses(torch.nn.Module):
+    """Logits of class c: -(x - centre_c)^2, a fixed classifier of the T1 intensities (background, grey, white)."""
+
+    centres = torch.tensor([0.05, 0.45, 0.75])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -(x - self.centres.view(1, -1, 1, 1, 1)) ** 2
+
+
+def test_window_dice_is_the_pooled_overlap(real, tmp_path):
+    """Validation windows are fixed by the seed, foreground windows hold labels, and their Dice is 2|P and T| /
+    (|P| + |T|) of all windows together, per class (computed here by hand)."""
+    [case] = prepare_cases(find_cases(real["data"])[0], tmp_path / "cache", PrepareConfig(target_spacing=(2.0,) * 3))
+    windows = choose_validation_windows([case], [1, 2], (32, 32, 32), 5, foreground=1.0, seed=4)
+    again = choose_validation_windows([case], [1, 2], (32, 32, 32), 5, foreground=1.0, seed=4)
+    assert windows.images.shape == (5, 1, 32, 32, 32) and windows.labels.shape == (5, 32, 32, 32)
+    assert torch.equal(windows.images, again.images) and torch.equal(windows.labels, again.labels)
+    assert all(label.any() for label in windows.labels)
+    result = window_dice(IntensityClasses(), windows, 3, 2, FP32, torch.device("cpu"), torch.contiguous_format)
+    predicted = IntensityClasses()(windows.images).argmax(dim=1)
+    for c in (1, 2):
+        p, t = predicted == c, windows.labels == c
+        assert result.dice[c - 1] == pytest.approx(2 * float((p & t).sum()) / float(p.sum() + t.sum()))
+    assert 0.1 < min(result.dice) and max(result.dice) < 1.0  # real, imperfect overlaps, not of empty sets
+    assert np.array_equal(result.predicted, predicted[0].numpy()) and np.array_equal(result.truth, windows.labels[0])
+
+
+@pytest.mark.parametrize("val_windows, windows", [(4, 4), (0, 18)])
+def test_validation_cost(real, tmp_path, monkeypatch, val_windows, windows):
+    """A validation costs val_windows / batch forward passes (2 here); whole volumes (val_windows 0) take the
+    sliding windows of the volume (18 windows of 32^3 with overlap 0.5 on 48 x 56 x 56 voxels, in pairs: 9
+    passes, 2 windows each)."""
+    evaluated = []
+    forward = SegmentationNet.forward
+
+    def counting_forward(model, x):
+        if not model.training:
+            evaluated.append(len(x))
+        return forward(model, x)
+
+    monkeypatch.setattr(SegmentationNet, "forward", counting_forward)
+    config = FinetuneConfig(data=str(real["data"]), out=str(tmp_path / "run"), mode="scratch", iterations=1,
+                            val_windows=val_windows, **TINY)
+    result = run_finetune(config)
+    assert sum(evaluated) == windows and len(evaluated) == windows // 2 and result.best_dice is not None

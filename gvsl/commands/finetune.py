@@ -16,7 +16,7 @@ export (a folder with pairs.json and labels.json). Label names/colours: --labels
 found with the data, else the values. Preprocessing is the pre-training one (--spacing must match it).
 Modes: finetune (all weights), linear (frozen backbone, head only: the paper's linear evaluation), scratch
 (random init, same budget: what pre-training bought). Loss: Dice + cross-entropy; validation (per-class Dice)
-every --val-every iterations on held-out cases (a single case is reused, with a warning); RUN_DIR/best.pt
+every --val-every iterations on fixed crops of held-out cases (a single case is reused, with a note); RUN_DIR/best.pt
 holds the best model, RUN_DIR/checkpoints the last ones. Stop with Ctrl-C, SIGTERM or RUN_DIR/STOP; continue
 with --resume RUN_DIR. Several GPUs: torchrun --nproc_per_node=N -m gvsl finetune ..."""
 
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of crops centred on a labelled voxel (default 0.5)")
     parser.add_argument("--val-every", type=int, default=s, help="iterations between validations (250)")
     parser.add_argument("--val-fraction", type=float, default=s, help="share of cases held out (0.2)")
+    parser.add_argument("--val-windows", type=int, default=s, metavar="N",
+                        help="validate on N fixed crops of the held-out cases (default 16: a few steps' time); "
+                             "0: whole volumes by sliding windows (slow on large volumes)")
     parser.add_argument("--spacing", type=parse_spacing, default=s, metavar="MM[,MM,MM]",
                         help="voxel size of the preprocessed grid in mm: one size, X,Y,Z or X Y Z (default 1; as "
                              "pre-training)")

@@ -42,12 +42,22 @@ def reuse_note(args: argparse.Namespace) -> str:
     return f" (nothing was trained: {out} holds no checkpoint and can be given to --out again)"
 
 
+def note_printer(command: str) -> Callable[[dict], None]:
+    """An event listener that prints the ``warnings`` of a run's start event as plain lines on stderr."""
+    def print_notes(event: dict) -> None:
+        for note in event.get("warnings", []) if event.get("event") == "start" else []:
+            print(f"gvsl {command}: note: {note}", file=sys.stderr)
+    return print_notes
+
+
 def start_run(command: str, args: argparse.Namespace, config_class: type[RunConfig],
               run: Callable[..., Any]) -> tuple[Optional[Any], int]:
-    """``run(config, resume=...)`` with the configuration from ``args``; returns (its result, 0) on the process
-    that reports (rank 0), else (None, exit status: 0 on other ranks, 1 for an error, 130 for a second stop)."""
+    """``run(config, resume=..., on_event=...)`` with the configuration from ``args``; returns (its result, 0) on
+    the process that reports (rank 0), else (None, exit status: 0 on other ranks, 1 for an error, 130 for a second
+    stop). The notes of the run's start event are printed as they come."""
     try:
-        result = run(config_from_arguments(args, config_class), resume=args.resume is not None)
+        result = run(config_from_arguments(args, config_class), resume=args.resume is not None,
+                     on_event=note_printer(command))
     except (ValueError, TrainingError, OSError) as exc:
         print(f"gvsl {command}: error: {exc}{reuse_note(args)}", file=sys.stderr)
         return None, 1

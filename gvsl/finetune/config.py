@@ -29,7 +29,8 @@ class FinetuneConfig(RunConfig):
     then ``schedule`` "poly" (lr (1 - i / iterations) ** 0.9 at iteration i, as nnU-Net) or "constant";
     ``*_every`` in iterations;
     ``foreground``: fraction of patches centred on a labelled voxel (class chosen uniformly among the labels
-    present); ``val_fraction``: share of cases held out for validation (at least one; a single case is reused).
+    present); ``val_fraction``: share of cases held out for validation (at least one; a single case is reused);
+    ``val_windows``: validation crops (fixed for the run, see ``gvsl.finetune.validation``), 0 for whole volumes.
     """
 
     RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
@@ -57,6 +58,7 @@ class FinetuneConfig(RunConfig):
     precision: str = "auto"
     workers: int = 2
     val_every: int = 250
+    val_windows: int = 16
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -76,3 +78,5 @@ class FinetuneConfig(RunConfig):
             raise ValueError("lr must be positive and weight_decay >= 0")
         if not 0.0 <= self.foreground <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("foreground must be in [0, 1] and val_fraction in [0, 1)")
+        if self.val_windows < 0:
+            raise ValueError(f"val_windows must be 0 (whole volumes) or more, got {self.val_windows}")

@@ -21,7 +21,6 @@ augmentation; model, optimiser, scaler and best Dice come from the checkpoint.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -30,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from monai.metrics import compute_dice
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -43,6 +41,7 @@ from gvsl.finetune.config import FinetuneConfig
 from gvsl.finetune.data import find_cases
 from gvsl.finetune.model import build_model
 from gvsl.finetune.sampling import PatchBatches
+from gvsl.finetune.validation import choose_validation_windows, volume_dice, window_dice
 from gvsl.labels import (
     LabelTable,
     complete_label_table,
@@ -51,7 +50,6 @@ from gvsl.labels import (
     read_label_table,
     write_label_table,
 )
-from gvsl.segment.inference import predict_probabilities
 from gvsl.segment.model import BEST_NAME, SegmentationInfo, SegmentationNet, segmentation_payload
 from gvsl.train.config import save_config
 from gvsl.train.device import (
@@ -124,34 +122,6 @@ def learning_rate(config: FinetuneConfig, iteration: int) -> float:
     return config.lr * (1.0 - iteration / config.iterations) ** 0.9
 
 
-def validate(model: SegmentationNet, cases: list[CachedCase], values: list[int], window: tuple[int, int, int],
-             precision: Precision, device: torch.device, sw_batch_size: int = 2, channels_last: bool = False
-             ) -> tuple[list[Optional[float]], Optional[np.ndarray]]:
-    """Per-class Dice of sliding-window predictions on whole volumes (classes 1..n; MONAI ``compute_dice``
-    averaged over the cases that hold the class; None where none does), and the first case's predicted class
-    map (D, H, W) for panels. Runs in this process only (no collective: other ranks may wait at a barrier)."""
-    n_classes = len(values) + 1
-    lookup = np.zeros(max([*values, *(int(v) for c in cases for v in c.values)]) + 1, np.int64)
-    lookup[values] = np.arange(1, n_classes)
-    first, scores = None, []
-    was_training = model.training
-    model.eval()
-    for case in cases:
-        volume = torch.from_numpy(case.image_array())[None, None].to(device)
-        predicted = predict_probabilities(model, volume, window, overlap=0.5, sw_batch_size=sw_batch_size,
-                                          precision=precision, device=device,
-                                          channels_last=channels_last).argmax(dim=1)
-        truth = torch.from_numpy(lookup[case.label_array()])[None].to(device)
-        scores.append(compute_dice(F.one_hot(predicted, n_classes).movedim(-1, 1),
-                                   F.one_hot(truth, n_classes).movedim(-1, 1), include_background=False,
-                                   ignore_empty=True)[0])
-        if first is None:
-            first = predicted[0].cpu().numpy()
-    model.train(was_training)
-    dice = torch.nanmean(torch.stack(scores), dim=0).cpu()
-    return [None if torch.isnan(d) else float(d) for d in dice], first
-
-
 class FinetuneTrainer:
     """One process's part of a fine-tuning run (rank 0 writes files and validates)."""
 
@@ -189,6 +159,10 @@ class FinetuneTrainer:
         self.dice_loss = DiceLoss(to_onehot_y=True, softmax=True)
         self.batches = PatchBatches(train_cases, self.values, config.patch, config.batch, config.foreground,
                                     derive_seed(config.seed, "data"), context.rank)
+        self.val_windows = None
+        if config.val_windows and context.is_main:
+            self.val_windows = choose_validation_windows(val_cases, self.values, config.patch, config.val_windows,
+                                                         config.foreground, derive_seed(config.seed, "validation"))
         self.writer = None
         if config.tensorboard and context.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -235,10 +209,14 @@ class FinetuneTrainer:
 
     def validate(self) -> dict:
         """Validate (rank 0), save ``best.pt`` on a new best mean Dice; returns the event fields."""
-        dice, predicted = validate(self.model, self.val_cases, self.values, self.config.patch, self.precision,
-                                   self.device, self.config.batch, self.memory_format == torch.channels_last_3d)
-        known = [d for d in dice if d is not None]
-        mean = float(np.mean(known)) if known else None
+        memory_format = self.memory_format
+        if self.val_windows is not None:
+            result = window_dice(self.model, self.val_windows, len(self.values) + 1, self.config.batch,
+                                 self.precision, self.device, memory_format)
+        else:
+            result = volume_dice(self.model, self.val_cases, self.values, self.config.patch, self.config.batch,
+                                 self.precision, self.device, memory_format)
+        dice, mean = result.dice, result.mean_dice
         if mean is not None and (self.best_dice is None or mean > self.best_dice):
             self.best_dice = mean
             path = save_checkpoint(self.run_dir / BEST_NAME, segmentation_payload(
@@ -251,8 +229,7 @@ class FinetuneTrainer:
             for name, d in zip(names, dice):
                 if d is not None:
                     self.writer.add_scalar(f"val/dice/{name}", d, self.iteration)
-            case = self.val_cases[0]
-            views = (case.image_array(), case.label_array() > 0, predicted / max(1, len(names)))
+            views = (result.image, result.truth > 0, result.predicted / max(1, len(names)))
             self.writer.add_image("val/image_label_prediction", slice_panel(views)[None], self.iteration,
                                   dataformats="CHW")
         return {"val_dice": mean, "val_dice_per_class": dict(zip(names, dice)), "best_dice": self.best_dice}
@@ -373,8 +350,6 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, on_event: Opti
         if val_cases is train_cases:
             notes.append(f"{'a single labelled case' if len(cases) == 1 else 'no held-out case'}: validation "
                          "reuses the training case(s), so its Dice is optimistic")
-            if context.is_main:
-                warnings.warn(notes[-1], stacklevel=2)
         trainer = FinetuneTrainer(config, run_dir, table, train_cases, val_cases, preprocessing, context, device,
                                   precision, events, resume_from)
         config = replace(config, channels=tuple(trainer.model.channels))

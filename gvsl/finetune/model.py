@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from gvsl.checkpoints import describe, load_checkpoint, model_state_dict_matches
+from gvsl.checkpoints import SEGMENTATION_FORMAT, describe, load_checkpoint, model_state_dict_matches
 from gvsl.networks import DEFAULT_CHANNELS
 from gvsl.segment.model import SegmentationNet
 from gvsl.train.state import derive_seed
@@ -16,7 +16,7 @@ BACKBONE_PREFIX = "unet."
 def backbone_state(init: str) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
     """The ``unet.*`` weights (prefix removed) and widths of a pre-training checkpoint or published state dict."""
     payload = load_checkpoint(init)
-    if payload.get("format") == "gvsl-seg":
+    if payload.get("format") == SEGMENTATION_FORMAT:
         state, channels = payload["model"], tuple(payload["channels"])
     else:
         state, info = describe(payload)

@@ -82,13 +82,14 @@ class PatchBatches(Dataset):
         return [int(rng.integers(0, s - p + 1)) if s >= p else -int(rng.integers(0, p - s + 1))
                 for s, p in zip(shape, self.patch)]
 
+    def patch_pair(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One patch of case ``n`` placed by ``start``: image (D, H, W) float32 in [0, 1], label (D, H, W) int64
+        class indices."""
+        image, label = self._arrays(n)
+        start = self.start(n, rng)
+        return from_storage(crop(image, start, self.patch)), self.lookup[crop(label, start, self.patch)]
+
     def __getitem__(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(derive_seed(self.seed, "patches", self.rank, int(iteration)))
-        images, labels = [], []
-        for _ in range(self.batch):
-            n = int(rng.integers(len(self.cases)))
-            image, label = self._arrays(n)
-            start = self.start(n, rng)
-            images.append(from_storage(crop(image, start, self.patch)))
-            labels.append(self.lookup[crop(label, start, self.patch)])
+        images, labels = zip(*(self.patch_pair(int(rng.integers(len(self.cases))), rng) for _ in range(self.batch)))
         return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(labels)[:, None])
