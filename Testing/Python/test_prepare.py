@@ -142,8 +142,11 @@ def test_unwritable_cache_and_nothing_usable(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(CacheWriteError, match="is not writable"):
         prepare_cache(tmp_path / "dicom", tmp_path / "file" / "cache", progress=False)
-    with pytest.raises(NoUsableDataError, match=r"1 series found, all skipped \(1 x single 2D image\)"):
+    with pytest.raises(NoUsableDataError, match=r"1 series found, all skipped \(1 x single 2D image\); .*cache "
+                                                r"records this in its manifest and can be given to --cache again"):
         prepare_cache(tmp_path / "dicom", tmp_path / "cache", progress=False)
+    sitk.WriteImage(load_mni(6.0)["t1"], str(tmp_path / "dicom" / "t1.nii.gz"))  # as the message says: used again
+    assert prepare_cache(tmp_path / "dicom", tmp_path / "cache", progress=False).used == 1
     (tmp_path / "empty").mkdir()
     assert main(["prepare", str(tmp_path / "empty"), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 1
     assert "no DICOM series or volume file" in capsys.readouterr().err
@@ -212,5 +215,7 @@ def test_scan_and_prepare_agree_on_an_empty_folder(tmp_path, capsys):
     scan_error = capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "empty"), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 1
     prepare_error = capsys.readouterr().err
-    message = f"no DICOM series or volume file (NIfTI, NRRD, MHA/MHD) found under {tmp_path / 'empty'}\n"
-    assert (scan_error, prepare_error) == (f"gvsl scan: {message}", f"gvsl prepare: {message}")
+    message = f"no DICOM series or volume file (NIfTI, NRRD, MHA/MHD) found under {tmp_path / 'empty'}"
+    assert scan_error == f"gvsl scan: {message}\n"
+    assert prepare_error == f"gvsl prepare: {message}; {tmp_path / 'cache'} records this in its manifest and can " \
+                            "be given to --cache again\n"

@@ -183,7 +183,8 @@ def prepare_cache(source: Path | str, cache_dir: Path | str, *, config: PrepareC
         manifest_path=cache_dir / MANIFEST, processed=sum(entries[r.key].status == OK for r, _ in todo),
         reused=reused, kept=len(set(entries) - seen))
     if summary.used == 0:
-        raise NoUsableDataError(_nothing_usable_message(source, records, summary))
+        raise NoUsableDataError(f"{_nothing_usable_message(source, records, summary)}; {cache_dir} records this "
+                                "in its manifest and can be given to --cache again")
     return summary
 
 
