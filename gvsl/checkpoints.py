@@ -24,7 +24,7 @@ from gvsl.networks.conventions import check_conventions
 
 FORMAT = "gvsl"
 VERSION = 1
-SEGMENTATION_FORMAT = "gvsl-seg"  # gvsl.segment.model.FORMAT: fine-tuned models, which matching cannot use
+SEGMENTATION_FORMAT = "gvsl-seg"  # fine-tuned models (gvsl.segment.model), which matching cannot use
 # (key of a conv weight, axis holding the width) for each of the nine backbone widths.
 _WIDTH_KEYS = (
     ("unet.inc.double_conv.0.weight", 0),
@@ -164,15 +164,15 @@ def load_gvsl(source: str | os.PathLike | dict[str, Any], device: str | torch.de
     return model.to(device), info
 
 
+def checkpoint_payload(kind: str, version: int, model: torch.nn.Module, iteration: int,
+                       **fields: Any) -> dict[str, Any]:
+    """The payload of one of our checkpoints: the fields every format has (``format`` ``kind``, its ``version``, the
+    ``model`` state dict, the nine backbone ``channels`` of ``model.channels``, the ``iteration``) and ``fields``."""
+    return {"format": kind, "version": version, "model": model.state_dict(), "channels": list(model.channels),
+            "iteration": int(iteration), **fields}
+
+
 def gvsl_payload(model: GVSL, iteration: int, **extra: Any) -> dict[str, Any]:
     """Our checkpoint payload for ``model`` (add optimizer, scaler, rng, config via ``extra``)."""
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": model.state_dict(),
-        "channels": list(model.channels),
-        "conventions": model.conventions,
-        "architecture": model.architecture,
-        "iteration": int(iteration),
-        **extra,
-    }
+    return checkpoint_payload(FORMAT, VERSION, model, iteration, conventions=model.conventions,
+                              architecture=model.architecture, **extra)

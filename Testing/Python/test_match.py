@@ -459,10 +459,17 @@ def test_cli_bad_inputs_fail_clearly_and_write_nothing(tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_segmentation_format_is_the_fine_tuned_models():
-    from gvsl.segment.model import FORMAT
+def test_matching_refuses_the_fine_tuned_models_payload():
+    from gvsl.checkpoints import describe
+    from gvsl.segment.model import SegmentationInfo, SegmentationNet, segmentation_payload
 
-    assert SEGMENTATION_FORMAT == FORMAT
+    model = SegmentationNet(2, CHANNELS)
+    info = SegmentationInfo(CHANNELS, 2, {"labels": [{"value": 1, "name": "a", "color": [1, 0, 0]}]}, {},
+                            (16, 16, 16), "finetune", 7)
+    payload = segmentation_payload(model, info, config={"init": "pre.pt"})
+    assert (payload["format"], payload["channels"], payload["iteration"]) == (SEGMENTATION_FORMAT, list(CHANNELS), 7)
+    with pytest.raises(ValueError, match=r"fine-tuned segmentation model .*\(pre.pt\)"):
+        describe(payload)
 
 
 # --- refinement on the pair ------------------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from gvsl.checkpoints import load_checkpoint, model_state_dict_matches
+from gvsl.checkpoints import FORMAT as PRETRAINING_FORMAT
+from gvsl.checkpoints import SEGMENTATION_FORMAT, checkpoint_payload, load_checkpoint, model_state_dict_matches
 from gvsl.labels import LabelTable, check_label_table, label_values
 from gvsl.networks.backbone import DEFAULT_CHANNELS, UNetBackbone
 
-FORMAT = "gvsl-seg"
-VERSION = 1
+VERSION = 1  # of the SEGMENTATION_FORMAT payload
 BEST_NAME = "best.pt"
 
 
@@ -74,17 +74,17 @@ class SegmentationInfo:
 
 def segmentation_payload(model: SegmentationNet, info: SegmentationInfo, **extra: Any) -> dict[str, Any]:
     """The checkpoint payload of ``model`` (add ``optimizer``, ``scaler``, ``rng``, ``config`` via ``extra``)."""
-    return {"format": FORMAT, "version": VERSION, "model": model.state_dict(), "channels": list(model.channels),
-            "n_classes": model.n_classes, "label_table": info.label_table, "preprocessing": info.preprocessing,
-            "patch": list(info.patch), "mode": info.mode, "iteration": int(info.iteration), **extra}
+    return checkpoint_payload(SEGMENTATION_FORMAT, VERSION, model, info.iteration, n_classes=model.n_classes,
+                              label_table=info.label_table, preprocessing=info.preprocessing, patch=list(info.patch),
+                              mode=info.mode, **extra)
 
 
 def describe_segmentation(payload: dict[str, Any], source: str = "checkpoint") -> SegmentationInfo:
     """The ``SegmentationInfo`` of a payload; ValueError for pre-training or foreign checkpoints."""
     kind = payload.get("format")
-    if kind != FORMAT:
-        what = "a GVSL pre-training checkpoint" if kind == "gvsl" or "unet.inc.double_conv.0.weight" in payload \
-            else "not a GVSL segmentation model"
+    if kind != SEGMENTATION_FORMAT:
+        pretraining = kind == PRETRAINING_FORMAT or "unet.inc.double_conv.0.weight" in payload
+        what = "a GVSL pre-training checkpoint" if pretraining else "not a GVSL segmentation model"
         raise ValueError(f"{source} is {what}; segmentation needs a fine-tuned model: run "
                          f"`gvsl finetune DATA --init {source} --out RUN_DIR`, then "
                          "`gvsl segment IMAGE --model RUN_DIR`")
