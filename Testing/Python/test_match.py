@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -421,6 +423,20 @@ def test_cli_reads_a_dicom_series_folder(tmp_path):
     assert np.allclose(sitk.GetArrayFromImage(read), np.rint(sitk.GetArrayFromImage(image)))
     with pytest.raises(ValueError, match="0 DICOM series"):
         read_image(tmp_path)
+
+
+def test_cli_match_runs_without_monai(tmp_path):
+    """``gvsl match`` imports no MONAI (seconds of every match call): a whole match, in a fresh interpreter."""
+    fixed_path, moving_path = str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nrrd")
+    sitk.WriteImage(fixed_image(), fixed_path)
+    sitk.WriteImage(moving_image(), moving_path)
+    argv = ["match", fixed_path, moving_path, "--checkpoint", write_checkpoint(tmp_path), "--out",
+            str(tmp_path / "out"), *CLI_OPTIONS, "--refine", "0"]
+    code = f"import sys\nfrom gvsl.cli import main\nassert main({argv!r}) == 0\nprint('monai' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "out" / "transform.h5").is_file()
 
 
 def test_cli_bad_inputs_fail_clearly_and_write_nothing(tmp_path, capsys):
