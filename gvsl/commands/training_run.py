@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 from gvsl.train.config import PRECISIONS, RunConfig, config_from_arguments
 from gvsl.train.distributed import context_from_environment
-from gvsl.train.engine import TrainingError
+from gvsl.train.run import TrainingError
 from gvsl.train.state import list_checkpoints
 
 

@@ -66,9 +66,9 @@ from gvsl.train.distributed import (
     destroy_process_group,
     init_process_group,
 )
-from gvsl.train.engine import CACHE_NAME, TrainingError, prepare_run_dir
 from gvsl.train.events import EVENTS_NAME, EventLog, Listener
 from gvsl.train.panels import slice_panel
+from gvsl.train.run import CACHE_NAME, TrainingError, prepare_run_dir
 from gvsl.train.state import (
     checkpoint_path,
     derive_seed,

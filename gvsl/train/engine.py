@@ -22,7 +22,6 @@ uninterrupted (bit for bit on CPU with the same thread count) provided
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from gvsl.checkpoints import gvsl_payload, load_checkpoint, load_gvsl, model_state_dict_matches, save_checkpoint
 from gvsl.networks import DEFAULT_CHANNELS, GVSL
-from gvsl.train.config import CONFIG_NAME, DEFAULT_ARCHITECTURE, TrainConfig, save_config
+from gvsl.train.config import DEFAULT_ARCHITECTURE, TrainConfig, save_config
 from gvsl.train.device import (
     Precision,
     is_out_of_memory,
@@ -52,23 +51,17 @@ from gvsl.train.distributed import (
 )
 from gvsl.train.events import EVENTS_NAME, EventLog, Listener
 from gvsl.train.panels import slice_panel
+from gvsl.train.run import CACHE_NAME, TrainingError, prepare_run_dir
 from gvsl.train.state import (
     checkpoint_path,
     derive_seed,
     latest_checkpoint,
-    list_checkpoints,
     prune_checkpoints,
     restore_rng_state,
     rng_state,
 )
 from gvsl.train.step import LossWeights, TrainStep, enable_activation_checkpointing
 from gvsl.train.stopping import StopRequest, clear_stop_file
-
-CACHE_NAME = "cache"
-
-
-class TrainingError(RuntimeError):
-    """A failure whose message tells the user what to do."""
 
 
 @dataclass
@@ -80,28 +73,6 @@ class TrainResult:
     stopped: bool
     checkpoint: Optional[Path]
     model: GVSL
-
-
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Create/check the run folder before anything is trained; ValueError/TrainingError with a clear message.
-
-    A new run refuses a folder holding checkpoints (nothing trained is
-    overwritten; a folder left by a run that failed before its first
-    checkpoint is reused, its events appended to); a resumed run needs its
-    config and a checkpoint. Both need write access.
-    """
-    if resume:
-        if not (run_dir / CONFIG_NAME).is_file() or latest_checkpoint(run_dir) is None:
-            raise ValueError(f"{run_dir} holds no run to resume (needs {CONFIG_NAME} and a checkpoint)")
-    elif list_checkpoints(run_dir):
-        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        raise TrainingError(f"cannot write to the output folder {run_dir}: {exc.strerror}; "
-                            "choose a writable --out") from exc
 
 
 def cache_location(config: TrainConfig, run_dir: Path) -> Path:
