@@ -1,32 +1,25 @@
 """From discovered series to training data: preprocessing, the on-disk cache, and the pair sampler.
 
-``PairDataset`` is imported on first use, so that preprocessing worker processes do not import torch.
+Every name is imported from its module on first use (see ``_MODULES``).
 """
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-from .cache import (
-    CacheEntry,
-    CacheWriteError,
-    NoUsableDataError,
-    PrepareSummary,
-    cache_preprocessing,
-    from_storage,
-    is_cache,
-    open_cache,
-    prepare_cache,
-)
-from .preprocess import Normalisation, PrepareConfig, Preprocessed, canonical_grid, preprocess_image
-
-__all__ = ["CacheEntry", "CacheWriteError", "NoUsableDataError", "Normalisation", "PairDataset", "PrepareConfig",
-           "PrepareSummary", "Preprocessed", "cache_preprocessing", "canonical_grid", "from_storage", "is_cache",
-           "open_cache", "prepare_cache", "preprocess_image"]
+# Each name and its module, imported on first use: reading a cache and sampling pairs need neither SimpleITK nor
+# pydicom (a GPU machine may lack them), preparing one needs both, and preprocessing workers need no torch.
+_MODULES = {
+    **dict.fromkeys(("CacheEntry", "CacheWriteError", "NoUsableDataError", "PrepareSummary", "cache_preprocessing",
+                     "from_storage", "is_cache", "open_cache", "prepare_cache"), "cache"),
+    **dict.fromkeys(("Normalisation", "PrepareConfig", "Preprocessed", "canonical_grid", "preprocess_image"),
+                    "preprocess"),
+    "PairDataset": "pairs",
+}
+__all__ = sorted(_MODULES)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "PairDataset":
-        from .pairs import PairDataset
-
-        return PairDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_MODULES[name]}", __name__), name)

@@ -23,15 +23,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..atomic_files import is_partial, write_atomically, write_text_atomically
-from ..io import SeriesInfo, error_text, hash_id, nothing_found_message, read_volume, scan
-from .preprocess import PrepareConfig, preprocess_image
+
+if TYPE_CHECKING:  # reading a cache needs neither SimpleITK nor pydicom: preparing one imports them where used
+    import SimpleITK as sitk
+
+    from ..io import SeriesInfo
+    from .preprocess import PrepareConfig
 
 MANIFEST = "manifest.json"
 FORMAT = "gvsl-cache"
@@ -89,6 +92,8 @@ class CacheEntry:
 
     def image(self) -> sitk.Image:
         """The cached volume as a float32 SimpleITK image with its geometry (identity direction, LPS)."""
+        import SimpleITK as sitk
+
         image = sitk.GetImageFromArray(self.array())
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
@@ -150,10 +155,13 @@ def prepare_cache(source: Path | str, cache_dir: Path | str, *, config: PrepareC
     ``source`` (from earlier runs on other folders) are kept. Raises ``NoUsableDataError`` when nothing is usable and
     ``CacheWriteError`` when the cache cannot be written (the manifest then describes what was written).
     """
-    config = config or PrepareConfig()
-    cache_dir = Path(cache_dir)
     if is_cache(source):
         return _validate(Path(source))
+    from ..io import scan
+    from .preprocess import PrepareConfig
+
+    config = config or PrepareConfig()
+    cache_dir = Path(cache_dir)
     ensure_writable(cache_dir)
     settings = _settings(config)
     old_settings, old = _read_manifest(cache_dir) if is_cache(cache_dir) else (settings, {})
@@ -206,6 +214,8 @@ def _fingerprint(record: SeriesInfo, root: Path | str, settings: dict[str, Any])
 
 
 def _source(record: SeriesInfo, fingerprint: str) -> dict[str, Any]:
+    from ..io import hash_id
+
     geometry = asdict(record.geometry) if record.geometry else None
     return {"kind": record.kind, "patient": hash_id(record.patient_id), "study": hash_id(record.study_uid),
             "series": hash_id(record.series_uid), "description": record.description, "n_files": record.n_instances,
@@ -269,6 +279,8 @@ def _process_all(todo: list[tuple[SeriesInfo, str]], cache_dir: Path, config: Pr
 
 
 def _init_worker() -> None:
+    import SimpleITK as sitk
+
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one process per core; no oversubscription
 
 
@@ -277,6 +289,11 @@ def process_series(record: SeriesInfo, fingerprint: str, cache_dir: Path, config
 
     Raises ``CacheWriteError`` when the array cannot be written (nothing half-written is left).
     """
+    import SimpleITK as sitk
+
+    from ..io import error_text, read_volume
+    from .preprocess import preprocess_image
+
     try:
         result = preprocess_image(read_volume(record), record.modality, config)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -373,6 +390,8 @@ def _validate(cache_dir: Path) -> PrepareSummary:
 
 def _nothing_usable_message(source: Path | str, records: list[SeriesInfo], summary: PrepareSummary) -> str:
     if not records:
+        from ..io import nothing_found_message
+
         return nothing_found_message(source)
     reasons = ", ".join(f"{n} x {reason}" for reason, n in sorted(summary.skipped.items(), key=lambda x: -x[1]))
     return f"no usable CT/MR volume under {source}: {len(records)} series found, all skipped ({reasons})"
