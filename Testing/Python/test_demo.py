@@ -1,4 +1,4 @@
-"""`gvsl demo`, shortened: a real sample collection, 2 iterations of a tiny network, matching with known truth."""
+"""`gvsl demo`, shortened: a real sample collection, 3 s of pre-training a tiny network, matching with known truth."""
 from __future__ import annotations
 
 import json
@@ -22,10 +22,11 @@ def test_demo_smoke(tmp_path, capsys):
     assert stopped and "iteration     1  mean loss" in printed and str(out / "match" / "panel.png") in printed
     iteration = int(stopped.group(1))
     assert load_checkpoint(out / "run" / "checkpoints" / f"iter_{iteration:06d}.pt")["iteration"] == iteration
-    errors = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"  (no registration|network \+ refinement|"
-                                                                          r"network) +mean distance.*: +([\d.]+) mm",
-                                                                          printed)}
-    assert set(errors) == {"no registration", "network", "network + refinement"}
+    errors = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(
+        r"  (no registration|initial alignment|network \+ refinement|network) +mean distance.*: +([\d.]+) mm", printed)}
+    assert set(errors) == {"no registration", "initial alignment", "network", "network + refinement"}
+    # A few iterations teach the network nothing, and the demo says so rather than presenting its matches as learned.
+    assert f"note: {iteration} iterations in 0.05 minutes were too few for the network to learn" in printed
     # Whatever two iterations taught the network, the refinement on the pair lands near the truth.
     assert errors["network + refinement"] < 0.3 * errors["no registration"]
     metrics = json.loads((out / "match" / "metrics.json").read_text())
