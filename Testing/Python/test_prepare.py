@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 from scipy.ndimage import map_coordinates
 
 import gvsl.data.cache as cache_module
+import gvsl.io
 from gvsl.cli import main
 from gvsl.data import (
     CacheWriteError,
@@ -201,7 +202,7 @@ def test_truncated_duplicate_is_not_read(tmp_path, monkeypatch):
         read.append(list(record.files))
         return read_volume(record)
 
-    monkeypatch.setattr(cache_module, "read_volume", recording_read_volume)
+    monkeypatch.setattr(gvsl.io, "read_volume", recording_read_volume)  # gvsl.data.cache reads through gvsl.io
     summary = prepare_cache(tmp_path / "dicom", tmp_path / "cache", config=PrepareConfig(target_spacing=(4.0,) * 3),
                             progress=False)
     assert summary.used == 1 and read == [[str(p) for p in paths]] and str(bad) not in read[0]
