@@ -23,6 +23,8 @@ import torch
 
 from gvsl.augment import AugmentationConfig, GVSLAugmentation
 from gvsl.networks import DEFAULT_CHANNELS, GVSL
+from gvsl.pretrain.engine import pair_batches
+from gvsl.pretrain.step import TrainStep, enable_activation_checkpointing
 from gvsl.train.config import TrainConfig, parse_channels, parse_patch
 from gvsl.train.device import (
     peak_memory_bytes,
@@ -32,8 +34,6 @@ from gvsl.train.device import (
     use_channels_last,
 )
 from gvsl.train.distributed import DistributedContext
-from gvsl.train.engine import pair_batches
-from gvsl.train.step import TrainStep, enable_activation_checkpointing
 
 # Dense peak TFLOP/s (bf16/fp16 tensor cores, no sparsity) by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,

@@ -16,9 +16,9 @@ import torch
 from tiny_cache import make_tiny_cache
 
 from gvsl.checkpoints import load_checkpoint
+from gvsl.pretrain.engine import pair_batches, run_training
 from gvsl.train.config import TrainConfig
 from gvsl.train.distributed import DistributedContext
-from gvsl.train.engine import pair_batches, run_training
 from gvsl.train.events import read_events
 from gvsl.train.state import list_checkpoints
 

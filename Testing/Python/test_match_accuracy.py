@@ -73,9 +73,9 @@ def test_pretraining_learns_correspondence(tmp_path):
     seed) clearly better than the initial alignment it starts from and than itself untrained. It fails if learning
     breaks again (a head that stays at the identity, gradients that do not reach it, pairs without
     correspondence)."""
+    from gvsl.pretrain.engine import build_model, run_training
     from gvsl.sample_data import write_sample_heads
     from gvsl.train.config import TrainConfig
-    from gvsl.train.engine import build_model, run_training
 
     write_sample_heads(tmp_path / "train", n_subjects=8, spacing=LEARNING_SPACING_MM, seed=0)
     held_out = write_sample_heads(tmp_path / "held_out", n_subjects=3, spacing=LEARNING_SPACING_MM, seed=7)

@@ -20,11 +20,12 @@ from tiny_cache import make_tiny_cache
 from gvsl.checkpoints import load_checkpoint
 from gvsl.cli import main
 from gvsl.networks import GVSL
+from gvsl.pretrain.engine import run_training
+from gvsl.pretrain.step import TrainStep
 from gvsl.train.config import TrainConfig, parse_duration, resolve_config
-from gvsl.train.engine import TrainingError, run_training
 from gvsl.train.events import EVENTS, read_events
+from gvsl.train.run import TrainingError
 from gvsl.train.state import list_checkpoints
-from gvsl.train.step import TrainStep
 
 WIDTHS = (8, 8, 16, 16, 16, 16, 16, 8, 8)
 TINY = dict(patch=32, batch=1, channels=WIDTHS, workers=0, tensorboard=False, progress=False, log_every=1)
@@ -128,7 +129,7 @@ def test_tensorboard_scalars_and_panels(cache, tmp_path, monkeypatch):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gvsl.train.engine import Trainer
+    from gvsl.pretrain.engine import Trainer
     from gvsl.train.panels import slice_panel
     shown = []
     original = Trainer.add_panel

@@ -5,7 +5,7 @@ import torch
 from real_images import mni_block
 
 from gvsl.networks import warp_affine
-from gvsl.train.synthetic import affine_supervision_loss, make_synthetic_pairs
+from gvsl.pretrain.synthetic import affine_supervision_loss, make_synthetic_pairs
 
 
 def theta_of(matrix: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from gvsl.commands.training_run import add_run_arguments, start_run
+from gvsl.pretrain.engine import run_training
 from gvsl.train.config import (
     TrainConfig,
     parse_channels,
@@ -11,7 +12,6 @@ from gvsl.train.config import (
     parse_patch,
     parse_spacing,
 )
-from gvsl.train.engine import run_training
 
 EPILOG = """\
 defaults follow the paper: Adam, lr 1e-4, 128^3 crops, batch 2, 200000 iterations, loss = NCC + MSE + smoothness.

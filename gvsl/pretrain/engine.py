@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from gvsl.checkpoints import gvsl_payload, load_checkpoint, load_gvsl, model_state_dict_matches, save_checkpoint
 from gvsl.networks import DEFAULT_CHANNELS, GVSL
+from gvsl.pretrain.step import LossWeights, TrainStep, enable_activation_checkpointing
 from gvsl.train.config import DEFAULT_ARCHITECTURE, TrainConfig, save_config
 from gvsl.train.device import (
     Precision,
@@ -60,7 +61,6 @@ from gvsl.train.state import (
     restore_rng_state,
     rng_state,
 )
-from gvsl.train.step import LossWeights, TrainStep, enable_activation_checkpointing
 from gvsl.train.stopping import StopRequest, clear_stop_file
 
 

@@ -15,8 +15,8 @@ from torch.utils.checkpoint import checkpoint
 from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks.blocks import DoubleConv
 from gvsl.networks.warp import warp_affine
+from gvsl.pretrain.synthetic import affine_supervision_loss, make_synthetic_pairs
 from gvsl.train.device import Precision
-from gvsl.train.synthetic import affine_supervision_loss, make_synthetic_pairs
 
 # (a, b, generator) -> (A, A', B), each (N, 1, D, H, W) on the device: see gvsl.augment.GVSLAugmentation.
 Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -26,7 +26,7 @@ Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[tor
 class LossWeights:
     """Weights of the terms of the GVSL loss: the paper's three (it uses 1, 1, 1); ``ncc_affine``, the NCC of B
     warped by the affine alone, and ``synthetic_affine``, the affine's error on synthetic pairs
-    (``gvsl.train.synthetic``), are not in the paper (0 leaves them out)."""
+    (``gvsl.pretrain.synthetic``), are not in the paper (0 leaves them out)."""
 
     ncc: float = 1.0
     mse: float = 1.0
@@ -84,7 +84,7 @@ class TrainStep:
     float16). ``channels_last`` feeds the network channels-last-3d inputs
     (the model should be converted the same way). ``synthetic_fraction``: the
     share of samples whose B is replaced by a synthetic pair
-    (``gvsl.train.synthetic``; weighted by ``weights.synthetic_affine``).
+    (``gvsl.pretrain.synthetic``; weighted by ``weights.synthetic_affine``).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

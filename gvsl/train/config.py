@@ -81,7 +81,7 @@ class TrainConfig(RunConfig):
     the NCC of B warped by the affine alone (0: the paper's loss).
     ``synthetic_fraction``: share of pairs that are A against a copy of A
     under a known affine, where the affine head's error is a loss term of
-    weight ``weight_synthetic_affine`` (``gvsl.train.synthetic``; 0: the
+    weight ``weight_synthetic_affine`` (``gvsl.pretrain.synthetic``; 0: the
     paper's pairs). ``channels_last`` of None
     means: on CUDA, and on CPU when every width is >= 32 (see
     ``gvsl.train.device.use_channels_last``).

@@ -2,7 +2,7 @@
 
 Every record has ``"event"`` (``start``, ``iteration``, ``checkpoint``,
 ``stop``, ``error``, ``end``) and ``"time"`` (Unix seconds). The Slicer module
-tails this file; see ``gvsl.train.engine`` for each event's fields.
+tails this file; see ``gvsl.pretrain.engine`` and ``gvsl.finetune.engine`` for each event's fields.
 """
 from __future__ import annotations
 
