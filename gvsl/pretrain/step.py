@@ -16,7 +16,7 @@ from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks.blocks import DoubleConv
 from gvsl.networks.warp import warp_affine
 from gvsl.pretrain.synthetic import affine_supervision_loss, make_synthetic_pairs
-from gvsl.train.device import Precision
+from gvsl.train.device import Precision, use_fast_kernels
 
 # (a, b, generator) -> (A, A', B), each (N, 1, D, H, W) on the device: see gvsl.augment.GVSLAugmentation.
 Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -85,6 +85,7 @@ class TrainStep:
     (the model should be converted the same way). ``synthetic_fraction``: the
     share of samples whose B is replaced by a synthetic pair
     (``gvsl.pretrain.synthetic``; weighted by ``weights.synthetic_affine``).
+    On CUDA it turns on cuDNN autotuning for the process (``gvsl.train.device.use_fast_kernels``).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -99,6 +100,7 @@ class TrainStep:
         self.weights = weights
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.synthetic_fraction = synthetic_fraction
+        use_fast_kernels(device)  # cuDNN autotuning on CUDA: crops have one size
         self.conventions = getattr(model, "module", model).conventions
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator,
