@@ -393,7 +393,7 @@ def test_cli_preprocesses_as_the_checkpoint_was_trained(tmp_path):
     from gvsl.match import MatchOptions, match_files
 
     def matched(argv: list[str]):
-        args = build_parser().parse_args(argv)
+        args = build_parser(["match"]).parse_args(argv)
         return match_files(args.fixed, args.moving, args.checkpoint, MatchOptions.from_arguments(args)).result
 
     fixed_path, moving_path = str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nrrd")

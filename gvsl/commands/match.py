@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         match = match_files(args.fixed, args.moving, args.checkpoint, MatchOptions.from_arguments(args),
                             labels=args.labels)
-        written = write_outputs(args.out, match)
+        written = write_outputs(args.out, match.result, match.record, match.labels)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"gvsl match: {exc}", file=sys.stderr)
         return 1

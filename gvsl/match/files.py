@@ -28,6 +28,13 @@ class FileMatch:
     moving_path: str
     checkpoint_path: str
 
+    @property
+    def record(self) -> dict[str, str]:
+        """What was matched, as ``gvsl match`` records it beside the metrics (``gvsl.match.outputs.write_outputs``):
+        the checkpoint's conventions and the input paths."""
+        return {"conventions": self.checkpoint_info.conventions, "fixed": self.fixed_path, "moving": self.moving_path,
+                "checkpoint": self.checkpoint_path}
+
 
 def match_files(fixed: str | os.PathLike, moving: str | os.PathLike, checkpoint: str | os.PathLike,
                 options: MatchOptions, labels: str | os.PathLike | None = None) -> FileMatch:
