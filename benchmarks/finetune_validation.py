@@ -95,7 +95,7 @@ def main() -> None:
                   "load": os.getloadavg()[0]}
         steps = []
         for i in range(args.steps + 1):
-            seconds = timed(functools.partial(trainer.step, *trainer.batches[i]))
+            seconds = timed(functools.partial(trainer.step, *trainer.patch_batches[i]))
             if i:  # the first step warms up allocators and kernels
                 steps.append(seconds)
                 print(json.dumps({"what": "step", "seconds": round(seconds, 2), **common,

@@ -129,11 +129,12 @@ def test_tensorboard_scalars_and_panels(cache, tmp_path, monkeypatch):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gvsl.pretrain.engine import Trainer
+    from gvsl.pretrain.engine import PretrainTrainer
     from gvsl.train.panels import slice_panel
     shown = []
-    original = Trainer.add_panel
-    monkeypatch.setattr(Trainer, "add_panel", lambda self, views: (shown.append(views), original(self, views)))
+    original = PretrainTrainer.add_panel
+    monkeypatch.setattr(PretrainTrainer, "add_panel",
+                        lambda self, views, iteration: (shown.append(views), original(self, views, iteration)))
     run_dir = tmp_path / "run"
     run_training(_config(cache, run_dir, iterations=4, tensorboard=True, image_every=2))
 

@@ -1,4 +1,5 @@
-"""The fine-tuning run: cases and cache, label table, model, loop with validation, checkpoints, events, stop.
+"""The fine-tuning run: cases and cache, label table, model, step and validation; its lifecycle is
+``gvsl.train.run``'s.
 
 Run folder: ``config.json``, ``labels.json`` (label table), ``cache/`` (unless ``--cache``), ``checkpoints/``
 (``iter_NNNNNN.pt``, the last K, resumable), ``best.pt`` (highest mean validation Dice), ``events.jsonl``,
@@ -20,20 +21,17 @@ augmentation; model, optimiser, scaler and best Dice come from the checkpoint.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from gvsl.checkpoints import load_checkpoint, save_checkpoint
+from gvsl.checkpoints import save_checkpoint
 from gvsl.data.preprocess import PrepareConfig
 from gvsl.finetune.augment import augment_patches
 from gvsl.finetune.cache import CachedCase, open_prepared, prepare_cases
@@ -51,33 +49,12 @@ from gvsl.labels import (
     write_label_table,
 )
 from gvsl.segment.model import BEST_NAME, SegmentationInfo, SegmentationNet, segmentation_payload
-from gvsl.train.config import save_config
-from gvsl.train.device import (
-    Precision,
-    is_out_of_memory,
-    peak_memory_bytes,
-    select_device,
-    select_precision,
-    use_channels_last,
-)
-from gvsl.train.distributed import (
-    DistributedContext,
-    context_from_environment,
-    destroy_process_group,
-    init_process_group,
-)
-from gvsl.train.events import EVENTS_NAME, EventLog, Listener
+from gvsl.train.device import Precision, use_channels_last
+from gvsl.train.distributed import DistributedContext
+from gvsl.train.events import EventLog, Listener
 from gvsl.train.panels import slice_panel
-from gvsl.train.run import CACHE_NAME, TrainingError, prepare_run_dir
-from gvsl.train.state import (
-    checkpoint_path,
-    derive_seed,
-    latest_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-    rng_state,
-)
-from gvsl.train.stopping import StopRequest, clear_stop_file
+from gvsl.train.run import CACHE_NAME, Trainer, run_lifecycle
+from gvsl.train.state import derive_seed, rng_state
 
 LABELS_NAME = "labels.json"
 
@@ -122,56 +99,76 @@ def learning_rate(config: FinetuneConfig, iteration: int) -> float:
     return config.lr * (1.0 - iteration / config.iterations) ** 0.9
 
 
-class FinetuneTrainer:
+class FinetuneTrainer(Trainer):
     """One process's part of a fine-tuning run (rank 0 writes files and validates)."""
+
+    CHECKPOINT_FIELDS = {"best": False}  # ``best.pt`` has its own ``checkpoint`` event, with ``best`` true
 
     def __init__(self, config: FinetuneConfig, run_dir: Path, table: LabelTable, train_cases: list[CachedCase],
                  val_cases: list[CachedCase], preprocessing: dict, context: DistributedContext,
-                 device: torch.device, precision: Precision, events: EventLog, resume_from: Optional[Path]):
-        self.config, self.run_dir, self.table = config, run_dir, table
-        self.val_cases, self.preprocessing = val_cases, preprocessing
-        self.context, self.device, self.precision, self.events = context, device, precision, events
+                 device: torch.device, precision: Precision, events: EventLog, payload: Optional[dict]):
+        self.table, self.train_cases, self.val_cases, self.preprocessing = table, train_cases, val_cases, preprocessing
         self.values = label_values(table)
-        payload = load_checkpoint(resume_from, map_location=device) if resume_from else None
         if payload:
-            self.model = SegmentationNet(len(self.values) + 1, payload["channels"])
-            self.model.load_state_dict(payload["model"])
-            self.model.unet.requires_grad_(config.mode != "linear")
+            model = SegmentationNet(len(self.values) + 1, payload["channels"])
+            model.load_state_dict(payload["model"])
+            model.unet.requires_grad_(config.mode != "linear")
         else:
-            self.model = build_model(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
-        channels_last = use_channels_last(None, device, self.model.channels)
+            model = build_model(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
+        channels_last = use_channels_last(None, device, model.channels)
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.model.to(device, memory_format=self.memory_format)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.iteration, self.best_dice = 0, None
-        if payload:
-            self.optimizer.load_state_dict(payload["optimizer"])
-            if payload.get("scaler"):
-                self.scaler.load_state_dict(payload["scaler"])
-            restore_rng_state(payload.get("rng", {}))
-            self.iteration, self.best_dice = int(payload["iteration"]), payload.get("best_dice")
-        self.network = self.model
-        if context.enabled:
-            self.network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
-                                                   else None)
+        model.to(device, memory_format=self.memory_format)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        super().__init__(config, run_dir, context, device, precision, events, model, optimizer, payload)
+        self.best_dice = payload.get("best_dice") if payload else None
         self.dice_loss = DiceLoss(to_onehot_y=True, softmax=True)
-        self.batches = PatchBatches(train_cases, self.values, config.patch, config.batch, config.foreground,
-                                    derive_seed(config.seed, "data"), context.rank)
+        self.patch_batches = PatchBatches(train_cases, self.values, config.patch, config.batch, config.foreground,
+                                          derive_seed(config.seed, "data"), context.rank)
         self.val_windows = None
         if config.val_windows and context.is_main:
             self.val_windows = choose_validation_windows(val_cases, self.values, config.patch, config.val_windows,
                                                          config.foreground, derive_seed(config.seed, "validation"))
-        self.writer = None
-        if config.tensorboard and context.is_main:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+    @classmethod
+    def prepare(cls, config: FinetuneConfig, run_dir: Path, context: DistributedContext, device: torch.device,
+                precision: Precision, events: EventLog, payload: Optional[dict]) -> FinetuneTrainer:
+        """Cache the cases and choose the label table (``_prepare_data``), split them, build the trainer; its
+        ``config`` records the cache and the network's widths."""
+        config, cases, table, preprocessing = _prepare_data(config, run_dir, context, payload is not None)
+        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+        trainer = cls(config, run_dir, table, train_cases, val_cases, preprocessing, context, device, precision,
+                      events, payload)
+        trainer.config = replace(config, channels=tuple(trainer.model.channels))
+        return trainer
 
     def info(self) -> SegmentationInfo:
         return SegmentationInfo(self.model.channels, self.model.n_classes, self.table, self.preprocessing,
                                 self.config.patch, self.config.mode, self.iteration)
+
+    def start_fields(self) -> dict:
+        """``mode``, the case names, the label table, and notes (validation reusing the training cases)."""
+        notes = []
+        if self.val_cases is self.train_cases:
+            notes.append(f"{'a single labelled case' if len(self.train_cases) == 1 else 'no held-out case'}: "
+                         "validation reuses the training case(s), so its Dice is optimistic")
+        return {"mode": self.config.mode, "train_cases": [c.name for c in self.train_cases],
+                "val_cases": [c.name for c in self.val_cases], "labels": self.table, "warnings": notes}
+
+    def best_checkpoint(self) -> Optional[Path]:
+        """``RUN_DIR/best.pt`` once a validation has saved it."""
+        best = self.run_dir / BEST_NAME
+        return best if best.is_file() else None
+
+    def end_fields(self) -> dict:
+        best = self.best_checkpoint()
+        return {"best": str(best) if best else None, "best_dice": self.best_dice}
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``patch_batches`` items ``iteration``, ..., ``iterations - 1`` through a data loader."""
+        loader = DataLoader(self.patch_batches, batch_size=None, sampler=range(self.iteration, self.config.iterations),
+                            num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
+        return iter(loader)
 
     def step(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         """One update on a batch (image (N, 1, D, H, W) float, label (N, 1, D, H, W) int64); detached losses."""
@@ -194,18 +191,18 @@ class FinetuneTrainer:
         self.scaler.update()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def save(self) -> Path:
-        """Checkpoint the current state (rank 0), keep the newest ``keep_checkpoints``; returns the path."""
-        path = checkpoint_path(self.run_dir, self.iteration)
-        if self.context.is_main:
-            save_checkpoint(path, segmentation_payload(
-                self.model, self.info(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                rng=rng_state(), config=self.config.to_dict(), best_dice=self.best_dice,
-                world_size=self.context.world_size))
-            deleted = prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
-            self.events.write("checkpoint", iteration=self.iteration, path=str(path), best=False,
-                              deleted=[str(p) for p in deleted])
-        return path
+    def checkpoint_payload(self) -> dict:
+        return segmentation_payload(self.model, self.info(), optimizer=self.optimizer.state_dict(),
+                                    scaler=self.scaler.state_dict(), rng=rng_state(), config=self.config.to_dict(),
+                                    best_dice=self.best_dice, world_size=self.context.world_size)
+
+    def validate_if_due(self) -> dict:
+        """Every ``val_every`` iterations and at the last: ``validate`` on rank 0 (the others wait)."""
+        if self.iteration % self.config.val_every and self.iteration != self.config.iterations:
+            return {}
+        fields = self.validate() if self.context.is_main else {}
+        self.context.barrier()
+        return fields
 
     def validate(self) -> dict:
         """Validate (rank 0), save ``best.pt`` on a new best mean Dice; returns the event fields."""
@@ -233,63 +230,6 @@ class FinetuneTrainer:
             self.writer.add_image("val/image_label_prediction", slice_panel(views)[None], self.iteration,
                                   dataformats="CHW")
         return {"val_dice": mean, "val_dice_per_class": dict(zip(names, dice)), "best_dice": self.best_dice}
-
-    def log(self, sums: dict[str, torch.Tensor], count: int, seconds: float, extra: dict) -> None:
-        means = {k: float(v) / count for k, v in sums.items()} if count else {}
-        rate = count / max(seconds, 1e-9)
-        memory, memory_kind = peak_memory_bytes(self.device)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.events.write("iteration", iteration=self.iteration, iterations=self.config.iterations, **means, lr=lr,
-                          it_per_s=rate, eta_s=(self.config.iterations - self.iteration) / max(rate, 1e-9),
-                          peak_memory_bytes=memory, memory_kind=memory_kind, **extra)
-        if self.writer is not None:
-            for name, value in means.items():
-                self.writer.add_scalar(f"loss/{name}", value, self.iteration)
-            self.writer.add_scalar("lr", lr, self.iteration)
-
-    def train(self, stop: StopRequest) -> bool:
-        """Iterate until ``config.iterations`` or a stop; returns whether a stop ended it (after saving)."""
-        config, total = self.config, self.config.iterations
-        loader = DataLoader(self.batches, batch_size=None, sampler=range(self.iteration, total),
-                            num_workers=config.workers, pin_memory=self.device.type == "cuda")
-        bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True,
-                   disable=not (config.progress and self.context.is_main))
-        sums: dict[str, torch.Tensor] = {}
-        count, tick, stopped = 0, time.perf_counter(), False
-        self.model.train()
-        batches = iter(loader)
-        try:
-            for image, label in batches:
-                losses = self.step(image, label)
-                self.iteration += 1
-                bar.update(1)
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                count += 1
-                last = self.iteration == total
-                extra = {}
-                if self.iteration % config.val_every == 0 or last:
-                    if self.context.is_main:
-                        extra = self.validate()
-                    self.context.barrier()
-                if extra or self.iteration % config.log_every == 0 or last:
-                    self.log(sums, count, time.perf_counter() - tick, extra)
-                    bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}")
-                    sums, count, tick = {}, 0, time.perf_counter()
-                stopped = self.context.any(stop.requested(), self.device)
-                if stopped or self.iteration % config.checkpoint_every == 0 or last:
-                    self.save()
-                if stopped:
-                    self.events.write("stop", iteration=self.iteration, reason=stop.reason or "another rank")
-                    break
-        finally:
-            bar.close()
-            del batches  # shuts loader workers down
-        return stopped
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def _prepare_data(config: FinetuneConfig, run_dir: Path, context: DistributedContext, resume: bool
@@ -328,64 +268,6 @@ def run_finetune(config: FinetuneConfig, *, resume: bool = False, on_event: Opti
     wrong checkpoint or widths), TrainingError (out of memory, unwritable folder) after writing an ``error``
     event where possible.
     """
-    if config.out is None:
-        raise ValueError("no run folder given (--out RUN_DIR)")
-    run_dir = Path(config.out)
-    context = context_from_environment()
-    device = select_device(config.device, context.local_rank)
-    precision = select_precision(config.precision, device)
-    init_process_group(context, device)
-    events, trainer, started = None, None, time.perf_counter()
-    try:
-        if context.is_main:
-            prepare_run_dir(run_dir, resume)
-        context.barrier()
-        events = EventLog(run_dir / EVENTS_NAME if context.is_main else None, on_event if context.is_main else None)
-        resume_from = latest_checkpoint(run_dir) if resume else None
-        if resume and context.is_main:
-            clear_stop_file(run_dir)
-        config, cases, table, preprocessing = _prepare_data(config, run_dir, context, resume)
-        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
-        notes = []
-        if val_cases is train_cases:
-            notes.append(f"{'a single labelled case' if len(cases) == 1 else 'no held-out case'}: validation "
-                         "reuses the training case(s), so its Dice is optimistic")
-        trainer = FinetuneTrainer(config, run_dir, table, train_cases, val_cases, preprocessing, context, device,
-                                  precision, events, resume_from)
-        config = replace(config, channels=tuple(trainer.model.channels))
-        trainer.config = config
-        if context.is_main:
-            save_config(config, run_dir)
-        events.write("start", iteration=trainer.iteration, iterations=config.iterations,
-                     resumed_from=str(resume_from) if resume_from else None, device=str(device),
-                     precision=precision.name, world_size=context.world_size, cache=config.cache,
-                     config=config.to_dict(), mode=config.mode, train_cases=[c.name for c in train_cases],
-                     val_cases=[c.name for c in val_cases], labels=table, warnings=notes)
-        with StopRequest(run_dir) as stop:
-            stopped = trainer.train(stop) if trainer.iteration < config.iterations else False
-        last = latest_checkpoint(run_dir) if context.is_main else checkpoint_path(run_dir, trainer.iteration)
-        best = run_dir / BEST_NAME if (run_dir / BEST_NAME).is_file() else None
-        events.write("end", iteration=trainer.iteration, checkpoint=str(last) if last else None, stopped=stopped,
-                     best=str(best) if best else None, best_dice=trainer.best_dice,
-                     elapsed_s=round(time.perf_counter() - started, 3))
-        context.barrier()
-        return FinetuneResult(run_dir, trainer.iteration, stopped, last, best, trainer.best_dice, trainer.model)
-    except BaseException as exc:
-        error: BaseException = exc
-        if is_out_of_memory(exc):
-            error = TrainingError(
-                f"out of memory on {device} with patch {'x'.join(map(str, config.patch))}, batch {config.batch}: "
-                "lower --patch, --batch or --channels" + (" or use --precision bf16/fp16" if device.type == "cuda"
-                                                          and precision.name == "fp32" else ""))
-        if events is not None:
-            events.write("error", iteration=trainer.iteration if trainer else None, type=type(error).__name__,
-                         message=str(error) or type(error).__name__)
-        if error is exc:
-            raise
-        raise error from exc
-    finally:
-        if trainer is not None:
-            trainer.close()
-        if events is not None:
-            events.close()
-        destroy_process_group(context)
+    trainer, stopped, last = run_lifecycle(FinetuneTrainer, config, resume=resume, on_event=on_event)
+    return FinetuneResult(trainer.run_dir, trainer.iteration, stopped, last, trainer.best_checkpoint(),
+                          trainer.best_dice, trainer.model)

@@ -1,11 +1,12 @@
-"""The pre-training run: run folder, cache, model, loop, checkpoints, events, stop.
+"""The pre-training run: cache, network, pair batches and step; its lifecycle is ``gvsl.train.run``'s.
 
 Events written to ``RUN_DIR/events.jsonl`` (rank 0 only), besides ``event`` and ``time``:
 
 - ``start``: ``iteration`` (first, 0 or the resumed one), ``iterations`` (total), ``resumed_from`` (path
   or null), ``device``, ``precision``, ``world_size``, ``cache``, ``config`` (resolved settings);
-- ``iteration``: ``iteration``, ``iterations``, ``loss``, ``ncc``, ``mse``, ``smooth`` (means over the
-  iterations since the previous ``iteration`` event, on rank 0's pairs), ``lr``, ``it_per_s``, ``eta_s``,
+- ``iteration``: ``iteration``, ``iterations``, ``loss``, ``ncc``, ``mse``, ``smooth`` (and ``ncc_affine``,
+  ``synthetic_affine`` when those terms are on; means over the iterations since the previous ``iteration``
+  event, on rank 0's pairs), ``lr``, ``it_per_s``, ``eta_s``,
   ``peak_memory_bytes`` and ``memory_kind`` (see ``gvsl.train.device.peak_memory_bytes``);
 - ``checkpoint``: ``iteration``, ``path``, ``deleted`` (older checkpoints removed to keep the last K);
 - ``stop``: ``iteration``, ``reason`` (``SIGINT``, ``SIGTERM``, ``STOP file`` or ``time limit``);
@@ -22,46 +23,24 @@ uninterrupted (bit for bit on CPU with the same thread count) provided
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from gvsl.checkpoints import gvsl_payload, load_checkpoint, load_gvsl, model_state_dict_matches, save_checkpoint
+from gvsl.checkpoints import gvsl_payload, load_gvsl, model_state_dict_matches
 from gvsl.networks import DEFAULT_CHANNELS, GVSL
 from gvsl.pretrain.step import LossWeights, TrainStep, enable_activation_checkpointing
-from gvsl.train.config import DEFAULT_ARCHITECTURE, TrainConfig, save_config
-from gvsl.train.device import (
-    Precision,
-    is_out_of_memory,
-    peak_memory_bytes,
-    select_device,
-    select_precision,
-    use_channels_last,
-)
-from gvsl.train.distributed import (
-    DistributedContext,
-    context_from_environment,
-    destroy_process_group,
-    init_process_group,
-)
-from gvsl.train.events import EVENTS_NAME, EventLog, Listener
+from gvsl.train.config import DEFAULT_ARCHITECTURE, TrainConfig
+from gvsl.train.device import Precision, use_channels_last
+from gvsl.train.distributed import DistributedContext
+from gvsl.train.events import EventLog, Listener
 from gvsl.train.panels import slice_panel
-from gvsl.train.run import CACHE_NAME, TrainingError, prepare_run_dir
-from gvsl.train.state import (
-    checkpoint_path,
-    derive_seed,
-    latest_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-    rng_state,
-)
-from gvsl.train.stopping import StopRequest, clear_stop_file
+from gvsl.train.run import CACHE_NAME, Trainer, run_lifecycle
+from gvsl.train.state import derive_seed, rng_state
+from gvsl.train.stopping import StopRequest
 
 
 @dataclass
@@ -143,124 +122,93 @@ def pair_batches(cache: Path, config: TrainConfig, context: DistributedContext, 
     return batches
 
 
-class Trainer:
-    """One process's part of a run (every rank builds one; only rank 0 writes files)."""
+class PretrainTrainer(Trainer):
+    """One process's part of a pre-training run: pairs of cached scans, the GVSL step, panels in TensorBoard."""
+
+    MEMORY_REMEDIES = "lower --patch, --batch or --channels, or add --activation-checkpointing"
+    PRECISION_REMEDY = " or --precision bf16/fp16"
 
     def __init__(self, config: TrainConfig, run_dir: Path, cache: Path, context: DistributedContext,
-                 device: torch.device, precision: Precision, events: EventLog, resume_from: Optional[Path]):
+                 device: torch.device, precision: Precision, events: EventLog, payload: Optional[dict]):
         from gvsl.augment import AugmentationConfig, GVSLAugmentation
         from gvsl.data import cache_preprocessing
 
-        self.config, self.run_dir, self.cache = config, run_dir, cache
+        self.cache = cache
         self.preprocessing = cache_preprocessing(cache)  # recorded in checkpoints: matching must preprocess alike
-        self.context, self.device, self.precision, self.events = context, device, precision, events
-        payload = load_checkpoint(resume_from, map_location=device) if resume_from else None
-        self.model = load_gvsl(payload, device=device)[0] if payload else build_model(config, device)
-        channels_last = use_channels_last(config.channels_last, device, self.model.channels)
+        model = load_gvsl(payload, device=device)[0] if payload else build_model(config, device)
+        channels_last = use_channels_last(config.channels_last, device, model.channels)
         if channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.iteration = 0
-        if payload:
-            self.optimizer.load_state_dict(payload["optimizer"])
-            if payload.get("scaler"):
-                self.scaler.load_state_dict(payload["scaler"])
-            restore_rng_state(payload.get("rng", {}))
-            self.iteration = int(payload["iteration"])
+            model.to(memory_format=torch.channels_last_3d)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         if config.activation_checkpointing:
-            enable_activation_checkpointing(self.model)
-        network = self.model
-        if context.enabled:
-            network = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            enable_activation_checkpointing(model)
+        super().__init__(config, run_dir, context, device, precision, events, model, optimizer, payload)
         weights = LossWeights(config.weight_ncc, config.weight_mse, config.weight_smooth, config.weight_ncc_affine,
                               config.weight_synthetic_affine)
-        self.step = TrainStep(network, self.optimizer, self.scaler, GVSLAugmentation(AugmentationConfig()),
-                              precision, device, weights, channels_last=channels_last,
-                              synthetic_fraction=config.synthetic_fraction)
-        self.writer = None
-        if config.tensorboard and context.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+        self.train_step = TrainStep(self.network, self.optimizer, self.scaler, GVSLAugmentation(AugmentationConfig()),
+                                    precision, device, weights, channels_last=channels_last,
+                                    synthetic_fraction=config.synthetic_fraction)
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+    @classmethod
+    def prepare(cls, config: TrainConfig, run_dir: Path, context: DistributedContext, device: torch.device,
+                precision: Precision, events: EventLog, payload: Optional[dict]) -> PretrainTrainer:
+        """Prepare DATA into the cache or check it (new run; rank 0, the others wait), then build the trainer; its
+        ``config`` records the cache and the network's widths, conventions and architecture."""
+        if payload:
+            cache = Path(config.cache)
+        else:
+            cache = cache_location(config, run_dir)
+            if context.is_main:  # a cache given as DATA is only checked against its manifest
+                prepare_training_cache(config, cache)
+            context.barrier()
+        trainer = cls(config, run_dir, cache, context, device, precision, events, payload)
+        model = trainer.model
+        trainer.config = replace(config, cache=str(cache), channels=tuple(model.channels),
+                                 conventions=model.conventions, architecture=model.architecture)
+        return trainer
 
-    def save(self) -> Path:
-        """Checkpoint the current state (rank 0), keep the newest ``keep_checkpoints``; returns the path."""
-        path = checkpoint_path(self.run_dir, self.iteration)
-        if self.context.is_main:
-            payload = gvsl_payload(self.model, self.iteration, optimizer=self.optimizer.state_dict(),
-                                   scaler=self.scaler.state_dict(), rng=rng_state(), config=self.config.to_dict(),
-                                   preprocessing=self.preprocessing, initial_alignment=self.config.initial_alignment,
-                                   world_size=self.context.world_size)
-            save_checkpoint(path, payload)
-            deleted = prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
-            self.events.write("checkpoint", iteration=self.iteration, path=str(path), deleted=[str(p) for p in deleted])
-        return path
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Pairs (A, B), each (batch, 1, D, H, W) float32 in [0, 1], for iterations ``iteration + 1``, ...: a new
+        ``pair_batches`` stream at every checkpoint boundary."""
+        every = self.config.checkpoint_every
+        while True:
+            pairs = pair_batches(self.cache, self.config, self.context, self.device, self.iteration)
+            for _ in range(every - self.iteration % every):
+                yield next(pairs)
 
-    def log(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> None:
-        """Write the ``iteration`` event and TensorBoard scalars for the last ``count`` iterations."""
-        means = {k: float(v) / count for k, v in sums.items()}
-        rate = count / max(seconds, 1e-9)
-        memory, memory_kind = peak_memory_bytes(self.device)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.events.write("iteration", iteration=self.iteration, iterations=self.config.iterations, **means, lr=lr,
-                          it_per_s=rate, eta_s=(self.config.iterations - self.iteration) / rate,
-                          peak_memory_bytes=memory, memory_kind=memory_kind)
+    def step(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update on the pairs ``a``, ``b`` augmented as this rank's iteration is; every ``image_every``
+        iterations the TensorBoard panel of the first pair."""
+        generator = torch.Generator(self.device)
+        generator.manual_seed(derive_seed(self.config.seed, "augment", self.context.rank, self.iteration))
+        iteration = self.iteration + 1  # the one this step completes
+        out = self.train_step(a, b, generator, keep_views=iteration % self.config.image_every == 0)
+        if out.views is not None:
+            self.add_panel(out.views, iteration)
+        return out.losses
+
+    def checkpoint_payload(self) -> dict:
+        return gvsl_payload(self.model, self.iteration, optimizer=self.optimizer.state_dict(),
+                            scaler=self.scaler.state_dict(), rng=rng_state(), config=self.config.to_dict(),
+                            preprocessing=self.preprocessing, initial_alignment=self.config.initial_alignment,
+                            world_size=self.context.world_size)
+
+    def stop_request(self) -> StopRequest:
+        """A signal, the STOP file or ``time_limit_s``."""
+        return StopRequest(self.run_dir, self.config.time_limit_s)
+
+    def log(self, sums: dict[str, torch.Tensor], count: int, seconds: float, validation: dict) -> dict:
+        """As ``Trainer.log``, and the iteration rate in TensorBoard."""
+        record = super().log(sums, count, seconds, validation)
         if self.writer is not None:
-            for name, value in means.items():
-                self.writer.add_scalar(f"loss/{name}", value, self.iteration)
-            self.writer.add_scalar("lr", lr, self.iteration)
-            self.writer.add_scalar("iterations_per_second", rate, self.iteration)
+            self.writer.add_scalar("iterations_per_second", record["it_per_s"], self.iteration)
+        return record
 
-    def add_panel(self, views: tuple[torch.Tensor, ...]) -> None:
-        """TensorBoard image: middle slices of A, B, warped B, restored A (columns)."""
+    def add_panel(self, views: tuple[torch.Tensor, ...], iteration: int) -> None:
+        """TensorBoard image at ``iteration``: middle slices of A, B, warped B, restored A (columns)."""
         if self.writer is not None:
-            self.writer.add_image("panels/A_B_warpedB_restoredA", slice_panel(views)[None], self.iteration,
+            self.writer.add_image("panels/A_B_warpedB_restoredA", slice_panel(views)[None], iteration,
                                   dataformats="CHW")
-
-    def train(self, stop: StopRequest) -> bool:
-        """Iterate until ``config.iterations`` or a stop; returns whether a stop ended it (after saving)."""
-        config, total = self.config, self.config.iterations
-        bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True,
-                   disable=not (config.progress and self.context.is_main))
-        batches, segment = None, None
-        sums: dict[str, torch.Tensor] = {}
-        count, tick = 0, time.perf_counter()
-        stopped = False
-        try:
-            while self.iteration < total:
-                if segment != self.iteration // config.checkpoint_every:
-                    segment = self.iteration // config.checkpoint_every
-                    batches = pair_batches(self.cache, config, self.context, self.device, self.iteration)
-                a, b = next(batches)
-                generator = torch.Generator(self.device)
-                generator.manual_seed(derive_seed(config.seed, "augment", self.context.rank, self.iteration))
-                out = self.step(a, b, generator, keep_views=(self.iteration + 1) % config.image_every == 0)
-                self.iteration += 1
-                bar.update(1)
-                for name, value in out.losses.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                count += 1
-                if self.iteration % config.log_every == 0 or self.iteration == total:
-                    self.log(sums, count, time.perf_counter() - tick)
-                    bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}")
-                    sums, count, tick = {}, 0, time.perf_counter()
-                if out.views is not None:
-                    self.add_panel(out.views)
-                stopped = self.context.any(stop.requested(), self.device)
-                if stopped or self.iteration % config.checkpoint_every == 0 or self.iteration == total:
-                    self.save()
-                if stopped:
-                    self.events.write("stop", iteration=self.iteration, reason=stop.reason or "another rank")
-                    break
-        finally:
-            bar.close()
-            del batches  # shuts data loader workers down
-        return stopped
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def run_training(config: TrainConfig, *, resume: bool = False, on_event: Optional[Listener] = None) -> TrainResult:
@@ -272,66 +220,5 @@ def run_training(config: TrainConfig, *, resume: bool = False, on_event: Optiona
     TrainingError (out of memory, unwritable folder, with advice) after
     writing an ``error`` event where possible; checkpoints already written stay intact.
     """
-    if config.out is None:
-        raise ValueError("no run folder given (--out RUN_DIR)")
-    run_dir = Path(config.out)
-    context = context_from_environment()
-    device = select_device(config.device, context.local_rank)
-    precision = select_precision(config.precision, device)
-    init_process_group(context, device)
-    events, trainer, started = None, None, time.perf_counter()
-    try:
-        if context.is_main:
-            prepare_run_dir(run_dir, resume)
-        context.barrier()
-        events = EventLog(run_dir / EVENTS_NAME if context.is_main else None, on_event if context.is_main else None)
-        resume_from = latest_checkpoint(run_dir) if resume else None
-        if resume:
-            cache = Path(config.cache)
-            if context.is_main:
-                clear_stop_file(run_dir)
-        else:
-            cache = cache_location(config, run_dir)
-            if context.is_main:  # a cache given as DATA is only checked against its manifest
-                prepare_training_cache(config, cache)
-            context.barrier()
-        trainer = Trainer(config, run_dir, cache, context, device, precision, events, resume_from)
-        model = trainer.model
-        config = replace(config, cache=str(cache), channels=tuple(model.channels), conventions=model.conventions,
-                         architecture=model.architecture)
-        trainer.config = config
-        if context.is_main:
-            save_config(config, run_dir)
-        events.write("start", iteration=trainer.iteration, iterations=config.iterations,
-                     resumed_from=str(resume_from) if resume_from else None, device=str(device),
-                     precision=precision.name, world_size=context.world_size, cache=str(cache),
-                     config=config.to_dict())
-        with StopRequest(run_dir, config.time_limit_s) as stop:
-            if trainer.iteration >= config.iterations:
-                stopped = False
-            else:
-                stopped = trainer.train(stop)
-        last = latest_checkpoint(run_dir) if context.is_main else checkpoint_path(run_dir, trainer.iteration)
-        events.write("end", iteration=trainer.iteration, checkpoint=str(last) if last else None, stopped=stopped,
-                     elapsed_s=round(time.perf_counter() - started, 3))
-        context.barrier()
-        return TrainResult(run_dir, trainer.iteration, stopped, last, model)
-    except BaseException as exc:
-        error: BaseException = exc
-        if is_out_of_memory(exc):
-            error = TrainingError(
-                f"out of memory on {device} with patch {'x'.join(map(str, config.patch))}, batch {config.batch}: "
-                "lower --patch, --batch or --channels, or add --activation-checkpointing"
-                + (" or --precision bf16/fp16" if device.type == "cuda" and precision.name == "fp32" else ""))
-        if events is not None:
-            events.write("error", iteration=trainer.iteration if trainer else None, type=type(error).__name__,
-                         message=str(error) or type(error).__name__)
-        if error is exc:
-            raise
-        raise error from exc
-    finally:
-        if trainer is not None:
-            trainer.close()
-        if events is not None:
-            events.close()
-        destroy_process_group(context)
+    trainer, stopped, last = run_lifecycle(PretrainTrainer, config, resume=resume, on_event=on_event)
+    return TrainResult(trainer.run_dir, trainer.iteration, stopped, last, trainer.model)
