@@ -56,18 +56,18 @@ def _final(run_dir: Path) -> dict:
 
 def test_config_precedence_and_resume_locks(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"iterations": 7, "lr": 3e-4, "patch": [32, 48, 64]}))
-    config = resolve_config({"lr": 1e-3, "data": "x", "out": str(tmp_path / "run")}, tmp_path / "c.json")
-    assert (config.iterations, config.lr, config.patch, config.batch) == (7, 1e-3, (32, 48, 64), 2)
+    config = resolve_config(TrainConfig, {"lr": 1e-3, "data": "x", "out": str(tmp_path / "run")}, tmp_path / "c.json")
+    assert (config.iterations, config.lr, config.patch, config.batch) == (7, 1e-3, (32, 48, 64), "auto")
     with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
-        resolve_config({"learning_rate": 1})
+        resolve_config(TrainConfig, {"learning_rate": 1})
     with pytest.raises(ValueError, match="nine widths"):
         TrainConfig(channels="8,8,8")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))
-    resumed = resolve_config({"iterations": 20, "workers": 3}, resume_dir=tmp_path / "run")
+    resumed = resolve_config(TrainConfig, {"iterations": 20, "workers": 3}, resume_dir=tmp_path / "run")
     assert (resumed.iterations, resumed.workers, resumed.lr) == (20, 3, 1e-3)
     with pytest.raises(ValueError, match="cannot change: lr, patch"):
-        resolve_config({"lr": 1.0, "patch": (64, 64, 64)}, resume_dir=tmp_path / "run")
+        resolve_config(TrainConfig, {"lr": 1.0, "patch": (64, 64, 64)}, resume_dir=tmp_path / "run")
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(cache, tmp_path):
@@ -81,7 +81,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(cache, tmp_path):
                              on_event=_stop_at(run_dir, stop_at))
         assert (first.iteration, first.stopped) == (stop_at, True)
         assert first.checkpoint.name == f"iter_{stop_at:06d}.pt"
-        second = run_training(resolve_config({}, resume_dir=run_dir), resume=True)
+        second = run_training(resolve_config(TrainConfig, {}, resume_dir=run_dir), resume=True)
         assert (second.iteration, second.stopped) == (8, False)
         assert not (run_dir / "STOP").exists()
         resumed = _final(run_dir)
@@ -101,7 +101,7 @@ def test_resume_with_loader_workers_equals_uninterrupted(cache, tmp_path):
     run_training(_config(cache, tmp_path / "whole", **settings))
     run_dir = tmp_path / "stopped"
     assert run_training(_config(cache, run_dir, **settings), on_event=_stop_at(run_dir, 2)).iteration == 2
-    assert run_training(resolve_config({}, resume_dir=run_dir), resume=True).iteration == 5
+    assert run_training(resolve_config(TrainConfig, {}, resume_dir=run_dir), resume=True).iteration == 5
     reference, resumed = _final(tmp_path / "whole"), _final(run_dir)
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), key

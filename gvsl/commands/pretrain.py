@@ -7,6 +7,7 @@ from gvsl.commands.training_run import add_run_arguments, start_run
 from gvsl.pretrain.engine import run_training
 from gvsl.train.config import (
     TrainConfig,
+    parse_batch,
     parse_channels,
     parse_duration,
     parse_patch,
@@ -14,7 +15,8 @@ from gvsl.train.config import (
 )
 
 EPILOG = """\
-defaults follow the paper: Adam, lr 1e-4, 128^3 crops, batch 2, 200000 iterations, loss = NCC + MSE + smoothness.
+defaults follow the paper: Adam, lr 1e-4, 128^3 crops, batch 2 (--batch auto: as GPU memory allows), 200000
+iterations, loss = NCC + MSE + smoothness.
 Settings: defaults < --config FILE (JSON, e.g. an earlier run's config.json) < flags. The resolved configuration
 is saved as RUN_DIR/config.json; progress goes to RUN_DIR/events.jsonl and RUN_DIR/tensorboard.
 Stop with Ctrl-C, SIGTERM, by creating RUN_DIR/STOP or with --time-limit: a checkpoint is saved; continue with
@@ -42,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop with a checkpoint after this long, e.g. 30m or 23h (resumable; default: none)")
     parser.add_argument("--patch", type=parse_patch, default=s, metavar="N[,N,N]",
                         help="crop size in voxels: one number for a cube or D,H,W (default 128)")
-    parser.add_argument("--batch", type=int, default=s, help="pairs per iteration and process (default 2)")
+    parser.add_argument("--batch", type=parse_batch, default=s, metavar="N|auto",
+                        help="pairs per iteration and process; auto (default): on a GPU the paper's 2, with "
+                             "activation checkpointing, batch 1 or a smaller crop if its free memory needs it "
+                             "(the choice is printed and kept in RUN_DIR/config.json); 2 on CPU/MPS")
     parser.add_argument("--channels", type=parse_channels, default=s, metavar="C1,...,C9",
                         help="nine backbone widths (default 32,64,128,256,512,256,128,64,32 or --init's)")
     parser.add_argument("--conventions", choices=("corrected", "original"), default=s,
@@ -70,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation-checkpointing", action=boolean, default=s,
                         help="recompute activations in backward to save memory (costs about one more forward pass)")
     parser.add_argument("--channels-last", action=boolean, default=s,
-                        help="channels-last-3d memory layout (default: on CUDA; on CPU if all widths >= 32)")
+                        help="channels-last-3d memory layout (default: on CPU if all widths >= 32; contiguous on "
+                             "CUDA, measured faster there)")
     add_run_arguments(parser, TrainConfig)
 
 

@@ -3,7 +3,9 @@
 Events written to ``RUN_DIR/events.jsonl`` (rank 0 only), besides ``event`` and ``time``:
 
 - ``start``: ``iteration`` (first, 0 or the resumed one), ``iterations`` (total), ``resumed_from`` (path
-  or null), ``device``, ``precision``, ``world_size``, ``cache``, ``config`` (resolved settings);
+  or null), ``device``, ``precision``, ``world_size``, ``cache``, ``config`` (resolved settings), ``memory_plan``
+  (what ``--batch auto`` chose on a GPU, ``gvsl.train.memory_plan.MemoryPlan``; null otherwise), ``warnings``
+  (the plan's message);
 - ``iteration``: ``iteration``, ``iterations``, ``loss``, ``ncc``, ``mse``, ``smooth`` (and ``ncc_affine``,
   ``synthetic_affine`` when those terms are on; means over the iterations since the previous ``iteration``
   event, on rank 0's pairs), ``lr``, ``it_per_s``, ``eta_s``,
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader
 from gvsl.checkpoints import gvsl_payload, load_gvsl, model_state_dict_matches
 from gvsl.networks import DEFAULT_CHANNELS, GVSL
 from gvsl.pretrain.step import LossWeights, TrainStep, enable_activation_checkpointing
+from gvsl.train.auto_batch import resolve_batch
 from gvsl.train.config import DEFAULT_ARCHITECTURE, TrainConfig
 from gvsl.train.device import Precision, use_channels_last
 from gvsl.train.distributed import DistributedContext
@@ -71,18 +74,22 @@ def prepare_training_cache(config: TrainConfig, cache: Path) -> None:
 
     A cache given as DATA keeps its own grid: a ``spacing`` that differs from it raises ValueError.
     """
-    from gvsl.data import PrepareConfig, cache_preprocessing, is_cache, prepare_cache
+    from gvsl.data import cache_preprocessing, is_cache, prepare_cache
 
     if is_cache(config.data) and Path(config.data) == cache:
         cached = tuple(cache_preprocessing(cache)["target_spacing"])
         if config.spacing is not None and tuple(config.spacing) != cached:
             raise ValueError(f"{cache} was prepared at {cached} mm, not --spacing {config.spacing}: leave --spacing "
                              "out, or give the original data (or --cache DIR) to prepare again")
-    prepare = PrepareConfig(target_spacing=config.spacing) if config.spacing else PrepareConfig()
+        prepare = None  # only checked: no preprocessing (nor SimpleITK) needed
+    else:
+        from gvsl.data import PrepareConfig
+
+        prepare = PrepareConfig(target_spacing=config.spacing) if config.spacing else PrepareConfig()
     prepare_cache(Path(config.data), cache, config=prepare, workers=config.workers, progress=config.progress)
 
 
-def build_model(config: TrainConfig, device: torch.device) -> GVSL:
+def build_gvsl(config: TrainConfig, device: torch.device) -> GVSL:
     """A fresh network (seeded from ``config.seed``) or the ``config.init`` checkpoint's weights.
 
     An ``init`` whose widths or architecture differ from ``config.channels`` / ``config.architecture`` raises
@@ -135,11 +142,12 @@ class PretrainTrainer(Trainer):
 
         self.cache = cache
         self.preprocessing = cache_preprocessing(cache)  # recorded in checkpoints: matching must preprocess alike
-        model = load_gvsl(payload, device=device)[0] if payload else build_model(config, device)
+        model = load_gvsl(payload, device=device)[0] if payload else build_gvsl(config, device)
         channels_last = use_channels_last(config.channels_last, device, model.channels)
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        config, self.memory_plan = resolve_batch(config, model, device, precision, context)  # --batch auto
         if config.activation_checkpointing:
             enable_activation_checkpointing(model)
         super().__init__(config, run_dir, context, device, precision, events, model, optimizer, payload)
@@ -153,7 +161,8 @@ class PretrainTrainer(Trainer):
     def prepare(cls, config: TrainConfig, run_dir: Path, context: DistributedContext, device: torch.device,
                 precision: Precision, events: EventLog, payload: Optional[dict]) -> PretrainTrainer:
         """Prepare DATA into the cache or check it (new run; rank 0, the others wait), then build the trainer; its
-        ``config`` records the cache and the network's widths, conventions and architecture."""
+        ``config`` records the cache, the network's widths, conventions and architecture, and what ``--batch
+        auto`` resolved to (batch, crop, activation checkpointing)."""
         if payload:
             cache = Path(config.cache)
         else:
@@ -163,7 +172,7 @@ class PretrainTrainer(Trainer):
             context.barrier()
         trainer = cls(config, run_dir, cache, context, device, precision, events, payload)
         model = trainer.model
-        trainer.config = replace(config, cache=str(cache), channels=tuple(model.channels),
+        trainer.config = replace(trainer.config, cache=str(cache), channels=tuple(model.channels),
                                  conventions=model.conventions, architecture=model.architecture)
         return trainer
 
@@ -186,6 +195,11 @@ class PretrainTrainer(Trainer):
         if out.views is not None:
             self.add_panel(out.views, iteration)
         return out.losses
+
+    def start_fields(self) -> dict:
+        """The ``--batch auto`` plan, and its message as a note."""
+        plan = self.memory_plan
+        return {"memory_plan": plan.to_dict() if plan else None, "warnings": [plan.message] if plan else []}
 
     def checkpoint_payload(self) -> dict:
         return gvsl_payload(self.model, self.iteration, optimizer=self.optimizer.state_dict(),

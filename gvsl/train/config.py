@@ -17,6 +17,7 @@ from gvsl.atomic_files import write_text_atomically
 
 CONFIG_NAME = "config.json"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO_BATCH = "auto"  # the batch planned for the device's free memory (gvsl.train.auto_batch)
 DEFAULT_ARCHITECTURE = "correlation"  # for new runs; "paper" is the published network (see gvsl.networks.GVSL)
 # Fields a resumed run may change; the others (data, model, optimiser, seed) define the run.
 RESUME_OVERRIDABLE = frozenset({
@@ -72,7 +73,9 @@ class TrainConfig(RunConfig):
     and stops as on a stop request (resumable; None: no limit).
     ``checkpoint_every``, ``log_every`` and ``image_every`` are in iterations
     (one iteration = one optimiser step; with several processes each draws
-    ``batch`` pairs, so the effective batch is ``batch * world_size``).
+    ``batch`` pairs, so the effective batch is ``batch * world_size``); ``batch`` ``"auto"``: on a GPU
+    the paper's 2, or what fits its free memory, maybe with activation checkpointing or a smaller crop
+    (``gvsl.train.memory_plan``); 2 elsewhere; a run's ``config.json`` holds the resolved number.
     ``channels``/``conventions``/``architecture`` of None mean: those of
     ``init``, else the default widths, the "corrected" conventions and
     ``DEFAULT_ARCHITECTURE``. ``initial_alignment``: how B is placed in A's
@@ -83,8 +86,8 @@ class TrainConfig(RunConfig):
     under a known affine, where the affine head's error is a loss term of
     weight ``weight_synthetic_affine`` (``gvsl.pretrain.synthetic``; 0: the
     paper's pairs). ``channels_last`` of None
-    means: on CUDA, and on CPU when every width is >= 32 (see
-    ``gvsl.train.device.use_channels_last``).
+    means: on the CPU when every width is >= 32, contiguous on CUDA (measured
+    faster there; see ``gvsl.train.device.use_channels_last``).
     """
 
     RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
@@ -97,7 +100,7 @@ class TrainConfig(RunConfig):
     iterations: int = 200_000
     time_limit_s: Optional[float] = None
     patch: Tuple[int, int, int] = (128, 128, 128)
-    batch: int = 2
+    batch: int | str = AUTO_BATCH
     channels: Optional[Tuple[int, ...]] = None
     conventions: Optional[str] = None
     architecture: Optional[str] = None
@@ -123,7 +126,8 @@ class TrainConfig(RunConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self._check_shared(("iterations", "batch", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"))
+        self.batch = parse_batch(self.batch)
+        self._check_shared(("iterations", "checkpoint_every", "keep_checkpoints", "log_every", "image_every"))
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
@@ -153,6 +157,19 @@ def parse_patch(value: int | str | Sequence[int]) -> tuple[int, int, int]:
     if len(sizes) != 3 or min(sizes) < 16:
         raise ValueError(f"patch must be one size or three sizes (D, H, W), each >= 16 voxels; got {value!r}")
     return tuple(sizes)
+
+
+def parse_batch(value: int | str) -> int | str:
+    """Pairs per iteration and process: a number >= 1, or "auto" (``AUTO_BATCH``)."""
+    if str(value).strip().lower() == AUTO_BATCH:
+        return AUTO_BATCH
+    try:
+        batch = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"batch must be a number of pairs or auto, got {value!r}") from exc
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {value!r}")
+    return batch
 
 
 def parse_spacing(value: float | str | Sequence[float]) -> tuple[float, float, float]:
@@ -210,25 +227,27 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def resolve_config(flags: Mapping[str, Any], config_file: str | os.PathLike | None = None,
-                   resume_dir: str | os.PathLike | None = None, *, cls: type[RunConfig] | None = None) -> RunConfig:
-    """The run's configuration (``cls``, default TrainConfig) from the given flags (only those the user set), a
-    file, and a run to resume.
+def resolve_config(config_class: type[RunConfig], flags: Mapping[str, Any],
+                   config_file: str | os.PathLike | None = None,
+                   resume_dir: str | os.PathLike | None = None) -> RunConfig:
+    """The run's configuration (a ``config_class``, e.g. TrainConfig or FinetuneConfig) from the given flags
+    (only those the user set), a file, and a run to resume.
 
     Raises ValueError for unknown settings, invalid values, or (on resume) a
-    change to a setting that defines the run (one not in ``cls.RESUME_OVERRIDABLE``).
+    change to a setting that defines the run (one not in ``config_class.RESUME_OVERRIDABLE``).
     """
-    cls = cls or TrainConfig
     file_values = read_config_file(config_file) if config_file else {}
     overrides = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
     if resume_dir is None:
-        return cls.from_dict(overrides, source=str(config_file or "flags"))
+        return config_class.from_dict(overrides, source=str(config_file or "flags"))
     saved_path = Path(resume_dir) / CONFIG_NAME
-    saved = cls.from_dict(read_config_file(saved_path), source=str(saved_path))
+    saved = config_class.from_dict(read_config_file(saved_path), source=str(saved_path))
     overrides.pop("out", None)
-    requested = cls.from_dict({**saved.to_dict(), **overrides}, source="flags")
+    if overrides.get("batch") == AUTO_BATCH:
+        overrides.pop("batch")  # a resumed run keeps the batch planned when it started
+    requested = config_class.from_dict({**saved.to_dict(), **overrides}, source="flags")
     changed = [k for k in overrides
-               if k not in cls.RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
+               if k not in config_class.RESUME_OVERRIDABLE and getattr(requested, k) != getattr(saved, k)]
     if changed:
         raise ValueError(f"--resume continues the run in {resume_dir} as configured; these settings cannot change: "
                          f"{', '.join(sorted(changed))} (start a new run to change them)")
@@ -236,18 +255,18 @@ def resolve_config(flags: Mapping[str, Any], config_file: str | os.PathLike | No
     return requested
 
 
-def config_from_arguments(args: Any, cls: type[RunConfig]) -> RunConfig:
+def config_from_arguments(args: Any, config_class: type[RunConfig]) -> RunConfig:
     """The configuration a ``gvsl pretrain`` / ``gvsl finetune`` command line asks for: a new run (DATA and
     ``--out``) or ``--resume RUN_DIR``; only the flags the user gave override (absent ones are not in ``args``)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(config_class)}
     flags = {k: v for k, v in vars(args).items() if k in fields}
     if args.resume is None and ("data" not in flags or "out" not in flags):
         raise ValueError("give DATA and --out RUN_DIR for a new run, or --resume RUN_DIR")
     if args.resume is not None and flags.get("out", args.resume) != args.resume:
         raise ValueError("--resume RUN_DIR continues in RUN_DIR; leave out --out")
-    return resolve_config(flags, args.config, args.resume, cls=cls)
+    return resolve_config(config_class, flags, args.config, args.resume)
 
 
-def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
+def save_config(config: RunConfig, run_dir: str | os.PathLike) -> Path:
     """Write ``run_dir/config.json`` atomically (never half written)."""
     return write_text_atomically(Path(run_dir) / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")

@@ -42,6 +42,14 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def minimum(self, value: int, device: torch.device) -> int:
+        """The least of every rank's ``value`` (e.g. free memory, so all ranks plan alike)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
 
 def context_from_environment() -> DistributedContext:
     """The ranks ``torchrun`` gave this process (rank 0 of 1 when not launched by it)."""
