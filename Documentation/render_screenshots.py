@@ -13,7 +13,8 @@ Inputs are result files only (no torch here): FIXED and MOVING are the scans giv
 ``gvsl match FIXED MOVING --checkpoint C --out MATCH_OUT`` (a volume file, or one file of a DICOM series, read by
 Slicer), MATCH_OUT is that command's output folder, LABELS is the label map of ``gvsl segment IMAGE --model RUN
 --out LABELS`` (its label table ``LABELS.labels.json`` is read from beside it). The results are put in the scene by
-the modules' own logic (``GVSLPretrainLib``, ``GVSLSegmentLib``), so the pictures show the nodes the modules make.
+the modules' own logic (``GVSLSharedLib``, ``GVSLPretrainLib``, ``GVSLSegmentLib``), so the pictures show the nodes
+the modules make.
 ``Screenshots/SOURCES.md`` says how the committed pictures' inputs were made.
 
 Writes ``matches.png`` (fixed axial slice with the deformation grid and the fixed points | moving axial slice
@@ -36,9 +37,10 @@ from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "GVSLPretrain"), str(ROOT / "GVSLSegment")]  # the modules' Qt-free logic packages
-from GVSLPretrainLib import match, probe  # noqa: E402
+sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLPretrain"), str(ROOT / "GVSLSegment")]  # Qt-free logic
+from GVSLPretrainLib import probe  # noqa: E402
 from GVSLSegmentLib import results  # noqa: E402
+from GVSLSharedLib import match  # noqa: E402
 
 SIZE = (640, 640)  # pixels of one view
 POINT_COLORS = {"fixed": (1.0, 0.9, 0.1), "matched": (0.1, 0.9, 1.0)}

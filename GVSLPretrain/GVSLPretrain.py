@@ -1,6 +1,6 @@
 """GVSL Pre-training: the Slicer module (Module / Widget / Logic / Test).
 
-The widget wires the panel; the logic calls ``GVSLPretrainLib`` (MRML and the
+The widget wires the panel; the logic calls ``GVSLPretrainLib`` and ``GVSLSharedLib`` (MRML and the
 ``gvsl`` backend processes, no Qt) and never imports torch: pre-training,
 scanning and matching run as ``gvsl`` processes with Slicer's Python.
 """
@@ -13,7 +13,8 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from GVSLPretrainLib import dependencies, dicom_selection, match, pipeline_check, plots, probe, runs, volumes
+from GVSLPretrainLib import dicom_selection, probe
+from GVSLSharedLib import dependencies, match, pipeline_check, plots, runs, volumes
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
 from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (

@@ -1,6 +1,6 @@
 """GVSL Segmentation: the Slicer module (Module / Widget / Logic / Test).
 
-The widget wires the panel; the logic calls ``GVSLSegmentLib`` and the shared ``GVSLPretrainLib`` (MRML and the
+The widget wires the panel; the logic calls ``GVSLSegmentLib`` and the shared ``GVSLSharedLib`` (MRML and the
 ``gvsl`` backend processes, no Qt) and never imports torch: fine-tuning, segmentation and matching run as ``gvsl``
 processes with Slicer's Python.
 """
@@ -13,8 +13,8 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from GVSLPretrainLib import match, plots, runs, volumes
 from GVSLSegmentLib import finetuning, pipeline_check, results, training_data
+from GVSLSharedLib import match, plots, runs, volumes
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (

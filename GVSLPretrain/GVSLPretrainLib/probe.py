@@ -12,8 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 import slicer
 import vtk
-
-from .transforms import transform_point_from_world
+from GVSLSharedLib.transforms import transform_point_from_world
 
 PointCallback = Callable[[int, np.ndarray, np.ndarray], None]
 """Called with (index, point_fixed_ras, point_moving_ras) for the last added or moved fixed point."""

@@ -4,5 +4,5 @@
 ``results`` (label map + label table → segmentation node with names, colours, reference geometry, closed surface,
 subject hierarchy place), ``finetuning`` (``gvsl finetune``/``gvsl segment`` command lines, chart curves) and
 ``pipeline_check`` (the self-test body: fine-tuning and segmentation of sample heads, as the module runs them).
-Volumes, run folders, processes, charts and ``gvsl match`` come from ``GVSLPretrainLib``.
+Volumes, run folders, processes, charts and ``gvsl match`` come from ``GVSLSharedLib``.
 """

@@ -1,6 +1,6 @@
 """``gvsl finetune`` and ``gvsl segment`` command lines, and the fine-tuning curves split for their two charts.
 
-A fine-tuning run folder is followed like a pre-training one (``GVSLPretrainLib.runs.RunFolder``): its iteration
+A fine-tuning run folder is followed like a pre-training one (``GVSLSharedLib.runs.RunFolder``): its iteration
 events hold the losses (``loss``, ``dice_loss``, ``ce``) and, at validation iterations, ``val_dice`` (mean over
 the labels) and ``val_dice_per_class`` (label name → Dice), which ``RunProgress`` folds into the curves
 ``val_dice`` and ``val_dice_per_class/NAME``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from GVSLPretrainLib.runs import gvsl_command
+from GVSLSharedLib.runs import gvsl_command
 
 MODES = ("finetune", "linear", "scratch")  # gvsl.finetune.config.MODES
 MEAN_DICE_CURVE = "val_dice"

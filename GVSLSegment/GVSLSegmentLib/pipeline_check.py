@@ -1,7 +1,7 @@
 """A short, real run of GVSLSegment's work in a scene: sample heads with tissue segmentations → fine-tuning of a
 pre-trained checkpoint → segmentation of another head → a segmentation node.
 
-Like ``GVSLPretrainLib.pipeline_check`` (whose sample heads, process polling and tiny settings it uses): run by the
+Like ``GVSLSharedLib.pipeline_check`` (whose sample heads, process polling and tiny settings it uses): run by the
 module's self-test inside Slicer and by the pytest suite against ``slicer-core``.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from GVSLPretrainLib import runs
-from GVSLPretrainLib.pipeline_check import (
+from GVSLSharedLib import runs
+from GVSLSharedLib.pipeline_check import (
     DEVICE,
     PATCH,
     TINY_RUN,

@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 import slicer
-from GVSLPretrainLib.runs import BackgroundProcess
-from GVSLPretrainLib.volumes import add_volume_node, image_from_volume_node, write_volume_node
+from GVSLSharedLib.runs import BackgroundProcess
+from GVSLSharedLib.volumes import add_volume_node, image_from_volume_node, write_volume_node
 
 from .finetuning import segment_command
 from .training_data import color_table_node, label_table_path, working_nodes

@@ -27,7 +27,7 @@ from typing import Optional
 import SimpleITK as sitk
 import slicer
 import vtk
-from GVSLPretrainLib.volumes import image_from_volume_node, write_volume_node
+from GVSLSharedLib.volumes import image_from_volume_node, write_volume_node
 
 # Names of the export and of the label table format (gvsl.finetune.data, gvsl.labels; a test checks them).
 IMAGES_DIR = "imagesTr"

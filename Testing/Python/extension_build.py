@@ -127,22 +127,28 @@ def copied_files(cmake: CMakeFile) -> list[Copied]:
 
 @dataclass
 class Extension:
+    """The top-level build file, its ``modules`` (subfolders holding a module file named after them) and its
+    ``packages`` (other subfolders: Python packages copied beside the modules, e.g. the code both modules share)."""
+
     root: Path
     top: CMakeFile
     modules: dict[str, CMakeFile]
+    packages: dict[str, CMakeFile] = field(default_factory=dict)
 
     @classmethod
     def read(cls, root: Path) -> Extension:
         top = CMakeFile.read(root)
-        modules = {}
+        modules, packages = {}, {}
         for arguments in top.called("add_subdirectory"):
             folder = root / arguments[0]
-            if (folder / "CMakeLists.txt").is_file():  # a module folder not there yet is skipped
-                modules[arguments[0]] = CMakeFile.read(folder, top.variables)
-        return cls(root, top, modules)
+            if (folder / "CMakeLists.txt").is_file():  # a folder not there yet is skipped
+                cmake = CMakeFile.read(folder, top.variables)
+                kind = modules if (folder / f"{folder.name}.py").is_file() else packages
+                kind[arguments[0]] = cmake
+        return cls(root, top, modules, packages)
 
     def copies(self) -> list[Copied]:
-        return [c for cmake in (self.top, *self.modules.values()) for c in copied_files(cmake)]
+        return [c for cmake in (self.top, *self.modules.values(), *self.packages.values()) for c in copied_files(cmake)]
 
     def installed(self) -> dict[PurePosixPath, Path]:
         return {c.installed: c.source.resolve() for c in self.copies()}

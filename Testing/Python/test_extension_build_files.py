@@ -57,9 +57,16 @@ def problems_of(root: Path) -> list[str]:
             problems.append(f"{name}: slicerMacroBuildScriptedModule(... WITH_GENERIC_TESTS) is missing")
         if not any(f"{name}.py" in arguments for arguments in cmake.called("slicer_add_python_unittest")):
             problems.append(f"{name}: slicer_add_python_unittest(SCRIPT {name}.py) is missing")
+    for name, cmake in extension.packages.items():
+        for script in sorted(cmake.folder.rglob("*.py")):
+            require(script, script.relative_to(cmake.folder).as_posix(), f"package {name}")
     for path in sorted((root / "gvsl").rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
             require(path, path.relative_to(root).as_posix(), "backend")
+    for path in sorted(installed):  # Slicer loads every .py file directly in qt-scripted-modules as a module
+        if len(path.parts) == 1 and path.suffix == ".py" and path.stem not in extension.modules:
+            problems.append(f"{installed[path]} installs as {path}, which Slicer would load as a module: put it in a "
+                            "package")
     return problems
 
 
@@ -81,7 +88,7 @@ def test_a_missing_listing_is_reported(tmp_path):
     name = next(iter(extension.modules), None)
     if name is None:
         pytest.skip("no module folder yet")
-    for path in ("CMakeLists.txt", "gvsl", "Resources", *extension.modules):
+    for path in ("CMakeLists.txt", "gvsl", "Resources", *extension.modules, *extension.packages):
         copy = shutil.copytree if (ROOT / path).is_dir() else shutil.copy
         copy(ROOT / path, tmp_path / path)
     listing = tmp_path / name / "CMakeLists.txt"

@@ -18,15 +18,15 @@ import pytest
 from extension_build import Extension
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "GVSLPretrain"))
+sys.path.insert(0, str(ROOT / "GVSLShared"))
 
-from GVSLPretrainLib import dependencies, runs  # noqa: E402  (imports no slicer)
+from GVSLSharedLib import dependencies, runs  # noqa: E402  (imports no slicer)
 
 # What GVSLPretrainLogic.missingBackendPackages and installBackend compute, with the module folder as in Slicer.
 PLAN_SCRIPT = """
 import importlib.util, json, sys
 from pathlib import Path
-from GVSLPretrainLib import dependencies
+from GVSLSharedLib import dependencies
 plan = dependencies.install_plan(Path(sys.argv[1]))
 print(json.dumps({"packages": plan.packages, "pip": plan.pip_arguments(sys.argv[2]),
                   "gvsl": importlib.util.find_spec("gvsl").origin}))
@@ -37,7 +37,8 @@ print(json.dumps({"packages": plan.packages, "pip": plan.pip_arguments(sys.argv[
 def installed(tmp_path_factory) -> Path:
     """qt-scripted-modules of an installed GVSL extension."""
     folder = Extension.read(ROOT).install_into(tmp_path_factory.mktemp("qt-scripted-modules"))
-    assert (folder / "GVSLPretrain.py").is_file() and (folder / "gvsl" / "__init__.py").is_file()
+    for path in ("GVSLPretrain.py", "GVSLSegment.py", "GVSLSharedLib/match.py", "gvsl/__init__.py"):
+        assert (folder / path).is_file(), path
     return folder
 
 
@@ -77,3 +78,14 @@ def test_gvsl_runs_from_the_installed_layout(installed, tmp_path, arguments):
     result = run_from(installed, runs.gvsl_command(*arguments), tmp_path)
     assert result.returncode == 0, result.stderr
     assert "usage: gvsl" in result.stdout
+
+
+def test_modules_code_imports_from_the_installed_layout(installed, tmp_path):
+    """Every Qt-free package of the modules imports from the installed folder alone: GVSLSegment's and
+    GVSLPretrain's code find what they share in GVSLSharedLib, installed beside them."""
+    names = sorted(f"{path.parent.name}.{path.stem}" for path in installed.glob("GVSL*Lib/*.py")
+                   if path.stem != "__init__")
+    assert {"GVSLSharedLib.match", "GVSLSegmentLib.pipeline_check", "GVSLPretrainLib.probe"} <= set(names)
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    assert importlib.import_module(name).__file__\n"
+    result = run_from(installed, [sys.executable, "-c", script, *names], tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""The self-test body (``GVSLPretrainLib.pipeline_check``) when a step goes wrong; the whole pipeline, as the modules'
+"""The self-test body (``GVSLSharedLib.pipeline_check``) when a step goes wrong; the whole pipeline, as the modules'
 Test classes run it, is in ``test_slicer_module_self_tests.py``."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "GVSLPretrain"), str(ROOT / "GVSLSegment")]
+sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLSegment")]
 
-from GVSLPretrainLib import pipeline_check  # noqa: E402  (imports no slicer)
+from GVSLSharedLib import pipeline_check  # noqa: E402  (imports no slicer)
 
 
 def test_a_failing_step_names_itself_and_shows_its_log(scene, tmp_path):

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("GVSLPretrain", "GVSLSegment")
+SHARED = "GVSLShared"  # the folder of GVSLSharedLib, installed beside the modules
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def slicer_application(scene, tmp_path, monkeypatch):
                                                              processEvents=lambda: ticks.append(1)), raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **layers: None)
-    for folder in MODULES:
+    for folder in (*MODULES, SHARED):
         monkeypatch.syspath_prepend(str(ROOT / folder))
     for name in MODULES:
         sys.modules.pop(name, None)
@@ -89,9 +90,9 @@ def test_pretrain_module_self_test(slicer_application):
 
 
 def test_segment_module_self_test_and_the_scene_it_leaves(slicer_application, monkeypatch):
-    import GVSLPretrainLib.volumes as volumes
-    from GVSLPretrainLib import runs
+    import GVSLSharedLib.volumes as volumes
     from GVSLSegmentLib import finetuning, pipeline_check
+    from GVSLSharedLib import runs
 
     import GVSLSegment
     from gvsl.sample_data import TISSUES
@@ -138,7 +139,7 @@ def test_self_tests_skip_and_say_why_without_the_backend(slicer_application, mon
 def test_resume_runs_each_modules_command(slicer_application, tmp_path):
     """The widgets' shared Resume asks the logic's ``resumeRun``: ``gvsl pretrain --resume`` for GVSLPretrain,
     ``gvsl finetune --resume`` for GVSLSegment; resuming a folder without a run fails with the backend's message."""
-    from GVSLPretrainLib import runs
+    from GVSLSharedLib import runs
 
     import GVSLPretrain
     import GVSLSegment

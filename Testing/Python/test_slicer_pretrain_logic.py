@@ -1,4 +1,5 @@
-"""GVSLPretrain's logic (``GVSLPretrainLib``) against a real MRML scene from the ``slicer-core`` wheel.
+"""GVSLPretrain's logic (``GVSLPretrainLib`` and the shared ``GVSLSharedLib``) against a real MRML scene from the
+``slicer-core`` wheel.
 
 MRML tests skip when ``slicer`` with ``vtkMRMLScene`` is not importable; the run-folder, process and command-line
 tests need only the backend.
@@ -16,9 +17,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "GVSLPretrain"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLPretrain")]
 
-from GVSLPretrainLib import dependencies, dicom_selection, runs  # noqa: E402  (imports no slicer)
+from GVSLPretrainLib import dicom_selection  # noqa: E402  (imports no slicer)
+from GVSLSharedLib import dependencies, runs  # noqa: E402  (imports no slicer)
 
 
 def oblique_image(size=(7, 6, 5), pixel=sitk.sitkFloat32, seed=0) -> sitk.Image:
@@ -36,7 +39,7 @@ def oblique_image(size=(7, 6, 5), pixel=sitk.sitkFloat32, seed=0) -> sitk.Image:
 
 def ijk_to_ras(node) -> np.ndarray:
     import vtk
-    from GVSLPretrainLib.volumes import numpy_from_vtk_matrix
+    from GVSLSharedLib.volumes import numpy_from_vtk_matrix
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     return numpy_from_vtk_matrix(matrix)
@@ -47,7 +50,7 @@ def ijk_to_ras(node) -> np.ndarray:
 
 @pytest.mark.parametrize("pixel", [sitk.sitkFloat32, sitk.sitkInt16, sitk.sitkUInt8])
 def test_volume_round_trip_keeps_geometry_exactly(scene, pixel):
-    from GVSLPretrainLib import volumes
+    from GVSLSharedLib import volumes
     image = oblique_image(pixel=pixel)
     node = volumes.add_volume_node(scene, image, "volume")
     matrix = ijk_to_ras(node)
@@ -70,7 +73,7 @@ def test_volume_round_trip_keeps_geometry_exactly(scene, pixel):
 
 
 def test_image_from_a_node_with_slicer_geometry(scene):
-    from GVSLPretrainLib import volumes
+    from GVSLSharedLib import volumes
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     node.SetAndObserveImageData(volumes.image_data_from_array(np.arange(60, dtype=np.int16).reshape(3, 4, 5)))
     node.SetIJKToRASDirections(-1, 0, 0, 0, 0, 1, 0, -1, 0)  # a coronal acquisition
@@ -105,7 +108,7 @@ def match_like(order: str) -> SimpleNamespace:
 
 @pytest.mark.parametrize("order", ["affine after deformable", "deformable after affine"])
 def test_grid_transform_nodes_map_points_like_the_match(scene, order):
-    from GVSLPretrainLib import transforms, volumes
+    from GVSLSharedLib import transforms, volumes
     result = match_like(order)
     nodes = transforms.add_match_transform_nodes(scene, result.transform, "match")
     kinds = [node.GetClassName() for node in nodes]
@@ -119,7 +122,7 @@ def test_grid_transform_nodes_map_points_like_the_match(scene, order):
 
 
 def test_linear_part_is_exact(scene):
-    from GVSLPretrainLib import transforms, volumes
+    from GVSLSharedLib import transforms, volumes
     result = match_like("affine after deformable")
     (node,) = transforms.add_match_transform_nodes(scene, result.affine)
     for point_lps in result.points_lps:
@@ -128,7 +131,7 @@ def test_linear_part_is_exact(scene):
 
 
 def test_match_outputs_become_nodes(scene, tmp_path):
-    from GVSLPretrainLib import match, volumes
+    from GVSLSharedLib import match, volumes
     result = match_like("affine after deformable")
     fixed = oblique_image(size=(12, 10, 8))
     moving = oblique_image(size=(12, 10, 8), seed=3)
@@ -157,7 +160,7 @@ def test_match_outputs_become_nodes(scene, tmp_path):
 
 
 def test_match_inputs_refuse_transformed_volumes(scene, tmp_path):
-    from GVSLPretrainLib import match, volumes
+    from GVSLSharedLib import match, volumes
     fixed = volumes.add_volume_node(scene, oblique_image(), "fixed")
     moving = volumes.add_volume_node(scene, oblique_image(seed=2), "moving")
     fixed_path, _ = match.write_match_inputs(fixed, moving, tmp_path)
@@ -168,7 +171,7 @@ def test_match_inputs_refuse_transformed_volumes(scene, tmp_path):
 
 
 def test_segmentation_is_carried_onto_the_fixed_volume(scene):
-    from GVSLPretrainLib import match, volumes
+    from GVSLSharedLib import match, volumes
     moving = sitk.Image((20, 20, 12), sitk.sitkFloat32)
     moving.SetSpacing((1.0, 1.0, 2.0))
     fixed = sitk.Image((24, 22, 14), sitk.sitkFloat32)
@@ -209,7 +212,8 @@ def test_segmentation_is_carried_onto_the_fixed_volume(scene):
 
 def test_linked_point_list_follows_the_fixed_list(scene):
     import vtk
-    from GVSLPretrainLib import probe, transforms, volumes
+    from GVSLPretrainLib import probe
+    from GVSLSharedLib import transforms, volumes
     result = match_like("affine after deformable")
     output = transforms.add_match_transform_nodes(scene, result.transform)[-1]
     fixed = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "fixed points")
@@ -258,7 +262,7 @@ def test_linked_point_list_follows_the_fixed_list(scene):
 
 
 def test_loss_chart_has_one_series_per_loss(scene):
-    from GVSLPretrainLib import plots
+    from GVSLSharedLib import plots
     curves = {"loss": [(10, 1.0), (20, 0.8)], "ncc": [(10, 0.4), (20, 0.3)]}
     plots.update_loss_chart(scene, curves, "losses")
     curves["loss"].append((30, 0.7))
@@ -341,7 +345,7 @@ def test_commands_parse_with_the_backend_cli(tmp_path):
 
 
 def test_match_command_and_files_agree_with_the_backend(scene, tmp_path):
-    from GVSLPretrainLib import match
+    from GVSLSharedLib import match
 
     from gvsl.cli import build_parser
     from gvsl.match import RefineConfig
@@ -455,7 +459,7 @@ def test_similarity_job_peaks_at_the_same_point_of_the_same_scan(scene, tmp_path
     import subprocess
 
     import torch
-    from GVSLPretrainLib import match, volumes
+    from GVSLSharedLib import match, volumes
 
     from gvsl.checkpoints import gvsl_payload, save_checkpoint
     from gvsl.networks import GVSL
@@ -482,7 +486,7 @@ def test_real_gvsl_match_outputs_become_matching_nodes(scene, tmp_path):
     """Volumes from the scene → ``gvsl match`` (the real command, in-process) → transform nodes that map fixed
     points where the written transform does."""
     import torch
-    from GVSLPretrainLib import match, transforms, volumes
+    from GVSLSharedLib import match, transforms, volumes
 
     from gvsl.checkpoints import gvsl_payload, save_checkpoint
     from gvsl.cli import main

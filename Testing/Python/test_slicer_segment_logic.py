@@ -16,10 +16,10 @@ import pytest
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "GVSLPretrain"), str(ROOT / "GVSLSegment")]
+sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLSegment")]
 
-from GVSLPretrainLib import runs  # noqa: E402  (imports no slicer)
 from GVSLSegmentLib import finetuning  # noqa: E402  (imports no slicer)
+from GVSLSharedLib import runs  # noqa: E402  (imports no slicer)
 
 from gvsl.sample_data import TISSUE_COLORS, TISSUES  # noqa: E402
 
@@ -55,7 +55,7 @@ def oblique_grid(reference: sitk.Image, spacing=(5.0, 5.5, 7.0)) -> sitk.Image:
 def segmentation_node(scene, labels: sitk.Image, names_by_value: dict[int, str], node_name: str):
     """A segmentation node made the way a user's would be (import of a label map), with names and colours."""
     import slicer
-    from GVSLPretrainLib import volumes
+    from GVSLSharedLib import volumes
     labelmap = volumes.add_volume_node(scene, labels, f"{node_name} labelmap", "vtkMRMLLabelMapVolumeNode")
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
@@ -72,8 +72,8 @@ def two_cases(scene):
     """Case "MNI head": the template and its tissues on the template grid. Case "MNI head oblique #2": the template
     resampled onto an oblique grid, its segmentation still on the 6 mm grid (so the export resamples it) and its
     segments in the other order."""
-    from GVSLPretrainLib import volumes
     from GVSLSegmentLib.training_data import TrainingCase
+    from GVSLSharedLib import volumes
     t1 = mni()["t1"]
     first = TrainingCase(volumes.add_volume_node(scene, t1, "MNI head"),
                          segmentation_node(scene, tissue_labels(), {1: GREY, 2: WHITE}, "MNI tissues"))
@@ -95,7 +95,7 @@ def segment_grid_ijk_to_ras(segmentation_node, segment_index: int = 0) -> np.nda
     """The IJK-to-RAS matrix of a segment's binary labelmap (its own grid)."""
     import slicer
     import vtk
-    from GVSLPretrainLib import volumes
+    from GVSLSharedLib import volumes
     labelmap = slicer.vtkOrientedImageData()
     segmentation = segmentation_node.GetSegmentation()
     segmentation_node.GetBinaryLabelmapRepresentation(segmentation.GetNthSegmentID(segment_index), labelmap)
@@ -108,8 +108,8 @@ def segment_grid_ijk_to_ras(segmentation_node, segment_index: int = 0) -> np.nda
 
 
 def test_export_gives_label_maps_on_the_volume_grids_with_the_first_case_names(scene, tmp_path):
-    from GVSLPretrainLib import volumes
     from GVSLSegmentLib import training_data
+    from GVSLSharedLib import volumes
     cases = two_cases(scene)
     nodes_before = scene.GetNumberOfNodes()
     table = training_data.export_training_data(scene, cases, tmp_path)
@@ -174,7 +174,7 @@ def test_volume_under_a_transform_is_refused(scene, tmp_path):
 
 def ijk_to_ras(node) -> np.ndarray:
     import vtk
-    from GVSLPretrainLib import volumes
+    from GVSLSharedLib import volumes
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     return volumes.numpy_from_vtk_matrix(matrix)
@@ -183,7 +183,7 @@ def ijk_to_ras(node) -> np.ndarray:
 def input_volume_in_a_study(scene):
     """An oblique MNI volume placed under a study item of the subject hierarchy."""
     import slicer
-    from GVSLPretrainLib import volumes
+    from GVSLSharedLib import volumes
     t1 = mni()["t1"]
     node = volumes.add_volume_node(scene, sitk.Resample(t1, oblique_grid(t1), sitk.Transform(), sitk.sitkLinear, 0.0),
                                    "input")
@@ -197,8 +197,8 @@ def input_volume_in_a_study(scene):
 def test_label_map_import_gives_named_coloured_segments_with_geometry_and_closed_surfaces(scene, tmp_path):
     import slicer
     import vtk
-    from GVSLPretrainLib import volumes
     from GVSLSegmentLib import results, training_data
+    from GVSLSharedLib import volumes
     node, study = input_volume_in_a_study(scene)
     grid = volumes.image_from_volume_node(node)
     labels = sitk.Resample(tissue_labels((1, 3)), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -267,8 +267,8 @@ def test_a_segmentation_written_as_label_map_reads_back(scene, tmp_path):
 
 
 def test_commands_and_names_agree_with_the_backend(tmp_path):
-    from GVSLPretrainLib import match
     from GVSLSegmentLib import training_data
+    from GVSLSharedLib import match
 
     from gvsl.cli import build_parser
     from gvsl.finetune import config, data
@@ -300,7 +300,7 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
 
 
 def test_fine_tuning_events_give_loss_and_dice_charts(scene, tmp_path):
-    from GVSLPretrainLib import plots
+    from GVSLSharedLib import plots
 
     from gvsl.train.events import EventLog
     run = runs.RunFolder(tmp_path)
@@ -329,8 +329,8 @@ def test_real_segmentation_by_matching_carries_the_atlas_segments_onto_the_input
     ``gvsl match INPUT ATLAS --labels`` (the real command in-process; tiny untrained network, coarse grid), the
     propagated map imported on the input's grid with the atlas's names and colours."""
     import torch
-    from GVSLPretrainLib import match, volumes
     from GVSLSegmentLib import results, training_data
+    from GVSLSharedLib import match, volumes
 
     from gvsl.checkpoints import gvsl_payload, save_checkpoint
     from gvsl.cli import main

@@ -1,0 +1,10 @@
+"""What the two GVSL modules share, installed beside both; neither module imports the other.
+
+Logic that talks to MRML and runs the gvsl backend, importing no Qt and no torch: ``volumes`` (volume nodes ↔
+SimpleITK, the LPS ↔ RAS boundary), ``transforms`` (transform nodes from a match), ``match`` (``gvsl match`` inputs
+and outputs, display nodes, segmentation propagation), ``runs`` (event files, run folders, background processes),
+``plots`` (loss charts), ``dependencies`` (what to pip-install inside Slicer), ``similarity_job`` and
+``sample_job`` (scripts run in their own process: the probe's similarity map, the self-tests' sample heads) and
+``pipeline_check`` (the body of the modules' self-tests: sample heads, pre-training and a match, each as the module
+runs it).
+"""
