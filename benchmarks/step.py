@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -40,7 +41,8 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989
                "A10G": 125.0, "RTX 4090": 165.0, "V100": 125.0}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The options from ``argv`` (default: the command line)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patch", type=parse_patch, default=(64, 64, 64), help="one size or D,H,W (default 64)")
     p.add_argument("--batch", type=int, default=1)
@@ -50,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="default: on CUDA, and on CPU when all widths >= 32")
+                   help="default: on CPU when all widths >= 32; contiguous on CUDA")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--iterations", type=int, default=5, help="timed iterations")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
@@ -59,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--flops", action="store_true", help="count FLOPs of one step and report the peak fraction")
     p.add_argument("--peak-tflops", type=float, help="device peak for --flops (default: looked up for known GPUs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def pair_source(args: argparse.Namespace, device: torch.device):
@@ -78,10 +80,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Time one configuration (``parse_args``'s options, ``threads`` aside): the record ``main`` prints."""
     device = select_device(args.device)
     precision = select_precision(args.precision, device)
     torch.manual_seed(0)
@@ -130,7 +130,14 @@ def main() -> None:
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
         result.update(flops_per_it=flops, achieved_tflops=flops / statistics.mean(times) / 1e12,
                       peak_tflops=peak, peak_fraction=flops / statistics.mean(times) / 1e12 / peak if peak else None)
-    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(measure(args)))
 
 
 if __name__ == "__main__":
