@@ -73,7 +73,7 @@ def test_pretraining_learns_correspondence(tmp_path):
     seed) clearly better than the initial alignment it starts from and than itself untrained. It fails if learning
     breaks again (a head that stays at the identity, gradients that do not reach it, pairs without
     correspondence)."""
-    from gvsl.pretrain.engine import build_model, run_training
+    from gvsl.pretrain.engine import build_gvsl, run_training
     from gvsl.sample_data import write_sample_heads
     from gvsl.train.config import TrainConfig
 
@@ -84,7 +84,7 @@ def test_pretraining_learns_correspondence(tmp_path):
                          iterations=LEARNING_STEPS, channels=(4, 8, 16, 16, 32, 16, 16, 8, 4), workers=0,
                          checkpoint_every=LEARNING_STEPS, log_every=50, tensorboard=False, progress=False, **recipe)
     untrained = save_checkpoint(tmp_path / "untrained.pt", gvsl_payload(
-        build_model(config, torch.device("cpu")), 0, preprocessing={**PREPROCESSING_3MM,
+        build_gvsl(config, torch.device("cpu")), 0, preprocessing={**PREPROCESSING_3MM,
                                                                   "target_spacing": [LEARNING_SPACING_MM] * 3}))
     result = run_training(config)
     (untrained_error, initial_error), (trained_error, _) = (network_errors(path, held_out)

@@ -37,7 +37,7 @@ from gvsl.finetune.augment import augment_patches
 from gvsl.finetune.cache import CachedCase, open_prepared, prepare_cases
 from gvsl.finetune.config import FinetuneConfig
 from gvsl.finetune.data import find_cases
-from gvsl.finetune.model import build_model
+from gvsl.finetune.model import build_segmentation_net
 from gvsl.finetune.sampling import PatchBatches
 from gvsl.finetune.validation import choose_validation_windows, volume_dice, window_dice
 from gvsl.labels import (
@@ -114,7 +114,7 @@ class FinetuneTrainer(Trainer):
             model.load_state_dict(payload["model"])
             model.unet.requires_grad_(config.mode != "linear")
         else:
-            model = build_model(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
+            model = build_segmentation_net(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
         channels_last = use_channels_last(None, device, model.channels)
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         model.to(device, memory_format=self.memory_format)

@@ -24,8 +24,8 @@ def backbone_state(init: str) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]
     return {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}, channels
 
 
-def build_model(mode: str, n_classes: int, seed: int, init: Optional[str] = None,
-                channels: Optional[Sequence[int]] = None) -> SegmentationNet:
+def build_segmentation_net(mode: str, n_classes: int, seed: int, init: Optional[str] = None,
+                           channels: Optional[Sequence[int]] = None) -> SegmentationNet:
     """A ``SegmentationNet`` for ``mode``: "scratch" is random (seeded); "finetune"/"linear" load ``init``'s backbone.
 
     The head is always new (seeded). ``channels`` must equal the checkpoint's widths when both are given
