@@ -123,10 +123,10 @@ def test_auto_on_a_gpu_uses_its_free_memory(monkeypatch, correlation_parameters)
 def test_resume_keeps_the_resolved_batch(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**TrainConfig(data="x", batch=1).to_dict(),
                                                       "activation_checkpointing": True}))
-    resumed = resolve_config({"batch": AUTO_BATCH}, resume_dir=tmp_path)  # not planned again
+    resumed = resolve_config(TrainConfig, {"batch": AUTO_BATCH}, resume_dir=tmp_path)  # not planned again
     assert (resumed.batch, resumed.activation_checkpointing) == (1, True)
     with pytest.raises(ValueError, match="cannot change: batch"):
-        resolve_config({"batch": 2}, resume_dir=tmp_path)
+        resolve_config(TrainConfig, {"batch": 2}, resume_dir=tmp_path)
 
 
 def test_a_run_records_the_resolved_batch(tmp_path):
