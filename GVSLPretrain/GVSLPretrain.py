@@ -1,12 +1,12 @@
 """GVSL Pre-training: the Slicer module (Module / Widget / Logic / Test).
 
-The widget wires the panel; the logic calls ``GVSLPretrainLib`` and ``GVSLSharedLib`` (MRML and the
-``gvsl`` backend processes, no Qt) and never imports torch: pre-training,
-scanning and matching run as ``gvsl`` processes with Slicer's Python.
+The widget wires the panel; the logic calls ``GVSLPretrainLib`` and ``GVSLSharedLib`` (MRML and the ``gvsl``
+backend processes, no Qt; shared with GVSLSegment, which this module does not import) and never imports torch:
+pre-training, scanning and matching run as ``gvsl`` processes with Slicer's Python. What both modules' classes have
+in common (run control, backend check, logic base, self-test runner) is ``GVSLSharedLib.module_base``.
 """
 import os
 import pathlib
-import tempfile
 import time
 from typing import Annotated
 
@@ -14,44 +14,33 @@ import qt
 import slicer
 import vtk
 from GVSLPretrainLib import dicom_selection, probe
-from GVSLSharedLib import dependencies, match, pipeline_check, plots, runs, volumes
+from GVSLSharedLib import match, pipeline_check, plots, runs, volumes
+from GVSLSharedLib.module_base import (
+    POLL_INTERVAL_MS,
+    GVSLLogicBase,
+    RunControlMixin,
+    acknowledgementText,
+    ensureBackend,
+    pathOrNone,
+    runPipelineCheck,
+    sharedResourcePath,
+    userGuideLink,
+)
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTransformNode
+from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 
-POLL_INTERVAL_MS = 1000
-STOP_GRACE_S = 120.0
 LAST_RUN_SETTING = "GVSLPretrain/lastRunFolder"
 FIXED_VIEWS = ("vtkMRMLSliceNodeRed", "vtkMRMLSliceNodeGreen", "vtkMRMLViewNode1")
 MOVING_VIEW = "Yellow"  # the moving volume in its own space, with the matched points and the similarity map
 SIMILARITY_NAME = "GVSL feature similarity"
 SIMILARITY_DELAY_MS = 700
-# The user guide (the extension's README): EXTENSION_HOMEPAGE in CMakeLists.txt, which a test compares with this.
-USER_GUIDE_URL = "https://github.com/PLACEHOLDER-OWNER/SlicerGVSL#readme"
-USER_GUIDE_LINK = (
-    f'<p>The <a href="{USER_GUIDE_URL}">user guide</a> covers installation, pre-training on a GPU server or a '
-    "cluster, the published GVSL weights, what the metrics mean and troubleshooting (no GPU found, out of memory, a "
-    "CUDA build of torch on a CPU machine).</p>"
-)
-
-
-def _ui_path(module_dir):
-    """The module's .ui file: installed next to the module, or in the source tree's shared Resources/."""
-    installed = os.path.join(module_dir, "Resources", "UI", "GVSLPretrain.ui")
-    if os.path.exists(installed):
-        return installed
-    return os.path.join(module_dir, os.pardir, "Resources", "UI", "GVSLPretrain.ui")
-
-
-def _pathOrNone(path):
-    """A path parameter, or None when empty (an empty ctkPathLineEdit reads as Path("."))."""
-    return None if path is None or str(path) in ("", ".") else pathlib.Path(path)
 
 
 #
@@ -62,11 +51,11 @@ def _pathOrNone(path):
 class GVSLPretrain(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "GVSL Pre-training"
+        self.parent.title = _("GVSL Pre-training")
         self.parent.categories = ["GVSL"]
         self.parent.dependencies = []
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Pre-train a 3D network on your own unlabeled CT/MR collection with Geometric Visual Similarity Learning "
             "and inspect the correspondences it learned. <b>Data</b>: choose series from the DICOM database or a "
             "folder and scan them. <b>Pre-training</b>: runs <code>gvsl pretrain</code> in the background; the run "
@@ -78,12 +67,8 @@ class GVSLPretrain(ScriptedLoadableModule):
             "fixed one (local normalised cross-correlation, 0..1), which alone does not prove the points "
             "correspond; <code>nonpositive_jacobian_percent</code> is the share of the field that folds (0 is "
             "ideal)."
-            + USER_GUIDE_LINK
-        )
-        self.parent.acknowledgementText = (
-            "Geometric Visual Similarity Learning: Y. He et al., CVPR 2023. "
-            "Sample data derived from the MNI ICBM152 2009 template."
-        )
+        ) + userGuideLink()
+        self.parent.acknowledgementText = acknowledgementText()
 
 
 #
@@ -123,146 +108,16 @@ class GVSLPretrainParameterNode:
 #
 
 
-class RunControlMixin:
-    """Start/Stop/Resume plumbing shared by the widgets that follow a ``gvsl`` run folder.
-
-    The widget provides ``self.ui`` (startButton, stopButton, resumeButton, progressBar, progressLabel,
-    logTextEdit, runFolderPathLineEdit), ``self.logic``, a parameter node with ``runFolder``, ``self._run``
-    (a ``runs.RunFolder`` or None), ``self._trainProcess``, ``self._chartShown`` and ``updateRunPanel``;
-    subclasses set ``lastRunSetting`` (QSettings key), ``commandName`` (for the log) and ``runName`` (for messages);
-    the logic's ``resumeRun`` continues a run.
-    """
-
-    lastRunSetting = LAST_RUN_SETTING
-    commandName = "gvsl pretrain"
-    runName = "pre-training"
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
-    def initializeParameterNode(self):
-        """The module's parameter node, its run folder defaulting to the last one used (reconnect)."""
-        self.setParameterNode(self.logic.getParameterNode())
-        if _pathOrNone(self._parameterNode.runFolder) is None:
-            last = qt.QSettings().value(self.lastRunSetting)
-            if last:
-                self._parameterNode.runFolder = pathlib.Path(last)
-        self.onRunFolderChanged()
-
-    def setParameterNode(self, inputParameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-
-    def onRunFolderChanged(self, _path=None):
-        """Show the run in the output folder (reconnect to a running or finished run) or prepare a new one."""
-        runFolder = _pathOrNone(self.ui.runFolderPathLineEdit.currentPath)
-        if self._run is not None and runFolder == self._run.path:
-            return
-        self._run = runs.RunFolder(runFolder) if runFolder is not None else None
-        self._chartShown = False
-        self.ui.logTextEdit.clear()
-        if self._run is not None and self._run.exists():
-            qt.QSettings().setValue(self.lastRunSetting, str(runFolder))
-            self.ui.logTextEdit.appendPlainText(f"Reconnected to the run in {runFolder}.")
-            self._pollRun()
-        self.updateRunPanel()
-
-    def _startedRun(self):
-        qt.QSettings().setValue(self.lastRunSetting, str(self._run.path))
-        self._run.progress.state = "running"
-        self.updateRunPanel()
-
-    def onResume(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay(f"Could not resume {self.runName}.", waitCursor=True):
-            if not self.ensureBackend():
-                return
-            self._trainProcess = self.logic.resumeRun(self._run.path)
-            self._startedRun()
-
-    def onStop(self, _checked=None):
-        self._run.request_stop()
-        if self._trainProcess is not None:
-            self._trainProcess.stop(grace_s=STOP_GRACE_S)
-        self.ui.logTextEdit.appendPlainText(
-            f"Stop requested: a checkpoint is saved, then the run exits (killed after {STOP_GRACE_S:.0f} s if not).")
-
-    def _pollRun(self):
-        if self._run is None:
-            return
-        changed = bool(self._run.poll())
-        output = self._run.new_log()
-        if output:
-            self.ui.logTextEdit.appendPlainText(output.rstrip("\n"))
-        if self._trainProcess is not None:
-            self._trainProcess.kill_if_overdue()
-            code = self._trainProcess.poll()
-            if code is not None:
-                self._trainProcess = None
-                self.ui.logTextEdit.appendPlainText(f"{self.commandName} exited with status {code}.")
-                if self._run.progress.state == "running":
-                    self._run.progress.state = "failed" if code else "stopped"
-                changed = True
-        if changed:
-            self.updateRunPanel()
-
-    def _updateRunButtons(self):
-        """Enable the run buttons and the progress bar; returns the run's progress, or None without a run."""
-        run = self._run
-        progress = run.progress if run is not None else runs.RunProgress()
-        running = self._trainProcess is not None or progress.state == "running"
-        hasRun = run is not None and run.exists()
-        self.ui.startButton.enabled = run is not None and not hasRun and not running
-        self.ui.stopButton.enabled = running
-        self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
-            run.checkpoints())
-        self.ui.progressBar.value = int(round(100 * progress.fraction))
-        if run is None:
-            self.ui.progressLabel.text = "Choose an output folder."
-            return None
-        return progress
-
-    @staticmethod
-    def _progressText(progress, details=()):
-        """State, iteration, the widget's ``details`` and, while running, the ETA, for the progress label."""
-        parts = [progress.message or progress.state, f"iteration {progress.iteration}"
-                 + (f" of {progress.iterations}" if progress.iterations else ""), *details]
-        if progress.eta_s is not None and progress.state == "running":
-            parts.append(f"ETA {runs.format_duration(progress.eta_s)}")
-        return ", ".join(parts)
-
-    def _showChartOnce(self, chart):
-        """Put the run's chart in the layout the first time it has data (later, the user's layout stays)."""
-        if not self._chartShown:
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
-            self._chartShown = True
-
-
 class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        RunControlMixin.__init__(self, LAST_RUN_SETTING, _("pre-training"))
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._timer = None
         self._similarityTimer = None  # waits for a dragged point to settle before computing its similarity map
         self._similarityPoint = None  # fixed RAS point whose similarity map is wanted
         self._scanJob = None  # (process, json path)
-        self._trainProcess = None
-        self._run = None  # runs.RunFolder being shown
-        self._chartShown = False
         self._matchJob = None  # SimpleNamespace(process, outDir, inputs)
         self._matchInputs = None  # inputs of the match shown, for the similarity job
         self._matchNodes = None
@@ -272,7 +127,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(_ui_path(os.path.dirname(__file__)))
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/GVSLPretrain.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -323,33 +178,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
-
-    # Dependencies
-
-    def ensureBackend(self):
-        """torch (PyTorch extension) and the gvsl backend, installed on this user action after confirmation."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay("GVSL needs the PyTorch extension: install it with the Extensions Manager.")
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=True) is None:
-            return False
-        try:
-            missing = self.logic.missingBackendPackages()
-        except RuntimeError as exc:  # the extension was installed without its backend folder
-            slicer.util.errorDisplay(str(exc))
-            return False
-        if not missing:
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-                "GVSL will install these Python packages into Slicer's Python (Slicer's own numpy, SimpleITK "
-                "and VTK are kept):\n\n" + "\n".join(missing)):
-            return False
-        with slicer.util.tryWithErrorDisplay("Installing the GVSL backend failed.", waitCursor=True):
-            self.logic.installBackend()
-        return True
 
     # Data
 
@@ -403,12 +231,12 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
     def _dataPath(self):
         """The collection as a folder: the chosen folder, or links to the ticked series in the run folder."""
         if not self.ui.databaseRadioButton.checked:
-            folder = _pathOrNone(self._parameterNode.dataFolder)
+            folder = pathOrNone(self._parameterNode.dataFolder)
             if folder is None:
                 raise ValueError("Choose the collection's folder.")
             return folder
         uids = self._checkedSeriesUids()
-        runFolder = _pathOrNone(self._parameterNode.runFolder)
+        runFolder = pathOrNone(self._parameterNode.runFolder)
         if not uids or runFolder is None:
             raise ValueError("Tick series in the DICOM database and choose the output folder (the selection is "
                              "linked there).")
@@ -417,7 +245,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
     def onScan(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Scanning failed.", waitCursor=True):
             dataPath = self._dataPath()
-            if not self.ensureBackend():
+            if not ensureBackend(self.logic):
                 return
             self._scanJob = self.logic.startScan(dataPath, self._modalities())
             self.ui.scanSummaryLabel.text = "Scanning…"
@@ -441,7 +269,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
     def onStart(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not start pre-training.", waitCursor=True):
             dataPath = self._dataPath()
-            if not self.ensureBackend():
+            if not ensureBackend(self.logic):
                 return
             self._trainProcess = self.logic.startPretraining(self._parameterNode, dataPath)
             self._startedRun()
@@ -467,10 +295,10 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
     def onComputeMatches(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not compute matches.", waitCursor=True):
             p = self._parameterNode
-            checkpoint = _pathOrNone(p.checkpoint)
+            checkpoint = pathOrNone(p.checkpoint)
             if checkpoint is None or not p.fixedVolume or not p.movingVolume:
                 raise ValueError("Choose a checkpoint, a fixed volume and a moving volume.")
-            if not self.ensureBackend():
+            if not ensureBackend(self.logic):
                 return
             self._matchJob = self.logic.startMatch(p.fixedVolume, p.movingVolume, checkpoint, p.device, p.refineSteps,
                                                    p.initialAlignment)
@@ -600,36 +428,14 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
 #
 
 
-class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
+class GVSLPretrainLogic(GVSLLogicBase):
     """Starts the ``gvsl`` processes and turns their outputs into nodes; no Qt widgets, no torch."""
 
-    runCommand = "pretrain"  # the gvsl command of this module's runs
+    def __init__(self):
+        GVSLLogicBase.__init__(self, runCommand="pretrain")
 
     def getParameterNode(self):
         return GVSLPretrainParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def missingBackendPackages():
-        """What still has to be installed (empty when ``gvsl`` and its requirements are there)."""
-        return dependencies.install_plan(pathlib.Path(__file__).parent).packages
-
-    @staticmethod
-    def installBackend():
-        """pip-install what ``dependencies.install_plan`` lists, with Slicer's own packages pinned."""
-        plan = dependencies.install_plan(pathlib.Path(__file__).parent)
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
-            constraints.write(dependencies.pins_of_provided())
-        try:
-            for arguments in plan.pip_arguments(constraints.name):
-                slicer.util.pip_install(arguments)
-        finally:
-            os.remove(constraints.name)
-
-    @staticmethod
-    def _workFolder(kind):
-        folder = pathlib.Path(slicer.app.temporaryPath) / "GVSL" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
 
     @staticmethod
     def linkDatabaseSelection(database, seriesUids, runFolder):
@@ -645,18 +451,13 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def startPretraining(parameterNode, dataPath):
         p = parameterNode
-        runFolder = _pathOrNone(p.runFolder)
+        runFolder = pathOrNone(p.runFolder)
         if runFolder is None:
             raise ValueError("Choose the output folder.")
         command = runs.pretrain_command(dataPath, runFolder, iterations=p.iterations, patch=p.patchSize,
                                         batch=p.batchSize, lr=p.learningRate, precision=p.precision,
-                                        device=p.device or "auto", init=_pathOrNone(p.initCheckpoint))
+                                        device=p.device or "auto", init=pathOrNone(p.initCheckpoint))
         return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
-
-    def resumeRun(self, runFolder):
-        """``gvsl COMMAND --resume RUN_DIR`` in the background (COMMAND: ``runCommand``)."""
-        command = runs.resume_command(runFolder, self.runCommand)
-        return runs.BackgroundProcess(command, pathlib.Path(runFolder) / runs.PROCESS_LOG_NAME)
 
     def startMatch(self, fixedNode, movingNode, checkpoint, device="auto", refineSteps=None,
                    initialAlignment=match.AS_TRAINED):
@@ -685,27 +486,6 @@ class GVSLPretrainLogic(ScriptedLoadableModuleLogic):
 #
 
 
-def runPipelineCheck(testCase, check, name):
-    """Run a ``pipeline_check`` function (``check(scene, folder, tick)``) in Slicer's scene for a module self-test;
-    the test is skipped, saying why, where the backend or its sample data is not installed.
-
-    The work folder is ``<Slicer temporary folder>/GVSL/self-test-<name>`` (emptied first); the GUI stays
-    responsive while the background processes run.
-    """
-    import shutil
-
-    missing = GVSLPretrainLogic.missingBackendPackages()
-    if missing:
-        testCase.skipTest(f"the GVSL backend is not installed (missing: {', '.join(missing)}); "
-                          "install it from the module's panel first")
-    folder = pathlib.Path(slicer.app.temporaryPath) / "GVSL" / f"self-test-{name}"
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        return check(slicer.mrmlScene, folder, slicer.app.processEvents)
-    except pipeline_check.SampleDataUnavailable as exc:
-        testCase.skipTest(f"no sample data: {exc} (pip install nilearn)")
-
-
 class GVSLPretrainTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -718,7 +498,7 @@ class GVSLPretrainTest(ScriptedLoadableModuleTest):
         self.test_pretrain_and_match()
 
     def test_widget_loads(self):
-        self.assertTrue(os.path.exists(_ui_path(os.path.dirname(__file__))))
+        self.assertTrue(os.path.exists(sharedResourcePath(os.path.dirname(__file__), "UI/GVSLPretrain.ui")))
         self.assertIsNotNone(GVSLPretrainLogic().getParameterNode())
 
     def test_volume_round_trip(self):

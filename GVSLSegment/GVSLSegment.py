@@ -1,8 +1,9 @@
 """GVSL Segmentation: the Slicer module (Module / Widget / Logic / Test).
 
-The widget wires the panel; the logic calls ``GVSLSegmentLib`` and the shared ``GVSLSharedLib`` (MRML and the
-``gvsl`` backend processes, no Qt) and never imports torch: fine-tuning, segmentation and matching run as ``gvsl``
-processes with Slicer's Python.
+The widget wires the panel; the logic calls ``GVSLSegmentLib`` and ``GVSLSharedLib`` (MRML and the ``gvsl`` backend
+processes, no Qt; shared with GVSLPretrain, which this module does not import) and never imports torch:
+fine-tuning, segmentation and matching run as ``gvsl`` processes with Slicer's Python. What both modules' classes have
+in common (run control, backend check, logic base, self-test runner) is ``GVSLSharedLib.module_base``.
 """
 import os
 import pathlib
@@ -15,37 +16,30 @@ import slicer
 import vtk
 from GVSLSegmentLib import finetuning, pipeline_check, results, training_data
 from GVSLSharedLib import match, plots, runs, volumes
+from GVSLSharedLib.module_base import (
+    POLL_INTERVAL_MS,
+    GVSLLogicBase,
+    RunControlMixin,
+    acknowledgementText,
+    ensureBackend,
+    pathOrNone,
+    runPipelineCheck,
+    sharedResourcePath,
+    userGuideLink,
+)
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
 
-from GVSLPretrain import (
-    USER_GUIDE_LINK,
-    GVSLPretrainLogic,
-    GVSLPretrainWidget,
-    RunControlMixin,
-    _pathOrNone,
-    runPipelineCheck,
-)
-
-POLL_INTERVAL_MS = 1000
 LAST_RUN_SETTING = "GVSLSegment/lastRunFolder"
 TRAINING_DATA_DIR = "training_data"  # the scene's cases are exported into the run folder, next to the run
 CHART = "GVSL fine-tuning"  # losses at logged iterations, validation Dice at validations
-
-
-def _ui_path(module_dir):
-    """The module's .ui file: installed next to the module, or in the source tree's shared Resources/."""
-    installed = os.path.join(module_dir, "Resources", "UI", "GVSLSegment.ui")
-    if os.path.exists(installed):
-        return installed
-    return os.path.join(module_dir, os.pardir, "Resources", "UI", "GVSLSegment.ui")
 
 
 #
@@ -56,11 +50,11 @@ def _ui_path(module_dir):
 class GVSLSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "GVSL Segmentation"
+        self.parent.title = _("GVSL Segmentation")
         self.parent.categories = ["GVSL"]
-        self.parent.dependencies = ["GVSLPretrain"]
+        self.parent.dependencies = []
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Fine-tune a pre-trained GVSL network into a segmentation model with few labelled cases, and segment "
             "new scans. <b>Training data</b>: (volume, segmentation) pairs from the scene, whose segments are "
             "matched by name, or a folder of labelled cases. <b>Fine-tune</b>: runs <code>gvsl finetune</code> "
@@ -69,12 +63,8 @@ class GVSLSegment(ScriptedLoadableModule):
             "through the matches a pre-trained network finds (no fine-tuning). <b>Validation Dice</b>: overlap of "
             "the model's segmentation with the held-out cases' (0..1, higher is better), per label and mean; the "
             "run keeps the best checkpoint."
-            + USER_GUIDE_LINK
-        )
-        self.parent.acknowledgementText = (
-            "Geometric Visual Similarity Learning: Y. He et al., CVPR 2023. "
-            "Sample data derived from the MNI ICBM152 2009 template."
-        )
+        ) + userGuideLink()
+        self.parent.acknowledgementText = acknowledgementText()
 
 
 #
@@ -116,26 +106,17 @@ class GVSLSegmentParameterNode:
 
 
 class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
-    lastRunSetting = LAST_RUN_SETTING
-    commandName = "gvsl finetune"
-    runName = "fine-tuning"
-    ensureBackend = GVSLPretrainWidget.ensureBackend  # the same confirmation and installation as GVSLPretrain
-
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        RunControlMixin.__init__(self, LAST_RUN_SETTING, _("fine-tuning"))
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._timer = None
-        self._trainProcess = None
-        self._run = None  # runs.RunFolder being shown
-        self._chartShown = False
         self._segmentJob = None  # SimpleNamespace(process, labels, table, inputNode, outputName)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(_ui_path(os.path.dirname(__file__)))
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/GVSLSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -220,7 +201,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
     def _trainingData(self, runFolder):
         """DATA for ``gvsl finetune``: the chosen folder, or the scene's cases exported into the run folder."""
         if not self.ui.sceneRadioButton.checked:
-            folder = _pathOrNone(self._parameterNode.dataFolder)
+            folder = pathOrNone(self._parameterNode.dataFolder)
             if folder is None:
                 raise ValueError("Choose the folder of labelled cases.")
             return folder
@@ -234,13 +215,13 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
     def onStart(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             p = self._parameterNode
-            runFolder = _pathOrNone(p.runFolder)
+            runFolder = pathOrNone(p.runFolder)
             if runFolder is None:
                 raise ValueError("Choose the output folder.")
-            if p.mode != "scratch" and _pathOrNone(p.initCheckpoint) is None:
+            if p.mode != "scratch" and pathOrNone(p.initCheckpoint) is None:
                 raise ValueError("Choose the pre-trained checkpoint (or the scratch mode).")
             dataPath = self._trainingData(runFolder)
-            if not self.ensureBackend():
+            if not ensureBackend(self.logic):
                 return
             self._trainProcess = self.logic.startFinetuning(p, dataPath)
             self._startedRun()
@@ -275,10 +256,10 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
     def onSegment(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not segment.", waitCursor=True):
             p = self._parameterNode
-            model = _pathOrNone(p.model)
+            model = pathOrNone(p.model)
             if model is None or not p.inputVolume:
                 raise ValueError("Choose a model (a fine-tuning run folder or its checkpoint) and an input volume.")
-            if not self.ensureBackend():
+            if not ensureBackend(self.logic):
                 return
             self._startSegmentJob(self.logic.startSegmentation(p.inputVolume, model, p.device),
                                   f"{p.inputVolume.GetName()} segmentation")
@@ -286,11 +267,11 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
     def onSegmentByMatching(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not segment by matching.", waitCursor=True):
             p = self._parameterNode
-            checkpoint = _pathOrNone(p.matchCheckpoint)
+            checkpoint = pathOrNone(p.matchCheckpoint)
             if checkpoint is None or not p.inputVolume or not p.atlasVolume or not p.atlasSegmentation:
                 raise ValueError("Choose a pre-trained checkpoint, an input volume, and an atlas volume with its "
                                  "segmentation.")
-            if not self.ensureBackend():
+            if not ensureBackend(self.logic):
                 return
             job = self.logic.startSegmentationByMatching(p.inputVolume, p.atlasVolume, p.atlasSegmentation,
                                                          checkpoint, p.device)
@@ -335,16 +316,14 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
 #
 
 
-class GVSLSegmentLogic(GVSLPretrainLogic):
-    """Starts the ``gvsl`` processes and turns their outputs into nodes; no Qt widgets, no torch.
+class GVSLSegmentLogic(GVSLLogicBase):
+    """Starts the ``gvsl`` processes and turns their outputs into nodes; no Qt widgets, no torch."""
 
-    The backend installation and the work folders are GVSLPretrain's.
-    """
-
-    runCommand = "finetune"
+    def __init__(self):
+        GVSLLogicBase.__init__(self, runCommand="finetune")
 
     def getParameterNode(self):
-        return GVSLSegmentParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
+        return GVSLSegmentParameterNode(super().getParameterNode())
 
     @staticmethod
     def exportTrainingData(cases, folder):
@@ -359,8 +338,8 @@ class GVSLSegmentLogic(GVSLPretrainLogic):
     @staticmethod
     def startFinetuning(parameterNode, dataPath):
         p = parameterNode
-        runFolder = _pathOrNone(p.runFolder)
-        command = finetuning.finetune_command(dataPath, _pathOrNone(p.initCheckpoint), runFolder, mode=p.mode,
+        runFolder = pathOrNone(p.runFolder)
+        command = finetuning.finetune_command(dataPath, pathOrNone(p.initCheckpoint), runFolder, mode=p.mode,
                                               iterations=p.iterations, patch=p.patchSize, batch=p.batchSize,
                                               lr=p.learningRate, val_every=p.validationInterval,
                                               precision=p.precision, device=p.device or "auto")
@@ -402,7 +381,7 @@ class GVSLSegmentTest(ScriptedLoadableModuleTest):
         self.test_finetune_and_segment()
 
     def test_widget_loads(self):
-        self.assertTrue(os.path.exists(_ui_path(os.path.dirname(__file__))))
+        self.assertTrue(os.path.exists(sharedResourcePath(os.path.dirname(__file__), "UI/GVSLSegment.ui")))
         self.assertIsNotNone(GVSLSegmentLogic().getParameterNode())
 
     def test_label_map_becomes_segmentation(self):

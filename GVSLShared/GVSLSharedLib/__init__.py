@@ -7,4 +7,7 @@ and outputs, display nodes, segmentation propagation), ``runs`` (event files, ru
 ``sample_job`` (scripts run in their own process: the probe's similarity map, the self-tests' sample heads) and
 ``pipeline_check`` (the body of the modules' self-tests: sample heads, pre-training and a match, each as the module
 runs it).
+
+``module_base`` is the modules' own base (it imports Qt and Slicer's scripted-module classes): the run-control
+mixin of the widgets, the backend check, the logic base and the self-test runner.
 """

@@ -6,6 +6,7 @@ The CMake files are read, not run (``extension_build``). Slicer looks for a modu
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -123,11 +124,45 @@ def test_icon_and_screenshot_urls_name_files_of_this_repository():
 
 def test_module_help_links_to_the_extension_homepage():
     """The modules' help text points to the user guide at the homepage the catalogue shows."""
-    text = (ROOT / "GVSLPretrain" / "GVSLPretrain.py").read_text(encoding="utf-8")
+    text = (ROOT / "GVSLShared" / "GVSLSharedLib" / "module_base.py").read_text(encoding="utf-8")
     url = re.search(r'^USER_GUIDE_URL = "([^"]+)"', text, re.MULTILINE).group(1)
     top = Extension.read(ROOT).top
     assert url == expand(top.variables["EXTENSION_HOMEPAGE"], top.variables)[0]
-    assert "USER_GUIDE_LINK" in (ROOT / "GVSLSegment" / "GVSLSegment.py").read_text(encoding="utf-8")
+    for name in Extension.read(ROOT).modules:
+        assert "userGuideLink()" in (ROOT / name / f"{name}.py").read_text(encoding="utf-8"), name
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The top-level names of every module a Python file imports (anywhere in it)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_modules_are_siblings_sharing_one_installed_package():
+    """Neither module imports the other (nor its Lib): what both use is the shared package, installed beside them,
+    whose Qt-free parts import no Qt."""
+    extension = Extension.read(ROOT)
+    assert set(extension.modules) == {"GVSLPretrain", "GVSLSegment"} and set(extension.packages) == {"GVSLShared"}
+    installed = extension.installed()
+    shared = ROOT / "GVSLShared" / "GVSLSharedLib"
+    for script in sorted(shared.glob("*.py")):
+        assert installed[PurePosixPath("GVSLSharedLib", script.name)] == script.resolve()
+    for name in extension.modules:
+        others = {other for other in extension.modules if other != name}
+        others |= {f"{other}Lib" for other in others}
+        for script in sorted((ROOT / name).rglob("*.py")):
+            assert imported_modules(script) & others == set(), f"{script.relative_to(ROOT)} imports {others}"
+        assert "GVSLSharedLib" in imported_modules(ROOT / name / f"{name}.py")
+    for script in sorted(shared.glob("*.py")):
+        imports = imported_modules(script)
+        assert imports.isdisjoint({*extension.modules, *(f"{name}Lib" for name in extension.modules)}), script.name
+        if script.name != "module_base.py":
+            assert imports.isdisjoint({"qt", "ctk", "torch"}), f"{script.name} imports {imports}"
 
 
 def test_catalogue_entry_agrees_with_cmake():

@@ -2,8 +2,8 @@
 extension build's ``ctest`` run), executed here against a real ``slicer-core`` MRML scene with the real backend.
 
 ``slicer-core`` has MRML, the module logics and ``slicer.util`` but not Slicer's application: Qt, the
-``ScriptedLoadableModule`` base classes, the parameter node wrapper and ``slicer.app``. The fixture below stands in
-for exactly those (the Test classes use only ``delayDisplay``, ``slicer.app.temporaryPath`` and
+``ScriptedLoadableModule`` base classes, the parameter node wrapper, ``slicer.i18n`` and ``slicer.app``. The fixture
+below stands in for exactly those (the Test classes use only ``delayDisplay``, ``slicer.app.temporaryPath`` and
 ``processEvents``; widgets are not built), so the Test classes' own code runs as written: the pipeline check in
 background processes (sample heads from the MNI152 template in the nilearn wheel → pre-training → matches →
 fine-tuning → segmentation), then their assertions on the scene. The scene afterwards is checked further here.
@@ -23,6 +23,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("GVSLPretrain", "GVSLSegment")
 SHARED = "GVSLShared"  # the folder of GVSLSharedLib, installed beside the modules
+IMPORTED_WITH_STAND_INS = (*MODULES, "GVSLSharedLib.module_base")  # imported afresh with each scene's stand-ins
 
 
 @pytest.fixture
@@ -48,8 +49,10 @@ def slicer_application(scene, tmp_path, monkeypatch):
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: (lambda node: node)
     wrapper.Choice = wrapper.Decimals = wrapper.WithinRange = lambda *args, **kwargs: None
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text  # Slicer's translation without a translation installed
     for name, module in (("slicer.ScriptedLoadableModule", base), ("slicer.parameterNodeWrapper", wrapper),
-                         ("qt", mock.MagicMock(name="qt"))):
+                         ("slicer.i18n", i18n), ("qt", mock.MagicMock(name="qt"))):
         monkeypatch.setitem(sys.modules, name, module)
     ticks = []
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(tmp_path),
@@ -58,12 +61,19 @@ def slicer_application(scene, tmp_path, monkeypatch):
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **layers: None)
     for folder in (*MODULES, SHARED):
         monkeypatch.syspath_prepend(str(ROOT / folder))
-    for name in MODULES:
-        sys.modules.pop(name, None)
+    forget(IMPORTED_WITH_STAND_INS)
     slicer.displayed, slicer.ticks = displayed, ticks
     yield slicer
-    for name in MODULES:
+    forget(IMPORTED_WITH_STAND_INS)
+
+
+def forget(names) -> None:
+    """Drop the modules ``names`` (and a submodule's name in its package), so that the next import runs them again."""
+    for name in names:
         sys.modules.pop(name, None)
+        package, _, attribute = name.rpartition(".")
+        if package in sys.modules:
+            vars(sys.modules[package]).pop(attribute, None)
 
 
 def run_test_case(case: type[unittest.TestCase], last: str) -> unittest.TestResult:
@@ -125,9 +135,11 @@ def test_segment_module_self_test_and_the_scene_it_leaves(slicer_application, mo
 
 
 def test_self_tests_skip_and_say_why_without_the_backend(slicer_application, monkeypatch):
+    from GVSLSharedLib import module_base
+
     import GVSLPretrain
     import GVSLSegment
-    monkeypatch.setattr(GVSLPretrain.GVSLPretrainLogic, "missingBackendPackages", staticmethod(lambda: ["gvsl"]))
+    monkeypatch.setattr(module_base.GVSLLogicBase, "missingBackendPackages", staticmethod(lambda: ["gvsl"]))
     for case, test in ((GVSLPretrain.GVSLPretrainTest, "test_pretrain_and_match"),
                        (GVSLSegment.GVSLSegmentTest, "test_finetune_and_segment")):
         result = unittest.TestResult()
