@@ -78,7 +78,10 @@ class GVSLPretrain(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class GVSLPretrainParameterNode:
-    """The module's settings, saved with the scene (names match SlicerParameterName in the .ui file)."""
+    """The module's settings, saved with the scene (names match SlicerParameterName in the .ui file).
+
+    The run settings start at ``gvsl pretrain``'s defaults (``gvsl.train.config.TrainConfig``; a test checks).
+    """
 
     modalities: str = "CT MR"
     dataFolder: pathlib.Path

@@ -76,7 +76,8 @@ class GVSLSegment(ScriptedLoadableModule):
 class GVSLSegmentParameterNode:
     """The module's settings, saved with the scene (names match SlicerParameterName in the .ui file).
 
-    The training cases' table lives in the widget (its rows are node pairs).
+    The training cases' table lives in the widget (its rows are node pairs). The run settings start at
+    ``gvsl finetune``'s defaults (``gvsl.finetune.config.FinetuneConfig``; a test checks).
     """
 
     caseVolume: vtkMRMLScalarVolumeNode

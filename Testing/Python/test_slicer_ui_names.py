@@ -85,3 +85,38 @@ def test_module_match_defaults_are_the_backends():
     spin = next(w for w in ui_tree("GVSLPretrain").iter("widget") if w.get("name") == "refineStepsSpinBox")
     assert int(next(p for p in spin.iter("property") if p.get("name") == "value").findtext("number")) == \
         RefineConfig().iterations
+
+
+# Each module field restated from a backend configuration class: module field -> config field.
+RUN_FIELDS = {"iterations": "iterations", "patchSize": "patch", "batchSize": "batch", "learningRate": "lr",
+              "precision": "precision", "device": "device"}
+BACKEND_CONFIGS = {"GVSLPretrain": ("gvsl.train.config", "TrainConfig", RUN_FIELDS),
+                   "GVSLSegment": ("gvsl.finetune.config", "FinetuneConfig",
+                                   {**RUN_FIELDS, "validationInterval": "val_every", "mode": "mode"})}
+
+
+@pytest.mark.parametrize("module", sorted(BACKEND_CONFIGS))
+def test_module_run_defaults_are_the_backends(module):
+    """The modules' run settings start at ``gvsl pretrain``'s and ``gvsl finetune``'s defaults (the configuration
+    classes; the widgets cannot import them: the fine-tuning one imports torch). A cubic patch is one size.
+
+    ``gvsl pretrain --batch auto`` (its default) has no counterpart in the module's number field, which always sends
+    a number: the module starts at the batch that ``auto`` never exceeds and takes off the GPU (``PAPER_BATCH``)."""
+    import dataclasses
+    import importlib
+
+    from gvsl.train.config import AUTO_BATCH
+    from gvsl.train.memory_plan import PAPER_BATCH
+
+    path, name, fields = BACKEND_CONFIGS[module]
+    config = getattr(importlib.import_module(path), name)
+    backend = {field.name: field.default for field in dataclasses.fields(config)}
+    defaults = parameter_defaults(module_source(module))
+    for field, backend_field in fields.items():
+        expected = backend[backend_field]
+        if field == "patchSize":
+            assert len(set(expected)) == 1, expected
+            expected = expected[0]
+        if field == "batchSize" and expected == AUTO_BATCH:
+            expected = PAPER_BATCH
+        assert defaults[field] == expected, f"{module}.{field}"
