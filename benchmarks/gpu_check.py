@@ -13,9 +13,10 @@ Sections of the JSON summary (printed last, one line, and written to OUT/gpu_che
   contiguous and channels-last; cuDNN autotuning on, as in training), each with ``estimated_peak_bytes`` from
   ``gvsl.train.memory_plan`` next to the measured ``peak_memory_bytes``; out of memory is recorded as such;
 - ``loader``: the bf16 batch 2 step with pairs from the training data loader (2 workers) instead of pre-loaded;
-- ``pretrain``: ``gvsl pretrain CACHE`` for ``--pretrain-minutes`` (iterations, it/s, the start event's memory
-  plan), its weights written as OUT/pretrained_fp16.pt (model only, half precision) for
-  ``benchmarks/match_accuracy.py --checkpoint``;
+- ``pretrain``: ``gvsl pretrain CACHE`` for ``--pretrain-minutes`` (the demo's recipe at half the default widths,
+  96³ crops, ``--batch auto``: iterations, it/s, the start event's memory plan), its events copied to
+  OUT/pretrain_events.jsonl and its weights written as OUT/pretrained_fp16.pt (model only, half precision, 11.8 MB)
+  for ``benchmarks/match_accuracy.py --checkpoint``;
 - ``original``: with ``--original SRC`` (a checkout of the published GVSL code), its training step (network, its
   three losses, backward, Adam; its CPU augmentation left out) at 128³ batch 1 fp32, as it ships (cuDNN autotuning
   off) and with autotuning on; skipped without SRC.
@@ -36,6 +37,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,7 +69,10 @@ from gvsl.train.state import list_checkpoints  # noqa: E402
 QUICK_CHANNELS = (4, 8, 8, 8, 8, 8, 8, 8, 4)
 CACHE_SPACING_MM = 2.0  # --make-cache: sample heads of about 90 x 105 x 90 voxels
 PRETRAIN_PATCH = 96  # covers most of a 2 mm head
-# The pre-training recipe of gvsl demo (gvsl.commands.demo.QUICK_RECIPE), at the default widths and --batch auto.
+# Half the default widths: 5.9 M parameters, so the half-precision weights (11.8 MB) stay under the 16 MiB a file
+# may have to come back from the device machine; the default widths would be 47 MB.
+PRETRAIN_CHANNELS = (16, 32, 64, 128, 256, 128, 64, 32, 16)
+# The pre-training recipe of gvsl demo (gvsl.commands.demo.QUICK_RECIPE; that module needs SimpleITK), --batch auto.
 PRETRAIN_FLAGS = ["--architecture", "correlation", "--weight-ncc-affine", "1", "--synthetic-fraction", "0.5",
                   "--lr", "1e-3"]
 
@@ -155,18 +160,25 @@ def step_record(options: list[str]) -> dict[str, Any]:
 
 
 def pretrain(cache: Path, out: Path, minutes: float, device: str, quick: bool) -> dict[str, Any]:
-    """``gvsl pretrain`` for ``minutes``; its model written in half precision as OUT/pretrained_fp16.pt."""
-    run_dir = out / "pretrain"
-    size = ["--patch", "32", "--channels", ",".join(map(str, QUICK_CHANNELS))] if quick else \
-        ["--patch", str(PRETRAIN_PATCH)]
+    """``gvsl pretrain`` for ``minutes`` in a temporary run folder; its events copied to OUT/pretrain_events.jsonl and
+    its model written in half precision as OUT/pretrained_fp16.pt (few, small files come back from a device)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return pretrain_in(Path(folder) / "run", cache, out, minutes, device, quick)
+
+
+def pretrain_in(run_dir: Path, cache: Path, out: Path, minutes: float, device: str, quick: bool) -> dict[str, Any]:
+    patch, channels = (32, QUICK_CHANNELS) if quick else (PRETRAIN_PATCH, PRETRAIN_CHANNELS)
     command = [sys.executable, "-m", "gvsl", "pretrain", str(cache), "--out", str(run_dir), "--time-limit",
                f"{minutes * 60:.0f}s", "--device", device, "--no-tensorboard", "--no-progress",
-               "--checkpoint-every", "100000", *PRETRAIN_FLAGS, *size]
+               "--checkpoint-every", "100000", *PRETRAIN_FLAGS, "--patch", str(patch),
+               "--channels", ",".join(map(str, channels))]
     started = time.monotonic()
     completed = subprocess.run(command, capture_output=True, text=True)
     record: dict[str, Any] = {"command": command[1:], "exit_status": completed.returncode,
                               "wall_s": round(time.monotonic() - started, 1), "stderr_tail": completed.stderr[-2000:]}
     events = read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").is_file() else []
+    if events:
+        shutil.copyfile(run_dir / "events.jsonl", out / "pretrain_events.jsonl")
     start, end = ({e["event"]: e for e in events}.get(name, {}) for name in ("start", "end"))
     logged = [e for e in events if e["event"] == "iteration"]
     record.update(batch=start.get("config", {}).get("batch"), patch=start.get("config", {}).get("patch"),

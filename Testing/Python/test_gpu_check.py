@@ -75,6 +75,8 @@ def test_gpu_check_runs_every_section_on_the_cpu(cache, tmp_path):
     model, info = load_gvsl(pretrain["weights"])
     assert info.architecture == "correlation" and next(model.parameters()).dtype == torch.float32
     assert [o["cudnn_benchmark"] for o in summary["original"]] == [False, True]
+    # what comes back from a device machine: a few small files (at most 8, 16 MiB each)
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "pretrain_events.jsonl", "pretrained_fp16.pt"]
     assert all(o["s_per_it_mean"] > 0 for o in summary["original"])
 
 
