@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from gvsl.commands.training_run import add_run_arguments, start_run
-from gvsl.pretrain.engine import run_training
 from gvsl.train.config import (
     TrainConfig,
     parse_batch,
@@ -81,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gvsl.pretrain.engine import run_training  # imported here: ``gvsl pretrain --help`` needs no torch
+
     result, status = start_run("pretrain", args, TrainConfig, run_training)
     if result is None:
         return status

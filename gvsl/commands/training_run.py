@@ -1,5 +1,6 @@
 """What ``gvsl pretrain`` and ``gvsl finetune`` share on the command line: start or resume a run, and turn the
-errors a user can meet into one line and an exit status."""
+errors a user can meet into one line and an exit status. The modules that import torch are imported where they are
+used, so a command's ``--help`` needs no torch."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from gvsl.train.config import PRECISIONS, RunConfig, config_from_arguments
-from gvsl.train.distributed import context_from_environment
-from gvsl.train.run import TrainingError
-from gvsl.train.state import list_checkpoints
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, config_class: type[RunConfig]) -> None:
@@ -36,6 +34,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_class: type[RunCon
 
 def reuse_note(args: argparse.Namespace) -> str:
     """For a new run that failed before its first checkpoint: that its folder can be given to ``--out`` again."""
+    from gvsl.train.state import list_checkpoints
+
     out = getattr(args, "out", None)
     if args.resume is not None or out is None or not Path(out).is_dir() or list_checkpoints(out):
         return ""
@@ -55,6 +55,9 @@ def start_run(command: str, args: argparse.Namespace, config_class: type[RunConf
     """``run(config, resume=..., on_event=...)`` with the configuration from ``args``; returns (its result, 0) on
     the process that reports (rank 0), else (None, exit status: 0 on other ranks, 1 for an error, 130 for a second
     stop). The notes of the run's start event are printed as they come."""
+    from gvsl.train.distributed import context_from_environment
+    from gvsl.train.run import TrainingError
+
     try:
         result = run(config_from_arguments(args, config_class), resume=args.resume is not None,
                      on_event=note_printer(command))
