@@ -90,3 +90,13 @@ def test_modules_code_imports_from_the_installed_layout(installed, tmp_path):
     script = "import importlib, sys\nfor name in sys.argv[1:]:\n    assert importlib.import_module(name).__file__\n"
     result = run_from(installed, [sys.executable, "-c", script, *names], tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", ["GVSLPretrain", "GVSLSegment"])
+def test_source_checkout_finds_the_shared_package(module, tmp_path):
+    """Loaded from a checkout (only the module's folder on the path, as Slicer's Additional module paths give it),
+    the module's Lib package makes GVSLSharedLib importable from ../GVSLShared."""
+    script = f"import {module}Lib, GVSLSharedLib.dependencies as d; print(d.__file__)"
+    result = run_from(ROOT / module, [sys.executable, "-c", script], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == ROOT / "GVSLShared" / "GVSLSharedLib" / "dependencies.py"
