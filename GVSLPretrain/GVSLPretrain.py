@@ -88,7 +88,7 @@ class GVSLPretrainParameterNode:
     runFolder: pathlib.Path
     iterations: Annotated[int, WithinRange(1, 10_000_000)] = 200_000
     patchSize: Annotated[int, WithinRange(16, 512)] = 128
-    batchSize: Annotated[int, WithinRange(1, 256)] = 2
+    batchSize: Annotated[int, WithinRange(0, 256)] = 0  # runs.AUTO_BATCH: gvsl pretrain --batch auto
     learningRate: Annotated[float, WithinRange(1e-7, 1.0), Decimals(7)] = 1e-4
     precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
     device: str = "auto"

@@ -35,11 +35,16 @@ def gvsl_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "gvsl", *args]
 
 
+AUTO_BATCH = 0  # a batch of 0 in the module stands for ``gvsl pretrain --batch auto`` (planned from GPU memory)
+
+
 def pretrain_command(data: os.PathLike, run_dir: os.PathLike, *, iterations: int, patch: int, batch: int, lr: float,
                      precision: str, device: str, init: Optional[os.PathLike] = None) -> list[str]:
-    """``gvsl pretrain DATA --out RUN_DIR ...`` for a new run (``init``: a checkpoint to start from)."""
+    """``gvsl pretrain DATA --out RUN_DIR ...`` for a new run (``batch``: pairs per iteration, ``AUTO_BATCH`` for
+    ``auto``; ``init``: a checkpoint to start from)."""
     args = ["pretrain", str(data), "--out", str(run_dir), "--iterations", str(iterations), "--patch", str(patch),
-            "--batch", str(batch), "--lr", repr(float(lr)), "--precision", precision, "--device", device,
+            "--batch", "auto" if batch == AUTO_BATCH else str(batch), "--lr", repr(float(lr)), "--precision", precision,
+            "--device", device,
             "--no-progress"]
     return gvsl_command(*args, *(["--init", str(init)] if init else []))
 

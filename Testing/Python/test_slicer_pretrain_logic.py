@@ -340,6 +340,9 @@ def test_commands_parse_with_the_backend_cli(tmp_path):
     assert (args.iterations, args.batch, args.lr, args.precision, args.device) == (50, 1, 2e-4, "fp32", "cpu")
     assert args.out == str(tmp_path / "run") and args.init == str(tmp_path / "init.pt") and args.progress is False
     assert parser.parse_args(runs.resume_command(tmp_path / "run")[3:]).resume == str(tmp_path / "run")
+    automatic = runs.pretrain_command(tmp_path / "data", tmp_path / "run", iterations=50, patch=64,
+                                      batch=runs.AUTO_BATCH, lr=2e-4, precision="fp32", device="cpu")
+    assert runs.AUTO_BATCH == 0 and parser.parse_args(automatic[3:]).batch == "auto"  # the module's "auto" batch
     scan = parser.parse_args(runs.scan_command(tmp_path, ["MR"])[3:])
     assert scan.json and scan.modality == ["MR"]
 

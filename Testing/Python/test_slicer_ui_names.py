@@ -100,13 +100,12 @@ def test_module_run_defaults_are_the_backends(module):
     """The modules' run settings start at ``gvsl pretrain``'s and ``gvsl finetune``'s defaults (the configuration
     classes; the widgets cannot import them: the fine-tuning one imports torch). A cubic patch is one size.
 
-    ``gvsl pretrain --batch auto`` (its default) has no counterpart in the module's number field, which always sends
-    a number: the module starts at the batch that ``auto`` never exceeds and takes off the GPU (``PAPER_BATCH``)."""
+    ``gvsl pretrain --batch auto`` (its default) is the module's batch 0, shown as "auto" (``runs.AUTO_BATCH``, which
+    ``test_slicer_pretrain_logic`` checks becomes ``--batch auto``)."""
     import dataclasses
     import importlib
 
     from gvsl.train.config import AUTO_BATCH
-    from gvsl.train.memory_plan import PAPER_BATCH
 
     path, name, fields = BACKEND_CONFIGS[module]
     config = getattr(importlib.import_module(path), name)
@@ -118,5 +117,5 @@ def test_module_run_defaults_are_the_backends(module):
             assert len(set(expected)) == 1, expected
             expected = expected[0]
         if field == "batchSize" and expected == AUTO_BATCH:
-            expected = PAPER_BATCH
+            expected = 0
         assert defaults[field] == expected, f"{module}.{field}"
