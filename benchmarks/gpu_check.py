@@ -52,6 +52,7 @@ import step  # noqa: E402
 
 from gvsl.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from gvsl.networks import DEFAULT_CHANNELS, GVSL  # noqa: E402
+from gvsl.pretrain.recipe import CORRESPONDENCE_RECIPE, recipe_flags  # noqa: E402
 from gvsl.train.auto_batch import resolve_batch  # noqa: E402
 from gvsl.train.config import TrainConfig  # noqa: E402
 from gvsl.train.device import (  # noqa: E402
@@ -72,9 +73,8 @@ PRETRAIN_PATCH = 96  # covers most of a 2 mm head
 # Half the default widths: 5.9 M parameters, so the half-precision weights (11.8 MB) stay under the 16 MiB a file
 # may have to come back from the device machine; the default widths would be 47 MB.
 PRETRAIN_CHANNELS = (16, 32, 64, 128, 256, 128, 64, 32, 16)
-# The pre-training recipe of gvsl demo (gvsl.commands.demo.QUICK_RECIPE; that module needs SimpleITK), --batch auto.
-PRETRAIN_FLAGS = ["--architecture", "correlation", "--weight-ncc-affine", "1", "--synthetic-fraction", "0.5",
-                  "--lr", "1e-3"]
+# The recipe of gvsl demo at this scale, --batch auto.
+PRETRAIN_FLAGS = recipe_flags(CORRESPONDENCE_RECIPE)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -31,7 +31,7 @@ from .volumes import (
     write_volume_node,
 )
 
-# Files of a ``gvsl match --out DIR`` folder that the module reads (gvsl.commands.match; a test checks them).
+# Files of a ``gvsl match --out DIR`` folder that the module reads (gvsl.match.outputs; a test checks them).
 TRANSFORM_NAME = "transform.h5"  # fixed -> moving, LPS, a composite (affine after displacement field)
 NETWORK_TRANSFORM_NAME = "transform_network.h5"  # with refinement: the network's answer alone, as TRANSFORM_NAME
 WARPED_NAME = "moving_warped.nii.gz"  # the moving volume resampled into the fixed grid

@@ -16,8 +16,8 @@ import SimpleITK as sitk
 import torch
 
 from gvsl.checkpoints import gvsl_payload, save_checkpoint
-from gvsl.commands.demo import QUICK_RECIPE
 from gvsl.networks import GVSL
+from gvsl.pretrain.recipe import QUICK_RECIPE
 
 ROOT = Path(__file__).resolve().parents[2]
 PREPROCESSING_3MM = {"target_spacing": [3.0, 3.0, 3.0], "ct_window": [-1024.0, 1024.0], "mr_percentiles": [0.5, 99.5]}

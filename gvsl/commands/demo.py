@@ -18,16 +18,13 @@ import SimpleITK as sitk
 
 from gvsl.match.outputs import write_outputs
 from gvsl.pretrain.engine import run_training
+from gvsl.pretrain.recipe import QUICK_RECIPE, QUICK_SPACING_MM
 from gvsl.train.config import TrainConfig, parse_channels
 from gvsl.train.panels import labelled_panel, write_png
 from gvsl.train.run import TrainingError
 
 CHANNELS = "4,8,16,32,64,32,16,8,4"
-# The pre-training recipe measured in benchmarks/RESULTS.md ("Correspondence accuracy"): coarse heads, one crop
-# covering most of a head, the correlation affine head with its NCC term and synthetic pairs.
-SPACING_MM = 4.0
-QUICK_RECIPE = dict(spacing=(SPACING_MM,) * 3, patch=(48, 48, 48), batch=1, lr=1e-3, architecture="correlation",
-                    weight_ncc_affine=1.0, synthetic_fraction=0.5)
+SPACING_MM = QUICK_SPACING_MM
 # The network counts as having learned when its matches beat the initial alignment alone by this much (mm): the
 # held-out pair's error after centres of mass is about 10 mm, after 3 CPU minutes of the recipe about 6 mm.
 LEARNED_MARGIN_MM = 1.0
