@@ -232,3 +232,14 @@ def test_validation_cost(real, tmp_path, monkeypatch, val_windows, windows):
                             val_windows=val_windows, **TINY)
     result = run_finetune(config)
     assert sum(evaluated) == windows and len(evaluated) == windows // 2 and result.best_dice is not None
+
+
+def test_fast_kernels_are_chosen_for_the_run_device(real, tmp_path, monkeypatch):
+    """Fine-tuning asks for cuDNN autotuning on its device as pre-training does (it acts on CUDA only)."""
+    import gvsl.finetune.engine as engine
+
+    devices = []
+    monkeypatch.setattr(engine, "use_fast_kernels", devices.append)
+    run_finetune(FinetuneConfig(data=str(real["data"]), out=str(tmp_path / "run"), mode="scratch", iterations=1,
+                                device="cpu", **TINY))
+    assert devices == [torch.device("cpu")]

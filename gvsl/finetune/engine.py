@@ -49,7 +49,7 @@ from gvsl.labels import (
     write_label_table,
 )
 from gvsl.segment.model import BEST_NAME, SegmentationInfo, SegmentationNet, segmentation_payload
-from gvsl.train.device import Precision, use_channels_last
+from gvsl.train.device import Precision, use_channels_last, use_fast_kernels
 from gvsl.train.distributed import DistributedContext
 from gvsl.train.events import EventLog, Listener
 from gvsl.train.panels import slice_panel
@@ -115,6 +115,7 @@ class FinetuneTrainer(Trainer):
             model.unet.requires_grad_(config.mode != "linear")
         else:
             model = build_segmentation_net(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
+        use_fast_kernels(device)  # cuDNN autotuning on CUDA: training patches and validation windows have one size
         channels_last = use_channels_last(None, device, model.channels)
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         model.to(device, memory_format=self.memory_format)
