@@ -30,6 +30,14 @@ def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.nda
     return out
 
 
+def class_lookup(cases: list[CachedCase], values: Sequence[int]) -> np.ndarray:
+    """Label value -> class index (``values[k]`` -> k + 1; every other value of the cases' labels -> 0), an array
+    to index label maps with."""
+    lookup = np.zeros(max([0, *values, *(int(v) for c in cases for v in c.values)]) + 1, np.int64)
+    lookup[list(values)] = np.arange(1, len(values) + 1)
+    return lookup
+
+
 class PatchBatches(Dataset):
     """Item ``i``: the batch of iteration ``i`` for one rank: ``(image, label)`` with image (batch, 1, D, H, W)
     float32 in [0, 1] and label (batch, 1, D, H, W) int64 class indices (0 background).
@@ -44,13 +52,11 @@ class PatchBatches(Dataset):
                  foreground: float, seed: int, rank: int = 0):
         self.cases, self.patch, self.batch = cases, tuple(int(p) for p in patch), int(batch)
         self.foreground, self.seed, self.rank = float(foreground), int(seed), int(rank)
-        lookup = np.zeros(max([0, *values, *(int(v) for c in cases for v in c.values)]) + 1, np.int64)
-        lookup[list(values)] = np.arange(1, len(values) + 1)
-        self.lookup = lookup
+        self.lookup = class_lookup(cases, values)
         rng = np.random.default_rng(seed)
         self.indices: list[list[np.ndarray]] = []  # [case][class - 1]: flat voxel indices (maybe empty)
         for case in cases:
-            classes = lookup[case.label_array()]
+            classes = self.lookup[case.label_array()]
             per_class = []
             for c in range(1, len(values) + 1):
                 flat = np.flatnonzero(classes == c)

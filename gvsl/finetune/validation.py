@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.metrics import compute_dice
 
 from gvsl.finetune.cache import CachedCase
-from gvsl.finetune.sampling import PatchBatches
+from gvsl.finetune.sampling import PatchBatches, class_lookup
 from gvsl.segment.inference import predict_probabilities
 from gvsl.train.device import Precision
 
@@ -91,8 +91,7 @@ def volume_dice(model: torch.nn.Module, cases: list[CachedCase], values: Sequenc
     """Dice of sliding-window predictions on the whole volumes of ``cases``, averaged over the cases that hold each
     class; ``values``: label value of class 1, 2, ...; ``window`` (voxels) as ``gvsl segment`` uses it."""
     n_classes = len(values) + 1
-    lookup = np.zeros(max([*values, *(int(v) for c in cases for v in c.values)]) + 1, np.int64)
-    lookup[list(values)] = np.arange(1, n_classes)
+    lookup = class_lookup(cases, values)
     was_training = model.training
     model.eval()
     scores, first = [], None
