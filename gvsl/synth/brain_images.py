@@ -83,13 +83,16 @@ class Appearance:
     """What ``synthesize`` draws besides the anatomy.
 
     ``contrast``: mean intensity per tissue name, or None for random means (uniform in [0, 1], background 0 with
-    probability ``dark_background``); ``tissue_noise``: standard deviation of the within-tissue noise, relative
-    (uniform in [0, max] per image when ``contrast`` is None); ``blur_mm``: extra Gaussian blur (sigma) before
+    probability ``dark_background``); ``jitter``: with a ``contrast``, each tissue's mean is multiplied by a factor
+    uniform in [1 - jitter, 1 + jitter] (a T1-like contrast that varies between images); ``tissue_noise``:
+    standard deviation of the within-tissue noise, relative (uniform in [0, max] per image when ``contrast`` is
+    None); ``blur_mm``: extra Gaussian blur (sigma) before
     resampling; ``bias``: largest log-amplitude of the bias field; ``noise``: standard deviation of the noise added at
     the working resolution; ``gamma``: standard deviation of the log of the gamma exponent.
     """
 
     contrast: Optional[Mapping[str, float]] = None
+    jitter: float = 0.0
     tissue_noise: float = 0.05
     dark_background: float = 0.8
     blur_mm: float = 0.5
@@ -100,6 +103,7 @@ class Appearance:
 
 T1_APPEARANCE = Appearance(contrast=T1_CONTRAST, tissue_noise=0.03, bias=0.1, noise=0.01, gamma=0.0)
 RANDOM_APPEARANCE = Appearance()
+VARIED_T1_APPEARANCE = Appearance(contrast=T1_CONTRAST, jitter=0.15)
 
 
 def output_grid(tissues: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -140,6 +144,8 @@ def synthesize(tissues: sitk.Image, spacing_mm: float, rng: np.random.Generator,
         noise = rng.uniform(0.0, appearance.tissue_noise, len(TISSUES)).astype(np.float32)
     else:
         means = np.asarray([appearance.contrast[name] for name in TISSUES], np.float32)
+        if appearance.jitter:
+            means *= rng.uniform(1 - appearance.jitter, 1 + appearance.jitter, len(TISSUES)).astype(np.float32)
         noise = np.full(len(TISSUES), appearance.tissue_noise, np.float32)
     noise[TISSUE_INDEX["background"]] = 0.0
     fine = means[classes] + noise[classes] * rng.standard_normal(classes.shape, dtype=np.float32)

@@ -17,7 +17,14 @@ import SimpleITK as sitk
 
 from gvsl.labels import make_label_table, write_label_table
 from gvsl.sample_data import random_warp
-from gvsl.synth.brain_images import RANDOM_APPEARANCE, T1_APPEARANCE, labels_on, synthesize, tissue_map
+from gvsl.synth.brain_images import (
+    T1_APPEARANCE,
+    VARIED_T1_APPEARANCE,
+    Appearance,
+    labels_on,
+    synthesize,
+    tissue_map,
+)
 from gvsl.synth.donors import OPEN_DONORS, atlas_structures, donor_labels, subcortical_values
 
 LABELS_NAME = "labels.json"
@@ -66,8 +73,9 @@ def write_donor_cases(out: Path | str, donors: Sequence[str] = OPEN_DONORS, spac
 
 
 def write_pretraining_images(out: Path | str, donors: Sequence[str] = OPEN_DONORS, per_donor: int = 8,
-                             spacing_mm: float = 2.0, seed: int = 0) -> list[Path]:
-    """Write ``per_donor`` unlabelled images of each donor, each with a random contrast and a random smooth
+                             spacing_mm: float = 2.0, seed: int = 0,
+                             appearance: Appearance = VARIED_T1_APPEARANCE) -> list[Path]:
+    """Write ``per_donor`` unlabelled images of each donor, each drawn with ``appearance`` under a random smooth
     deformation (``gvsl.sample_data.random_warp``); returns the paths."""
     out = Path(out) / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +84,7 @@ def write_pretraining_images(out: Path | str, donors: Sequence[str] = OPEN_DONOR
         tissues = donor_tissues(donor)
         for k in range(per_donor):
             rng = np.random.default_rng([seed, n, k])
-            image = synthesize(tissues, spacing_mm, rng, RANDOM_APPEARANCE, random_warp(tissues, rng))
+            image = synthesize(tissues, spacing_mm, rng, appearance, random_warp(tissues, rng))
             paths.append(out / f"{donor}-{k + 1:02d}.nii.gz")
             sitk.WriteImage(image, str(paths[-1]), useCompression=True)
     return paths
