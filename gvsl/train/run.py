@@ -13,10 +13,11 @@ of its events.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, NamedTuple, Optional
+from typing import Any, ClassVar, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -220,13 +221,14 @@ class RunOutcome(NamedTuple):
 
 
 def run_lifecycle(trainer_class: type[Trainer], config: RunConfig, *, resume: bool,
-                  on_event: Optional[Listener]) -> RunOutcome:
+                  on_event: Optional[Listener], stop_folders: Sequence[os.PathLike] = ()) -> RunOutcome:
     """Run (or resume) a run of ``trainer_class`` as configured; ``config.out`` is the run folder.
 
     Every process calls this (one, or each rank under ``torchrun``). ``on_event`` receives each event record
-    (rank 0). Raises ValueError (bad input, wrong checkpoint), TrainingError (out of memory, with
-    ``trainer_class``'s advice; unwritable folder) and whatever the trainer raises, after writing an ``error``
-    event where possible; checkpoints already written stay intact.
+    (rank 0). A ``STOP`` file in any of ``stop_folders`` stops the run as its own does. Raises ValueError (bad
+    input, wrong checkpoint), TrainingError (out of memory, with ``trainer_class``'s advice; unwritable folder) and
+    whatever the trainer raises, after writing an ``error`` event where possible; checkpoints already written stay
+    intact.
     """
     if config.out is None:
         raise ValueError("no run folder given (--out RUN_DIR)")
@@ -254,7 +256,7 @@ def run_lifecycle(trainer_class: type[Trainer], config: RunConfig, *, resume: bo
                      resumed_from=str(resume_from) if resume_from else None, device=str(device),
                      precision=precision.name, world_size=context.world_size, cache=config.cache,
                      config=config.to_dict(), **trainer.start_fields())
-        with trainer.stop_request() as stop:
+        with trainer.stop_request().watch(*stop_folders) as stop:
             stopped = trainer.train(stop) if trainer.iteration < config.iterations else False
         last = latest_checkpoint(run_dir) if context.is_main else checkpoint_path(run_dir, trainer.iteration)
         events.write("end", iteration=trainer.iteration, checkpoint=str(last) if last else None, stopped=stopped,

@@ -23,6 +23,7 @@ class StopRequest:
 
     def __init__(self, run_dir: os.PathLike, time_limit_s: Optional[float] = None):
         self.stop_file = Path(run_dir) / STOP_NAME
+        self.watched: list[Path] = []  # STOP files of enclosing folders (``watch``)
         self.reason: Optional[str] = None
         self.deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         self._previous: dict[int, object] = {}
@@ -32,8 +33,13 @@ class StopRequest:
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
 
+    def watch(self, *folders: os.PathLike) -> StopRequest:
+        """Also stop on a ``STOP`` file in each of ``folders`` (e.g. a comparison's folder around its runs)."""
+        self.watched += [Path(folder) / STOP_NAME for folder in folders]
+        return self
+
     def requested(self) -> bool:
-        if self.reason is None and self.stop_file.exists():
+        if self.reason is None and any(path.exists() for path in (self.stop_file, *self.watched)):
             self.reason = "STOP file"
         if self.reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = "time limit"
