@@ -88,13 +88,20 @@ def read_label(case: Case) -> sitk.Image:
     return sitk.Cast(label, sitk.sitkUInt16)
 
 
-def preprocess_case(case: Case, config: PrepareConfig, modality: str) -> tuple[sitk.Image, sitk.Image, Any]:
-    """(image on the canonical grid in [0, 1], label on the same grid, ``Preprocessed``) of one case."""
+def read_case(case: Case) -> tuple[sitk.Image, sitk.Image]:
+    """The case's image (float32) and label map (UInt16, ``read_label``), 3D on one grid; ValueError naming the case
+    otherwise (SimpleITK's RuntimeError for an unreadable file)."""
     image = sitk.ReadImage(str(case.image), sitk.sitkFloat32)
     if image.GetDimension() != 3:
         raise ValueError(f"case {case.name}: image {case.image} is {image.GetDimension()}D; a 3D volume is needed")
     label = read_label(case)
     check_same_geometry(case, image, label)
+    return image, label
+
+
+def preprocess_case(case: Case, config: PrepareConfig, modality: str) -> tuple[sitk.Image, sitk.Image, Any]:
+    """(image on the canonical grid in [0, 1], label on the same grid, ``Preprocessed``) of one case."""
+    image, label = read_case(case)
     prepared = preprocess_image(image, modality, config)
     resampled = sitk.Resample(label, prepared.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                               sitk.sitkUInt16)

@@ -10,7 +10,9 @@ from typing import Optional, Tuple
 
 from gvsl.train.config import RunConfig
 
-MODES = ("finetune", "linear", "scratch")
+MODES = ("finetune", "linear", "scratch", "random-linear")
+PRETRAINED_MODES = frozenset({"finetune", "linear"})  # start from --init's backbone
+FROZEN_BACKBONE_MODES = frozenset({"linear", "random-linear"})  # train the new head only
 SCHEDULES = ("poly", "constant")
 RESUME_OVERRIDABLE = frozenset({
     "iterations", "device", "precision", "workers", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -24,12 +26,14 @@ class FinetuneConfig(RunConfig):
 
     ``data``: image/label pairs (see ``gvsl.finetune.data.find_cases``); ``labels``: a label table file (default:
     the one found with the data). ``init``: pre-trained checkpoint (ours or the published GVSL state dict).
-    ``mode``: "finetune" (all weights), "linear" (frozen backbone, head only), "scratch" (random init).
+    ``mode``: "finetune" (all weights), "linear" (frozen backbone, head only), "scratch" (random init),
+    "random-linear" (frozen *random* backbone, head only: the control for "linear"; no ``init``).
     Sizes in voxels of the preprocessed grid (``spacing`` mm, x, y, z); ``lr``: Adam's initial learning rate,
     then ``schedule`` "poly" (lr (1 - i / iterations) ** 0.9 at iteration i, as nnU-Net) or "constant";
     ``*_every`` in iterations;
     ``foreground``: fraction of patches centred on a labelled voxel (class chosen uniformly among the labels
     present); ``val_fraction``: share of cases held out for validation (at least one; a single case is reused);
+    ``val_data``: labelled cases (layouts as ``data``) used only for validation, instead of a share of ``data``;
     ``val_windows``: validation crops (fixed for the run, see ``gvsl.finetune.validation``), 0 for whole volumes.
     """
 
@@ -51,6 +55,7 @@ class FinetuneConfig(RunConfig):
     foreground: float = 0.5
     augment: bool = True
     val_fraction: float = 0.2
+    val_data: Optional[str] = None
     spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     modality: str = "auto"
     seed: int = 0
@@ -69,7 +74,7 @@ class FinetuneConfig(RunConfig):
         self._check_shared(("iterations", "batch", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode != "scratch" and self.init is None:
+        if self.mode in PRETRAINED_MODES and self.init is None:
             raise ValueError(f"--mode {self.mode} starts from a pre-trained model: give --init CHECKPOINT "
                              "(or use --mode scratch)")
         if self.schedule not in SCHEDULES:

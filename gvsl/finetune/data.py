@@ -109,3 +109,31 @@ def find_cases(data: str | Path) -> tuple[list[Case], Optional[Path]]:
     if len(set(names)) != len(names):
         cases = [Case(f"{n}-{i}", c.image, c.label) for i, (n, c) in enumerate(zip(names, cases))]
     return cases, table if table.is_file() else None
+
+
+def find_split_cases(data: str | Path, val_data: Optional[str | Path]
+                     ) -> tuple[list[Case], list[Case], Optional[Path]]:
+    """(training cases, validation cases, the label table file found with ``data``): the cases of ``data`` and, when
+    given, of ``val_data`` (used only for validation; empty list otherwise).
+
+    A validation case named as a training case is renamed ``val-NAME`` (``val-NAME-2``, ... if that is taken too), so
+    both can share one cache; one whose image file is a training case's is refused (ValueError naming both), as it
+    would validate on training data.
+    """
+    cases, table = find_cases(data)
+    if val_data is None:
+        return cases, [], table
+    images = {c.image.resolve(): c.name for c in cases}
+    taken = {c.name for c in cases}
+    val_cases = []
+    for case in find_cases(val_data)[0]:
+        if case.image.resolve() in images:
+            raise ValueError(f"validation case {case.name} ({case.image}) is also training case "
+                             f"{images[case.image.resolve()]} in {data}: --val-data must hold other cases")
+        name, n = case.name, 1
+        while name in taken:
+            n += 1
+            name = f"val-{case.name}" if n == 2 else f"val-{case.name}-{n - 1}"
+        taken.add(name)
+        val_cases.append(Case(name, case.image, case.label))
+    return cases, val_cases, table

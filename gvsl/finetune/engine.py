@@ -1,9 +1,10 @@
 """The fine-tuning run: cases and cache, label table, model, step and validation; its lifecycle is
 ``gvsl.train.run``'s.
 
-Run folder: ``config.json``, ``labels.json`` (label table), ``cache/`` (unless ``--cache``), ``checkpoints/``
-(``iter_NNNNNN.pt``, the last K, resumable), ``best.pt`` (highest mean validation Dice), ``events.jsonl``,
-``tensorboard/``. Checkpoints are ``gvsl.segment.model`` payloads (``"format": "gvsl-seg"``).
+Run folder: ``config.json``, ``labels.json`` (label table), ``split.json`` (the training and validation case names,
+kept on resume), ``cache/`` (unless ``--cache``), ``checkpoints/`` (``iter_NNNNNN.pt``, the last K, resumable),
+``best.pt`` (highest mean validation Dice), ``events.jsonl``, ``tensorboard/``. Checkpoints are ``gvsl.segment.model``
+payloads (``"format": "gvsl-seg"``).
 
 Events (``gvsl.train.events``), besides ``event`` and ``time``:
 
@@ -21,9 +22,11 @@ augmentation; model, optimiser, scaler and best Dice come from the checkpoint.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,12 +34,13 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch.utils.data import DataLoader
 
+from gvsl.atomic_files import write_text_atomically
 from gvsl.checkpoints import save_checkpoint
 from gvsl.data.preprocess import PrepareConfig
 from gvsl.finetune.augment import augment_patches
 from gvsl.finetune.cache import CachedCase, open_prepared, prepare_cases
-from gvsl.finetune.config import FinetuneConfig
-from gvsl.finetune.data import find_cases
+from gvsl.finetune.config import FROZEN_BACKBONE_MODES, FinetuneConfig
+from gvsl.finetune.data import find_split_cases
 from gvsl.finetune.model import build_segmentation_net
 from gvsl.finetune.sampling import PatchBatches
 from gvsl.finetune.validation import choose_validation_windows, volume_dice, window_dice
@@ -57,11 +61,13 @@ from gvsl.train.run import CACHE_NAME, Trainer, run_lifecycle
 from gvsl.train.state import derive_seed, rng_state
 
 LABELS_NAME = "labels.json"
+SPLIT_NAME = "split.json"  # {"train": [case names], "val": [case names]}
 
 
 @dataclass
 class FinetuneResult:
-    """How a run ended: last ``iteration``, whether a stop ended it, the last and best checkpoints, best Dice."""
+    """How a run ended: last ``iteration``, whether a stop ended it, the last and best checkpoints, best Dice, and
+    the names of the validation cases."""
 
     run_dir: Path
     iteration: int
@@ -70,6 +76,7 @@ class FinetuneResult:
     best: Optional[Path]
     best_dice: Optional[float]
     model: SegmentationNet
+    val_cases: list[str]
 
 
 def choose_label_table(config: FinetuneConfig, found: Optional[Path], present: set[int]) -> LabelTable:
@@ -92,6 +99,14 @@ def split_cases(cases: list[CachedCase], fraction: float, seed: int) -> tuple[li
     return [cases[i] for i in sorted(order[n_val:])], [cases[i] for i in sorted(order[:n_val])]
 
 
+def cases_named(cases: list[CachedCase], names: Sequence[str]) -> list[CachedCase]:
+    """The cases called ``names``, in the cache's order; ValueError naming those the cache lacks."""
+    missing = sorted(set(names) - {c.name for c in cases})
+    if missing:
+        raise ValueError(f"the cache holds no case named {', '.join(missing)}")
+    return [c for c in cases if c.name in set(names)]
+
+
 def learning_rate(config: FinetuneConfig, iteration: int) -> float:
     """The learning rate of the update after ``iteration`` updates (a pure function: resume needs no state)."""
     if config.schedule == "constant":
@@ -112,7 +127,7 @@ class FinetuneTrainer(Trainer):
         if payload:
             model = SegmentationNet(len(self.values) + 1, payload["channels"])
             model.load_state_dict(payload["model"])
-            model.unet.requires_grad_(config.mode != "linear")
+            model.unet.requires_grad_(config.mode not in FROZEN_BACKBONE_MODES)
         else:
             model = build_segmentation_net(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
         use_fast_kernels(device)  # cuDNN autotuning on CUDA: training patches and validation windows have one size
@@ -134,10 +149,10 @@ class FinetuneTrainer(Trainer):
     @classmethod
     def prepare(cls, config: FinetuneConfig, run_dir: Path, context: DistributedContext, device: torch.device,
                 precision: Precision, events: EventLog, payload: Optional[dict]) -> FinetuneTrainer:
-        """Cache the cases and choose the label table (``_prepare_data``), split them, build the trainer; its
+        """Cache the cases, choose the label table and split the cases (``_prepare_data``), build the trainer; its
         ``config`` records the cache and the network's widths."""
-        config, cases, table, preprocessing = _prepare_data(config, run_dir, context, payload is not None)
-        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+        config, train_cases, val_cases, table, preprocessing = _prepare_data(config, run_dir, context,
+                                                                             payload is not None)
         trainer = cls(config, run_dir, table, train_cases, val_cases, preprocessing, context, device, precision,
                       events, payload)
         trainer.config = replace(config, channels=tuple(trainer.model.channels))
@@ -150,7 +165,7 @@ class FinetuneTrainer(Trainer):
     def start_fields(self) -> dict:
         """``mode``, the case names, the label table, and notes (validation reusing the training cases)."""
         notes = []
-        if self.val_cases is self.train_cases:
+        if [c.name for c in self.val_cases] == [c.name for c in self.train_cases]:
             notes.append(f"{'a single labelled case' if len(self.train_cases) == 1 else 'no held-out case'}: "
                          "validation reuses the training case(s), so its Dice is optimistic")
         return {"mode": self.config.mode, "train_cases": [c.name for c in self.train_cases],
@@ -234,41 +249,53 @@ class FinetuneTrainer(Trainer):
 
 
 def _prepare_data(config: FinetuneConfig, run_dir: Path, context: DistributedContext, resume: bool
-                  ) -> tuple[FinetuneConfig, list[CachedCase], LabelTable, dict]:
-    """Cache the cases (rank 0; the others wait and read the manifest), choose the label table (saved in the run
-    folder), and record the preprocessing; on resume everything is read back."""
+                  ) -> tuple[FinetuneConfig, list[CachedCase], list[CachedCase], LabelTable, dict]:
+    """Cache the cases of ``data`` and ``val_data`` in one cache (rank 0; the others wait and read the manifest),
+    choose the label table and split the cases into training and validation (``val_data``'s, else
+    ``split_cases``'s), both saved in the run folder; on resume everything is read back. Returns the config (with
+    its cache), the training and validation cases, the label table and the preprocessing."""
     prepare = PrepareConfig(target_spacing=config.spacing)
     if resume:
         cases = open_prepared(config.cache)
         table = read_label_table(run_dir / LABELS_NAME)
+        split = json.loads((run_dir / SPLIT_NAME).read_text()) if (run_dir / SPLIT_NAME).is_file() else None
     else:
-        cases_found, table_file = find_cases(config.data)
+        found, val_found, table_file = find_split_cases(config.data, config.val_data)
         cache = Path(config.cache) if config.cache else run_dir / CACHE_NAME
         config = replace(config, cache=str(cache))
         if context.is_main:
-            prepare_cases(cases_found, cache, prepare, config.modality)
+            prepare_cases(found + val_found, cache, prepare, config.modality)
         context.barrier()
         cases = open_prepared(cache)
         present = {int(v) for c in cases for v in c.values}
         if not present:
             raise ValueError(f"{config.data}: every label map is empty (no value > 0)")
         table = choose_label_table(config, table_file, present)
-        if context.is_main:
-            write_label_table(table, run_dir / LABELS_NAME)
+        split = {"train": [c.name for c in found], "val": [c.name for c in val_found]} if val_found else None
+    if split is None:
+        train_cases, val_cases = split_cases(cases, config.val_fraction, config.seed)
+    else:
+        train_cases, val_cases = cases_named(cases, split["train"]), cases_named(cases, split["val"])
+    if context.is_main and not resume:
+        write_label_table(table, run_dir / LABELS_NAME)
+        write_text_atomically(run_dir / SPLIT_NAME, json.dumps(
+            {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}, indent=1) + "\n")
     modalities = {c.modality for c in cases}
     preprocessing = {**prepare.preprocessing(), "modality": modalities.pop() if len(modalities) == 1 else "auto"}
-    return config, cases, table, preprocessing
+    return config, train_cases, val_cases, table, preprocessing
 
 
-def run_finetune(config: FinetuneConfig, *, resume: bool = False, on_event: Optional[Listener] = None
-                 ) -> FinetuneResult:
+def run_finetune(config: FinetuneConfig, *, resume: bool = False, on_event: Optional[Listener] = None,
+                 stop_folders: Sequence[os.PathLike] = ()) -> FinetuneResult:
     """Run (or resume) fine-tuning as configured; ``config.out`` is the run folder.
 
     Works in one process or under ``torchrun`` (every rank calls this). ``on_event`` receives each event
-    (rank 0). Raises ValueError (bad data: geometry mismatch, non-integer or 2D labels, all naming the case;
-    wrong checkpoint or widths), TrainingError (out of memory, unwritable folder) after writing an ``error``
+    (rank 0). A ``STOP`` file in any of ``stop_folders`` stops the run as one in its own folder does. Raises
+    ValueError (bad data: geometry mismatch, non-integer or 2D labels, all naming the case; wrong checkpoint or
+    widths), TrainingError (out of memory, unwritable folder) after writing an ``error``
     event where possible.
     """
-    trainer, stopped, last = run_lifecycle(FinetuneTrainer, config, resume=resume, on_event=on_event)
+    trainer, stopped, last = run_lifecycle(FinetuneTrainer, config, resume=resume, on_event=on_event,
+                                           stop_folders=stop_folders)
     return FinetuneResult(trainer.run_dir, trainer.iteration, stopped, last, trainer.best_checkpoint(),
-                          trainer.best_dice, trainer.model)
+                          trainer.best_dice, trainer.model, [c.name for c in trainer.val_cases])

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import torch
 
 from gvsl.checkpoints import SEGMENTATION_FORMAT, describe, load_checkpoint, model_state_dict_matches
+from gvsl.finetune.config import FROZEN_BACKBONE_MODES, PRETRAINED_MODES
 from gvsl.networks import DEFAULT_CHANNELS
 from gvsl.segment.model import SegmentationNet
 from gvsl.train.state import derive_seed
@@ -26,24 +27,26 @@ def backbone_state(init: str) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]
 
 def build_segmentation_net(mode: str, n_classes: int, seed: int, init: Optional[str] = None,
                            channels: Optional[Sequence[int]] = None) -> SegmentationNet:
-    """A ``SegmentationNet`` for ``mode``: "scratch" is random (seeded); "finetune"/"linear" load ``init``'s backbone.
+    """A ``SegmentationNet`` for ``mode``: "scratch" and "random-linear" are random (seeded); "finetune"/"linear" load
+    ``init``'s backbone.
 
-    The head is always new (seeded). ``channels`` must equal the checkpoint's widths when both are given
-    (ValueError naming the mis-shaped keys otherwise). "linear" freezes the backbone (``requires_grad=False``).
+    The head is always new and, for one seed and one set of widths, the same in every mode (the random backbone is
+    drawn first in every mode). ``channels`` must equal the checkpoint's widths when both are given (ValueError
+    naming the mis-shaped keys otherwise). "linear" and "random-linear" freeze the backbone (``requires_grad=False``).
     """
     torch.manual_seed(derive_seed(seed, "init"))
-    if mode == "scratch":
-        return SegmentationNet(n_classes, channels or DEFAULT_CHANNELS)
-    if init is None:
+    if mode not in PRETRAINED_MODES:
+        model = SegmentationNet(n_classes, channels or DEFAULT_CHANNELS)
+    elif init is None:
         raise ValueError(f"--mode {mode} needs --init CHECKPOINT")
-    state, init_channels = backbone_state(init)
-    model = SegmentationNet(n_classes, channels or init_channels)
-    try:
-        model_state_dict_matches(model.unet, state)
-    except ValueError as exc:
-        raise ValueError(f"--init {init} (widths {','.join(map(str, init_channels))}) does not fit a network of "
-                         f"widths {','.join(map(str, model.channels))}: {exc}") from exc
-    model.unet.load_state_dict(state, strict=True)
-    if mode == "linear":
-        model.unet.requires_grad_(False)
+    else:
+        state, init_channels = backbone_state(init)
+        model = SegmentationNet(n_classes, channels or init_channels)
+        try:
+            model_state_dict_matches(model.unet, state)
+        except ValueError as exc:
+            raise ValueError(f"--init {init} (widths {','.join(map(str, init_channels))}) does not fit a network of "
+                             f"widths {','.join(map(str, model.channels))}: {exc}") from exc
+        model.unet.load_state_dict(state, strict=True)
+    model.unet.requires_grad_(mode not in FROZEN_BACKBONE_MODES)
     return model

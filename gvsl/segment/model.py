@@ -7,7 +7,8 @@ Payload (``weights_only``-loadable; saved atomically with ``gvsl.checkpoints.sav
      "channels": [9 ints], "n_classes": int (background + labels),
      "label_table": {"labels": [{"value", "name", "color"}, ...]} (class c >= 1 is label_table["labels"][c - 1]),
      "preprocessing": {"target_spacing", "ct_window", "mr_percentiles", "modality"},
-     "patch": [D, H, W] (training crop; the default inference window), "mode": "finetune" | "linear" | "scratch",
+     "patch": [D, H, W] (training crop; the default inference window), "mode": "finetune" | "linear" | "scratch"
+     | "random-linear",
      "iteration": int, ...}
 
 plus, in training checkpoints, ``optimizer``, ``scaler``, ``rng``, ``config``, ``best_dice``.
