@@ -9,10 +9,12 @@ import pytest
 from gvsl.cli import build_parser
 
 
-@pytest.mark.parametrize("argv, shown", [(["--help"], ["scan", "finetune"]), (["pretrain", "--help"], ["--resume"])])
+@pytest.mark.parametrize("argv, shown", [(["--help"], ["scan", "finetune"]), (["pretrain", "--help"], ["--resume"]),
+                                          (["finetune", "--help"], ["--compare", "--val-data", "random-linear"])])
 def test_help_imports_none_of_the_commands_dependencies(argv, shown):
-    """``gvsl --help`` lists every command, and ``gvsl pretrain --help`` its options, without importing torch,
-    MONAI, SimpleITK or pydicom (they take seconds to import; a command imports what it needs when it runs)."""
+    """``gvsl --help`` lists every command, and ``gvsl pretrain --help`` and ``gvsl finetune --help`` their options,
+    without importing torch, MONAI, SimpleITK or pydicom (they take seconds to import; a command imports what it
+    needs when it runs)."""
     code = (f"import sys\nfrom gvsl.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'monai', 'SimpleITK', 'pydicom') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

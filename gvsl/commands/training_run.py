@@ -51,10 +51,11 @@ def note_printer(command: str) -> Callable[[dict], None]:
 
 
 def start_run(command: str, args: argparse.Namespace, config_class: type[RunConfig],
-              run: Callable[..., Any]) -> tuple[Optional[Any], int]:
+              run: Callable[..., Any], note: Callable[[argparse.Namespace], str] = reuse_note
+              ) -> tuple[Optional[Any], int]:
     """``run(config, resume=..., on_event=...)`` with the configuration from ``args``; returns (its result, 0) on
-    the process that reports (rank 0), else (None, exit status: 0 on other ranks, 1 for an error, 130 for a second
-    stop). The notes of the run's start event are printed as they come."""
+    the process that reports (rank 0), else (None, exit status: 0 on other ranks, 1 for an error, with ``note``'s
+    advice, 130 for a second stop). The notes of the run's start event are printed as they come."""
     from gvsl.train.distributed import context_from_environment
     from gvsl.train.run import TrainingError
 
@@ -62,7 +63,7 @@ def start_run(command: str, args: argparse.Namespace, config_class: type[RunConf
         result = run(config_from_arguments(args, config_class), resume=args.resume is not None,
                      on_event=note_printer(command))
     except (ValueError, TrainingError, OSError) as exc:
-        print(f"gvsl {command}: error: {exc}{reuse_note(args)}", file=sys.stderr)
+        print(f"gvsl {command}: error: {exc}{note(args)}", file=sys.stderr)
         return None, 1
     except KeyboardInterrupt:
         print(f"gvsl {command}: interrupted without saving (second stop signal)", file=sys.stderr)

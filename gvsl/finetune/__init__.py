@@ -1,7 +1,21 @@
-"""Fine-tuning a pre-trained GVSL backbone into a segmentation model (``gvsl finetune``)."""
-from gvsl.finetune.config import MODES, FinetuneConfig
-from gvsl.finetune.data import Case, find_cases
-from gvsl.finetune.engine import FinetuneResult, run_finetune
+"""Fine-tuning a pre-trained GVSL backbone into a segmentation model (``gvsl finetune``), and comparing it with
+training from scratch (``gvsl finetune --compare``).
 
-__all__ = ["MODES", "Case", "FinetuneConfig", "FinetuneResult", "find_cases",
-           "run_finetune"]
+The names below are imported on first use (PEP 562), so reading the configuration (``gvsl finetune --help``) imports
+neither torch nor the data readers.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"MODES": "config", "FinetuneConfig": "config", "Case": "data", "find_cases": "data",
+            "FinetuneResult": "engine", "run_finetune": "engine", "Arm": "compare", "run_comparison": "compare"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

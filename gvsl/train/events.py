@@ -1,8 +1,10 @@
 """The run's event file: ``RUN_DIR/events.jsonl``, one JSON object per line, flushed at each write.
 
 Every record has ``"event"`` (``start``, ``iteration``, ``checkpoint``,
-``stop``, ``error``, ``end``) and ``"time"`` (Unix seconds). The Slicer module
-tails this file; see ``gvsl.pretrain.engine`` and ``gvsl.finetune.engine`` for each event's fields.
+``stop``, ``error``, ``end``; a comparison of fine-tuning runs adds ``comparison_start``, ``arm_start``,
+``arm_train_end``, ``arm_error`` and ``arm_end``) and ``"time"`` (Unix seconds). The Slicer module
+tails this file; see ``gvsl.pretrain.engine``, ``gvsl.finetune.engine`` and ``gvsl.finetune.compare`` for each
+event's fields.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 EVENTS_NAME = "events.jsonl"
-EVENTS = ("start", "iteration", "checkpoint", "stop", "error", "end")
+EVENTS = ("start", "iteration", "checkpoint", "stop", "error", "end",
+          "comparison_start", "arm_start", "arm_train_end", "arm_error", "arm_end")
 Listener = Callable[[dict], None]
 
 
