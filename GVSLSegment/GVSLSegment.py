@@ -40,6 +40,7 @@ from slicer.util import VTKObservationMixin
 LAST_RUN_SETTING = "GVSLSegment/lastRunFolder"
 TRAINING_DATA_DIR = "training_data"  # the scene's cases are exported into the run folder, next to the run
 CHART = "GVSL fine-tuning"  # losses at logged iterations, validation Dice at validations
+COMPARISON_CHART = "GVSL fine-tuning comparison"  # validation Dice of each arm-run of a comparison
 
 
 #
@@ -59,6 +60,8 @@ class GVSLSegment(ScriptedLoadableModule):
             "new scans. <b>Training data</b>: (volume, segmentation) pairs from the scene, whose segments are "
             "matched by name, or a folder of labelled cases. <b>Fine-tune</b>: runs <code>gvsl finetune</code> "
             "in the background; the run folder keeps its progress, so the module reconnects to it later. "
+            "<b>Compare with training from scratch</b>: also trains the same network from random weights on the "
+            "same cases, crops and budget, and reports which final model segments the held-out cases better. "
             "<b>Segment</b>: runs the fine-tuned model on a volume, or carries an atlas segmentation onto it "
             "through the matches a pre-trained network finds (no fine-tuning). <b>Validation Dice</b>: overlap of "
             "the model's segmentation with the held-out cases' (0..1, higher is better), per label and mean; the "
@@ -93,6 +96,7 @@ class GVSLSegmentParameterNode:
     validationInterval: Annotated[int, WithinRange(1, 10_000_000)] = 250
     precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
     device: str = "auto"
+    compareWithScratch: bool = False
     model: pathlib.Path
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -219,8 +223,10 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             runFolder = pathOrNone(p.runFolder)
             if runFolder is None:
                 raise ValueError("Choose the output folder.")
-            if p.mode != "scratch" and pathOrNone(p.initCheckpoint) is None:
+            if p.mode in finetuning.PRETRAINED_MODES and pathOrNone(p.initCheckpoint) is None:
                 raise ValueError("Choose the pre-trained checkpoint (or the scratch mode).")
+            if p.compareWithScratch and p.mode == finetuning.COMPARED_MODE:
+                raise ValueError("Choose another mode to compare with training from scratch.")
             dataPath = self._trainingData(runFolder)
             if not ensureBackend(self.logic):
                 return
@@ -229,7 +235,15 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     def updateRunPanel(self):
         progress = self._updateRunButtons()
+        self.ui.comparisonResultsLabel.text = finetuning.comparison_text(progress) if progress is not None else ""
         if progress is None:
+            return
+        if progress.arm_runs:
+            self.ui.progressLabel.text = self._progressText(progress)
+            curves = finetuning.comparison_curves(progress)
+            if curves:
+                self._showChartOnce(plots.update_loss_chart(slicer.mrmlScene, curves, COMPARISON_CHART,
+                                                            y_title="validation Dice"))
             return
         losses, dice = finetuning.split_curves(progress.curves)
         details = []
@@ -248,11 +262,13 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
     # Segmentation
 
     def onUseRunModel(self, _checked=None):
-        """The output folder's run as the model (``gvsl segment`` takes its best model)."""
+        """The output folder's run as the model (``gvsl segment`` takes its best model); for a comparison, its first
+        arm-run's (the chosen mode, first seed)."""
         if self._run is None or not self._run.exists():
             slicer.util.warningDisplay("Choose the fine-tuning run's output folder first.")
             return
-        self._parameterNode.model = self._run.path
+        armRuns = self._run.progress.arm_runs
+        self._parameterNode.model = self._run.path / runs.ARMS_DIR / armRuns[0] if armRuns else self._run.path
 
     def onSegment(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not segment.", waitCursor=True):
@@ -343,7 +359,8 @@ class GVSLSegmentLogic(GVSLLogicBase):
         command = finetuning.finetune_command(dataPath, pathOrNone(p.initCheckpoint), runFolder, mode=p.mode,
                                               iterations=p.iterations, patch=p.patchSize, batch=p.batchSize,
                                               lr=p.learningRate, val_every=p.validationInterval,
-                                              precision=p.precision, device=p.device or "auto")
+                                              precision=p.precision, device=p.device or "auto",
+                                              compare_with_scratch=p.compareWithScratch)
         return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
 
     def startSegmentation(self, inputNode, model, device="auto"):

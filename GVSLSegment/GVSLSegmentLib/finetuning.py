@@ -1,32 +1,40 @@
-"""``gvsl finetune`` and ``gvsl segment`` command lines, and the fine-tuning curves split for their two charts.
+"""``gvsl finetune`` and ``gvsl segment`` command lines, the fine-tuning curves split for their two charts, and a
+comparison's curves and results (``gvsl finetune --compare``).
 
 A fine-tuning run folder is followed like a pre-training one (``GVSLSharedLib.runs.RunFolder``): its iteration
 events hold the losses (``loss``, ``dice_loss``, ``ce``) and, at validation iterations, ``val_dice`` (mean over
 the labels) and ``val_dice_per_class`` (label name → Dice), which ``RunProgress`` folds into the curves
-``val_dice`` and ``val_dice_per_class/NAME``.
+``val_dice`` and ``val_dice_per_class/NAME``; a comparison's, per arm-run, into ``RunProgress.arm_curves``.
 """
 from __future__ import annotations
 
 import os
 
-from GVSLSharedLib.runs import gvsl_command
+from GVSLSharedLib.runs import RunProgress, gvsl_command
 
-MODES = ("finetune", "linear", "scratch")  # gvsl.finetune.config.MODES
+MODES = ("finetune", "linear", "scratch", "random-linear")  # gvsl.finetune.config.MODES
+PRETRAINED_MODES = ("finetune", "linear")  # gvsl.finetune.config.PRETRAINED_MODES: the modes that take --init
+COMPARED_MODE = "scratch"  # what the module's comparison checkbox adds (--compare scratch)
 MEAN_DICE_CURVE = "val_dice"
 CLASS_DICE_PREFIX = "val_dice_per_class/"
 MEAN_DICE_NAME = "Dice (mean)"  # the mean validation Dice curve as ``split_curves`` names it
 
 
 def finetune_command(data: os.PathLike, init: os.PathLike, run_dir: os.PathLike, *, mode: str, iterations: int,
-                     patch: int, batch: int, lr: float, val_every: int, precision: str, device: str) -> list[str]:
-    """``gvsl finetune DATA --init CHECKPOINT --out RUN_DIR ...`` for a new run (``init`` is ignored by the
-    ``scratch`` mode, which starts from random weights)."""
+                     patch: int, batch: int, lr: float, val_every: int, precision: str, device: str,
+                     compare_with_scratch: bool = False) -> list[str]:
+    """``gvsl finetune DATA --init CHECKPOINT --out RUN_DIR ...`` for a new run (``init`` is ignored by the modes
+    that start from random weights); ``compare_with_scratch`` adds ``--compare scratch`` (the same network also
+    trained from scratch on the same cases, crops and budget; RUN_DIR then holds a comparison)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if compare_with_scratch and mode == COMPARED_MODE:
+        raise ValueError(f"the {mode} mode cannot be compared with training from scratch: choose another mode")
     args = ["finetune", str(data), "--out", str(run_dir), "--mode", mode, "--iterations", str(iterations),
             "--patch", str(patch), "--batch", str(batch), "--lr", repr(float(lr)), "--val-every", str(val_every),
             "--precision", precision, "--device", device, "--no-progress"]
-    return gvsl_command(*args, *(["--init", str(init)] if mode != "scratch" else []))
+    return gvsl_command(*args, *(["--init", str(init)] if mode in PRETRAINED_MODES else []),
+                        *(["--compare", COMPARED_MODE] if compare_with_scratch else []))
 
 
 def segment_command(image: os.PathLike, model: os.PathLike, out: os.PathLike, device: str = "auto") -> list[str]:
@@ -45,3 +53,27 @@ def split_curves(curves: dict[str, list[tuple[int, float]]]) -> tuple[dict, dict
         else:
             losses[name] = values
     return losses, dice
+
+
+def comparison_curves(progress: RunProgress) -> dict[str, list[tuple[int, float]]]:
+    """A comparison's validation Dice curves, one per arm-run ("<arm>-seed<k>" → [(iteration, mean Dice)]), in the
+    order they run."""
+    return {run: progress.arm_curves[run][MEAN_DICE_CURVE] for run in progress.arm_runs
+            if MEAN_DICE_CURVE in progress.arm_curves.get(run, {})}
+
+
+def comparison_text(progress: RunProgress) -> str:
+    """What a comparison found so far, a line each: every scored arm-run's held-out mean Dice while it runs; at the
+    end each arm's held-out mean Dice over seeds (± their standard deviation) and the verdicts. Empty for an ordinary
+    run."""
+    held_out = progress.outcome.get("held_out_dice")
+    if not held_out:
+        return "\n".join(f"{run}: held-out Dice {record['test_mean_dice']:.3f}"
+                         for run, record in progress.arm_results.items() if record.get("test_mean_dice") is not None)
+    lines = []
+    for arm, stats in held_out.items():
+        if stats.get("mean") is not None:
+            sd = f" ± {stats['sd']:.3f}" if stats.get("sd") is not None else ""
+            lines.append(f"{arm}: held-out Dice {stats['mean']:.3f}{sd} ({stats['n']} seed{'s' * (stats['n'] > 1)})")
+    lines += [f"{arm}: {verdict}" for arm, verdict in progress.outcome.get("verdicts", {}).items()]
+    return "\n".join(lines)

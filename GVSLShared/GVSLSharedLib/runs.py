@@ -2,9 +2,11 @@
 
 A run folder (``gvsl pretrain --out RUN_DIR``, or ``gvsl finetune``'s) holds ``events.jsonl`` (one JSON
 record per line, key ``"event"``), ``config.json``, ``checkpoints/*.pt`` and,
-while stopping, ``STOP``. The module never imports the backend (it may not be
+while stopping, ``STOP``. A comparison's folder (``gvsl finetune --compare``) holds one run folder per arm and seed
+in ``arms/`` and one event file in which every arm-run's events carry ``"arm"`` (its start and end renamed, so
+that only the comparison's own ``end`` ends it). The module never imports the backend (it may not be
 installed yet, and it imports torch), so the few names it relies on are
-repeated here; a test checks them against ``gvsl.train``.
+repeated here; a test checks them against ``gvsl.train`` and ``gvsl.finetune.compare``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ EVENTS_NAME = "events.jsonl"  # gvsl.train.events.EVENTS_NAME
 STOP_NAME = "STOP"  # gvsl.train.stopping.STOP_NAME
 CHECKPOINT_DIR = "checkpoints"  # gvsl.train.state.CHECKPOINT_DIR
 CONFIG_NAME = "config.json"
+ARMS_DIR = "arms"  # gvsl.finetune.compare.ARMS_DIR
+COMPARISON_START, ARM_START, ARM_END = "comparison_start", "arm_start", "arm_end"  # gvsl.finetune.compare's events
 PROCESS_LOG_NAME = "slicer-process.log"  # output of the process the module started, in the run folder
 FINAL_EVENTS = ("end", "error")
 NOT_LOSSES = frozenset({"event", "time", "iteration", "iterations", "lr", "it_per_s", "eta_s", "peak_memory_bytes",
@@ -94,7 +98,12 @@ def parse_events(text: str) -> list[dict]:
 
 @dataclass
 class RunProgress:
-    """What the events of one run say so far: state, position, speed, and the loss curves."""
+    """What the events of one run say so far: state, position, speed, and the loss curves.
+
+    For a comparison (``comparison_start``), ``iteration``, ``iterations`` and the speed are the current arm-run's
+    (``arm``), its curves go to ``arm_curves[arm]``, ``arm_results`` keeps each scored arm-run's ``arm_end`` record,
+    ``outcome`` the final ``end`` record, and ``fraction`` and ``eta_s`` cover all ``arm_runs``.
+    """
 
     state: str = "new"  # new | running | stopped | finished | failed
     iteration: int = 0
@@ -104,25 +113,38 @@ class RunProgress:
     message: str = ""
     checkpoint: Optional[str] = None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    arm: Optional[str] = None
+    arm_runs: list[str] = field(default_factory=list)
+    arm_curves: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
+    arm_results: dict[str, dict] = field(default_factory=dict)
+    outcome: dict = field(default_factory=dict)
 
     def add(self, record: dict) -> None:
         """Fold one event record in (unknown events and fields are ignored)."""
         kind = record.get("event")
-        self.iteration = int(record.get("iteration") or self.iteration)
+        arm = record.get("arm")
+        if record.get("iteration") is not None:  # 0 too: the start of a comparison's next arm-run
+            self.iteration = int(record["iteration"])
         self.iterations = record.get("iterations", self.iterations)
-        if kind == "start":
+        if arm is not None:
+            self.arm = arm
+        if kind == COMPARISON_START:
+            self.arm_runs = list(record.get("arm_runs", []))
+            self.state, self.message = "running", f"comparing {len(self.arm_runs)} runs"
+        elif kind in ("start", ARM_START):
             self.state, self.message = "running", f"running on {record.get('device', '?')}"
+            if arm is not None:
+                position = self.arm_runs.index(arm) + 1 if arm in self.arm_runs else "?"
+                self.message = f"{arm} (run {position} of {len(self.arm_runs)}) running on {record.get('device', '?')}"
         elif kind == "iteration":
             self.state = "running"
             self.it_per_s, self.eta_s = record.get("it_per_s"), record.get("eta_s")
-            for name, value in record.items():
-                if name in NOT_LOSSES:
-                    continue
-                # a mapping of numbers (fine-tuning's per-class Dice) gives one curve per key: "name/key"
-                for key, number in value.items() if isinstance(value, dict) else [("", value)]:
-                    if isinstance(number, (int, float)):
-                        curve = f"{name}/{key}" if key else name
-                        self.curves.setdefault(curve, []).append((self.iteration, float(number)))
+            self._add_curves(record, self.curves if arm is None else self.arm_curves.setdefault(arm, {}))
+            untouched = len(self.arm_runs) - len(self.arm_results) - 1  # arm-runs after this one
+            if arm is not None and untouched > 0 and self.eta_s is not None and self.it_per_s:
+                self.eta_s += untouched * (self.iterations or 0) / self.it_per_s
+        elif kind == ARM_END:
+            self.arm_results[arm] = record
         elif kind == "checkpoint":
             self.checkpoint = record.get("path", self.checkpoint)
         elif kind == "stop":
@@ -131,14 +153,30 @@ class RunProgress:
             self.state = "stopped" if record.get("stopped") else "finished"
             self.checkpoint = record.get("checkpoint") or self.checkpoint
             self.eta_s = None
-            self.message = f"{self.state} at iteration {self.iteration}"
+            self.outcome = record
+            self.message = (f"{self.state} with {len(self.arm_results)} of {len(self.arm_runs)} runs scored"
+                            if self.arm_runs else f"{self.state} at iteration {self.iteration}")
         elif kind == "error":
             self.state, self.message = "failed", f"{record.get('type', 'error')}: {record.get('message', '')}"
 
+    def _add_curves(self, record: dict, curves: dict[str, list[tuple[int, float]]]) -> None:
+        """The numbers of an iteration record appended to ``curves`` (a mapping of numbers, such as fine-tuning's
+        per-class Dice, gives one curve per key: "name/key")."""
+        for name, value in record.items():
+            if name in NOT_LOSSES:
+                continue
+            for key, number in value.items() if isinstance(value, dict) else [("", value)]:
+                if isinstance(number, (int, float)):
+                    curves.setdefault(f"{name}/{key}" if key else name, []).append((self.iteration, float(number)))
+
     @property
     def fraction(self) -> float:
-        """Progress in [0, 1] (0 while the total is unknown)."""
-        return min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        """Progress in [0, 1] (0 while the total is unknown); for a comparison, over all its arm-runs."""
+        run = min(1.0, self.iteration / self.iterations) if self.iterations else 0.0
+        if not self.arm_runs:
+            return run
+        current = run if self.arm is not None and self.arm not in self.arm_results else 0.0
+        return min(1.0, (len(self.arm_results) + current) / len(self.arm_runs))
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -180,8 +218,9 @@ class RunFolder:
         return self._log.read()
 
     def checkpoints(self) -> list[Path]:
-        """The run's checkpoint files, oldest first."""
-        return sorted((self.path / CHECKPOINT_DIR).glob("*.pt"))
+        """The run's checkpoint files, oldest first (a comparison's: its arm-runs', run by run)."""
+        return sorted((self.path / CHECKPOINT_DIR).glob("*.pt")) + sorted(
+            self.path.glob(f"{ARMS_DIR}/*/{CHECKPOINT_DIR}/*.pt"))
 
     def config(self) -> dict:
         path = self.path / CONFIG_NAME

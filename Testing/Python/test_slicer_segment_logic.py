@@ -287,6 +287,13 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
         "d", "i.pt", "r", mode="scratch", iterations=1, patch=32, batch=1, lr=1e-4, val_every=1, precision="auto",
         device="auto")[3:])
     assert not hasattr(scratch, "init")
+    compared = parser.parse_args(finetuning.finetune_command(
+        "d", "i.pt", "r", mode="random-linear", iterations=1, patch=32, batch=1, lr=1e-4, val_every=1,
+        precision="auto", device="auto", compare_with_scratch=True)[3:])
+    assert (compared.mode, compared.compare, hasattr(compared, "init")) == ("random-linear", "scratch", False)
+    with pytest.raises(ValueError, match="cannot be compared with training from scratch"):
+        finetuning.finetune_command("d", None, "r", mode="scratch", iterations=1, patch=32, batch=1, lr=1e-4,
+                                    val_every=1, precision="auto", device="auto", compare_with_scratch=True)
     assert parser.parse_args(runs.resume_command(tmp_path / "run", "finetune")[3:]).resume == str(tmp_path / "run")
     segment = parser.parse_args(finetuning.segment_command("in.nrrd", tmp_path / "run", "out.nii.gz")[3:])
     assert (segment.image, segment.model, segment.out, segment.device) == ("in.nrrd", str(tmp_path / "run"),
@@ -294,7 +301,7 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
     matched = parser.parse_args(match.match_command("f.nrrd", "m.nrrd", "c.pt", tmp_path, "cpu", "atlas.nrrd")[3:])
     assert matched.labels == "atlas.nrrd"
     assert match.PROPAGATED_LABELS_NAME == match_outputs.LABELS_FILE
-    assert finetuning.MODES == config.MODES
+    assert finetuning.MODES == config.MODES and set(finetuning.PRETRAINED_MODES) == config.PRETRAINED_MODES
     assert (training_data.LABEL_TABLE_NAME, training_data.NNUNET_DATASET_NAME, training_data.LABEL_TABLE_SUFFIX) == (
         data.LABELS_NAME, data.NNUNET_DATASET, SUFFIX)
 
@@ -322,6 +329,61 @@ def test_fine_tuning_events_give_loss_and_dice_charts(scene, tmp_path):
     assert chart.GetYAxisTitle() == "loss / Dice" and chart.GetNumberOfPlotSeriesNodes() == 6
     dice_table = scene.GetFirstNodeByName("training Dice").GetTable()
     assert dice_table.GetNumberOfRows() == 2 and dice_table.GetValueByName(1, f"Dice {GREY}") == 0.6
+
+
+def test_comparison_events_give_one_dice_curve_per_arm_run_and_the_verdict(scene, tmp_path):
+    """A real comparison (``gvsl finetune --compare``'s engine: scratch and random-linear on the 6 mm MNI head, 2
+    seeds, 2 iterations each) read as the module reads it: no arm-run's end ends the run, progress covers every
+    arm-run, the chart has one validation Dice line per arm-run, and the results give each arm's held-out Dice and
+    the verdict. The names the module repeats are the backend's."""
+    from GVSLSharedLib import plots
+
+    from gvsl.commands import finetune as finetune_command
+    from gvsl.finetune.compare import ARMS_DIR, COMPARISON_NAME, FORWARDED, Arm, run_comparison
+    from gvsl.finetune.config import FinetuneConfig
+    from gvsl.train.events import EVENTS
+    assert (runs.ARMS_DIR, runs.ARM_START, finetune_command.COMPARISON_NAME) == (
+        ARMS_DIR, FORWARDED["start"], COMPARISON_NAME)
+    assert {runs.COMPARISON_START, runs.ARM_START, runs.ARM_END} <= set(EVENTS)
+    for folder, image in (("imagesTr", mni()["t1"]), ("labelsTr", tissue_labels())):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        sitk.WriteImage(image, str(tmp_path / "data" / folder / ("head_0000.nrrd" if folder == "imagesTr" else
+                                                                  "head.nrrd")))
+    base = FinetuneConfig(data=str(tmp_path / "data"), mode="scratch", iterations=2, val_every=1, val_windows=1,
+                          patch=32, batch=1, channels=(4, 4, 4, 4, 4, 4, 4, 4, 4), spacing=(SPACING_MM,) * 3,
+                          workers=0, tensorboard=False, progress=False, device="cpu")
+    arms = [Arm("random-linear", "random-linear", None), Arm("scratch", "scratch", None)]
+    run_comparison(base, arms, [0, 1], tmp_path / "out")
+
+    run = runs.RunFolder(tmp_path / "out")
+    assert len(run.checkpoints()) == 4  # the arm-runs' last two each: Resume can be offered
+    progress = run.progress
+    states, fractions = [], []
+    for record in runs.parse_events((tmp_path / "out" / runs.EVENTS_NAME).read_text()):
+        progress.add(record)
+        states.append(progress.state)
+        fractions.append(progress.fraction)
+    assert states[-1] == "finished" and "finished" not in states[:-1] and "failed" not in states
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    runs_in_order = ["random-linear-seed0", "scratch-seed0", "random-linear-seed1", "scratch-seed1"]
+    assert progress.arm_runs == runs_in_order and progress.curves == {}
+    curves = finetuning.comparison_curves(progress)
+    assert list(curves) == runs_in_order and all([i for i, _ in curve] == [1, 2] for curve in curves.values())
+
+    chart = plots.update_loss_chart(scene, curves, "comparison", y_title="validation Dice")
+    assert chart.GetNumberOfPlotSeriesNodes() == 4
+    assert scene.GetFirstNodeByName("comparison table").GetTable().GetNumberOfColumns() == 5  # iteration + 4 runs
+
+    text = finetuning.comparison_text(progress).splitlines()
+    assert text[0].startswith("random-linear: held-out Dice ") and text[0].endswith("(2 seeds)")
+    assert text[1].startswith("scratch: held-out Dice ")
+    assert text[2].startswith("random-linear: ") and text[2].split(": ")[1] in ("pays", "no benefit", "unclear")
+    partial = runs.RunProgress()
+    for record in runs.parse_events((tmp_path / "out" / runs.EVENTS_NAME).read_text()):
+        if record["event"] == "end":
+            break
+        partial.add(record)
+    assert finetuning.comparison_text(partial).splitlines()[0].startswith("random-linear-seed0: held-out Dice ")
 
 
 def test_real_segmentation_by_matching_carries_the_atlas_segments_onto_the_input(scene, tmp_path):

@@ -98,7 +98,7 @@ BACKEND_CONFIGS = {"GVSLPretrain": ("gvsl.train.config", "TrainConfig", RUN_FIEL
 @pytest.mark.parametrize("module", sorted(BACKEND_CONFIGS))
 def test_module_run_defaults_are_the_backends(module):
     """The modules' run settings start at ``gvsl pretrain``'s and ``gvsl finetune``'s defaults (the configuration
-    classes; the widgets cannot import them: the fine-tuning one imports torch). A cubic patch is one size.
+    classes; the widgets cannot import them: the backend may not be installed yet). A cubic patch is one size.
 
     ``gvsl pretrain --batch auto`` (its default) is the module's batch 0, shown as "auto" (``runs.AUTO_BATCH``, which
     ``test_slicer_pretrain_logic`` checks becomes ``--batch auto``)."""
