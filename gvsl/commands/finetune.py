@@ -7,11 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gvsl.commands.training_run import add_run_arguments, start_run
 from gvsl.finetune.config import MODES, PRETRAINED_MODES, SCHEDULES, FinetuneConfig
 from gvsl.train.config import parse_channels, parse_patch, parse_spacing
+
+if TYPE_CHECKING:
+    from gvsl.finetune.compare import Arm
 
 COMPARISON_NAME = "comparison.json"  # gvsl.finetune.compare.COMPARISON_NAME (that module imports torch)
 
@@ -84,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, FinetuneConfig)
 
 
-def comparison_arms(config: FinetuneConfig, compare: str) -> list[Any]:
+def comparison_arms(config: FinetuneConfig, compare: str) -> list[Arm]:
     """The arms of ``--compare MODE,...``: the run's own mode first, then each listed mode, named by their mode;
     the pre-trained modes start from ``--init``. ValueError for an unknown or repeated mode, or a missing --init."""
     from gvsl.finetune.compare import Arm

@@ -46,11 +46,13 @@ def mean_curve(seeds: Sequence[Sequence[Point]]) -> list[Point]:
             for _, points in sorted(by_iteration.items())]
 
 
-def nice_ticks(high: float, count: int = 5) -> list[float]:
-    """Ticks 0, s, 2s, ... up to the first at or above ``high``, s a 1, 2, 2.5 or 5 times a power of ten."""
-    raw = max(high, 1e-9) / count
+def nice_ticks(high: float, count: int = 5, integer: bool = False) -> list[float]:
+    """Ticks 0, s, 2s, ... up to the first at or above ``high``, s a 1, 2, 2.5 or 5 times a power of ten (a whole
+    number 1, 2, 5, 10, 20, 25, ... when ``integer``)."""
+    raw = max(high, 1.0 if integer else 1e-9) / count
     power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw)
+    multiples = (1.0, 2.0, 5.0, 10.0) if integer and power < 10 else (1.0, 2.0, 2.5, 5.0, 10.0)
+    step = max(next(m * power for m in multiples if m * power >= raw), 1.0 if integer else 0.0)
     return [n * step for n in range(int(math.ceil(high / step - 1e-9)) + 1)]
 
 
@@ -63,7 +65,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _lighter(colour: tuple[int, int, int], keep: float = 0.35) -> tuple[int, int, int]:
+def _lighter(colour: tuple[int, int, int], keep: float = 0.45) -> tuple[int, int, int]:
     return tuple(int(round(255 - keep * (255 - c))) for c in colour)
 
 
@@ -120,7 +122,7 @@ def draw_comparison_chart(arms: Sequence[ArmCurves], title: str):
     _, unit_s, unit = next(u for u in TIME_UNITS if most_seconds < u[0])
     top = TITLE_HEIGHT
     _panel(draw, font, (MARGIN, top), "validation Dice against iterations", "iteration",
-           nice_ticks(most_iterations), 1.0, 0, arms)
+           nice_ticks(most_iterations, integer=True), 1.0, 0, arms)
     _panel(draw, font, (2 * MARGIN + PANEL_SIZE[0], top), "validation Dice against training time",
            f"training time ({unit})", nice_ticks(most_seconds / unit_s), unit_s, 1, arms)
     y = top + PANEL_SIZE[1] + MARGIN
