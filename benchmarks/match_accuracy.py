@@ -20,67 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
-from gvsl.cli import main as gvsl
-from gvsl.sample_data import SampleHead, correspondence_errors_mm, write_sample_heads
+from gvsl.sample_data import correspondence_errors_mm, write_sample_heads
 
-
-def summary(errors: np.ndarray) -> dict[str, float]:
-    return {"mean_mm": float(errors.mean()), "median_mm": float(np.median(errors)),
-            "p90_mm": float(np.percentile(errors, 90))}
-
-
-def centres_of_mass(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
-    """The translation taking the fixed image's centre of mass to the moving image's (ITK MOMENTS)."""
-    return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
-
-
-def simpleitk_affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
-    """A classical affine registration: correlation, centres-of-mass start, regular-step gradient descent with
-    physical-shift scales, shrink factors 2 and 1 (smoothing 1 and 0 voxels)."""
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
-                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsCorrelation()
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.25, seed=1)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=200)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([2, 1])
-    method.SetSmoothingSigmasPerLevel([1, 0])
-    method.SetInitialTransform(initial, inPlace=False)
-    return method.Execute(fixed, moving)
-
-
-def timed(compute: Callable[[], sitk.Transform]) -> tuple[sitk.Transform, float]:
-    started = time.perf_counter()
-    transform = compute()
-    return transform, time.perf_counter() - started
-
-
-def gvsl_match(fixed: SampleHead, moving: SampleHead, out: Path, args: argparse.Namespace) -> dict:
-    """``gvsl match`` on one pair: its metrics, the final transform and, when refined, the network's alone."""
-    command = ["match", str(fixed.volume), str(moving.volume), "--checkpoint", args.checkpoint, "--out", str(out),
-               "--device", args.device, "--fixed-modality", "MR", "--moving-modality", "MR"]
-    if args.initial_alignment:
-        command += ["--initial-alignment", args.initial_alignment]
-    if args.refine is not None:
-        command += ["--refine", str(args.refine)]
-    if gvsl(command) != 0:
-        raise SystemExit(f"gvsl match failed on {fixed.volume.name} -> {moving.volume.name}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    transforms = {"final": sitk.ReadTransform(str(out / "transform.h5")), "metrics": metrics}
-    if (out / "transform_network.h5").is_file():
-        transforms["network"] = sitk.ReadTransform(str(out / "transform_network.h5"))
-    return transforms
+from match_methods import centres_of_mass, gvsl_match, simpleitk_affine, summary, timed  # isort: skip (a sibling)
 
 
 def main() -> None:
@@ -96,6 +43,11 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="skip the SimpleITK rows")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    options = ["--device", args.device]
+    if args.initial_alignment:
+        options += ["--initial-alignment", args.initial_alignment]
+    if args.refine is not None:
+        options += ["--refine", str(args.refine)]
     rows: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, list[float]] = {}
 
@@ -117,15 +69,13 @@ def main() -> None:
             if not args.no_baselines:
                 transform, spent = timed(lambda: simpleitk_affine(*images))  # noqa: B023
                 record("SimpleITK affine", errors(transform), spent)
-            started = time.perf_counter()
-            match = gvsl_match(fixed, moving, Path(work) / f"match-{n}", args)
-            spent = time.perf_counter() - started
-            metrics = match["metrics"]
-            if "network" in match:
-                record("network", errors(match["network"]), metrics["network"]["seconds"])
-                record("network + refinement", errors(match["final"]), spent)
+            match = gvsl_match(fixed.volume, moving.volume, args.checkpoint, Path(work) / f"match-{n}", options)
+            metrics = match.metrics
+            if match.network is not None:
+                record("network", errors(match.network), metrics["network"]["seconds"])
+                record("network + refinement", errors(match.final), match.seconds)
             else:
-                record("network", errors(match["final"]), spent)
+                record("network", errors(match.final), match.seconds)
             print(f"pair {n}: " + ", ".join(f"{name} {rows[name][-1].mean():.2f} mm" for name in rows)
                   + f"; ncc {metrics['ncc_before']:.3f} -> {metrics['ncc_after']:.3f}, folding "
                   f"{metrics['nonpositive_jacobian_percent']:.3f} %", flush=True)
