@@ -7,6 +7,7 @@ SimpleITK...), so ``gvsl --help`` and every command start without the others' de
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -82,7 +83,23 @@ def chosen_command(argv: Sequence[str]) -> list[str]:
     return [first] if first in COMMANDS else []
 
 
+def enable_crash_tracebacks() -> None:
+    """On a native crash (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL: in torch, ITK, a driver...) write the Python
+    traceback of every thread to standard error, so that the log holds where it happened rather than only "signal
+    11". Left as it is when already enabled (``python -X faulthandler``, ``PYTHONFAULTHANDLER``, pytest); skipped
+    when there is no standard error file to write to."""
+    if faulthandler.is_enabled():
+        return
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.enable(stream)
+            return
+        except (AttributeError, RuntimeError, ValueError, OSError):  # None, or a stream without a file descriptor
+            continue
+
+
 def main(argv: list[str] | None = None) -> int:
+    enable_crash_tracebacks()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(chosen_command(argv)).parse_args(argv)
     return int(args._run(args) or 0)

@@ -233,7 +233,8 @@ class RunFolder:
 
 class BackgroundProcess:
     """A child process in its own process group (session on POSIX), its output in a log file (appended to, after
-    a ``$ command`` line).
+    a ``$ command`` line). A Python child runs with ``PYTHONFAULTHANDLER=1``: if it crashes natively (signal 11...),
+    the log ends with the Python traceback of each of its threads.
 
     With ``stdout_path``, standard output goes there (e.g. ``gvsl scan --json``) and only errors to the log.
 
@@ -254,9 +255,11 @@ class BackgroundProcess:
             self._files.append(open(stdout_path, "wb"))
         options = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
                    else {"start_new_session": True})
+        # PYTHONFAULTHANDLER: a native crash of the child (Python) writes its threads' tracebacks to the log.
         self.process = subprocess.Popen(self.command, stdout=self._files[-1],
                                         stderr=self._files[0] if stdout_path is not None else subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, **options)
+                                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                                        **options)
         self._kill_at: Optional[float] = None
 
     def poll(self) -> Optional[int]:

@@ -7,12 +7,14 @@ exits with ``MISSING_SAMPLE_DATA`` when that is not installed. The module runs i
 is imported only inside ``main``.
 """
 import argparse
+import faulthandler
 import sys
 
 MISSING_SAMPLE_DATA = 3  # exit status: the backend or nilearn is not installed
 
 
 def main(argv=None) -> int:
+    faulthandler.enable()  # a native crash leaves the Python traceback in the log
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--subjects", type=int, default=3, help="number of heads (default 3)")

@@ -5,6 +5,7 @@
 at every voxel of the moving image, on the moving grid (``MatchResult.feature_similarity``). The module runs it with
 Slicer's Python; it imports the backend (and torch) only inside ``main``, so the module can import the name below.
 """
+import faulthandler
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ SIMILARITY_NAME = "similarity.nrrd"
 
 
 def main(argv=None) -> int:
+    faulthandler.enable()  # a native crash leaves the Python traceback in the log
     import SimpleITK as sitk
 
     from gvsl.cli import GvslArgumentParser, add_command_arguments
