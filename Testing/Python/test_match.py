@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -559,3 +560,25 @@ def load_head_3mm() -> sitk.Image:
     from gvsl.sample_data import load_mni
 
     return load_mni(spacing=3.0)["t1"]
+
+
+FOLDING_SLAB = """
+import numpy as np, SimpleITK as sitk
+from gvsl.match.metrics import nonpositive_jacobian_percent
+x = np.arange(40.0)
+u = np.zeros((40, 40, 40, 3))
+u[..., 0] = np.where((x >= 10) & (x <= 20), -2 * (x - 10), np.where(x > 20, -20.0, 0.0))[None, None, :]
+print(nonpositive_jacobian_percent(sitk.GetImageFromArray(u, isVector=True), sitk.AffineTransform(3),
+                                   (slice(None),) * 3))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_folding_measure_reads_memory_it_owns():
+    """The folding measure is exact on a field that folds on a slab (x from 10 to 20: 11 of 40 columns), also when
+    every freed buffer goes straight back to the system (glibc, MALLOC_MMAP_THRESHOLD_): it once read the
+    Jacobian image through a view after freeing it, which crashed ``gvsl match`` with signal 11 now and then."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run([sys.executable, "-c", FOLDING_SLAB], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) == pytest.approx(100 * 11 / 40)

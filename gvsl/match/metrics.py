@@ -20,7 +20,8 @@ def nonpositive_jacobian_percent(displacement_mm: sitk.Image, affine: sitk.Affin
     The map's Jacobian determinant is det(affine matrix) * det(I + grad u), the latter from SimpleITK's
     ``DisplacementFieldJacobianDeterminant`` (central differences in mm) on the displacement grid.
     """
-    det_field = sitk.GetArrayViewFromImage(sitk.DisplacementFieldJacobianDeterminant(displacement_mm))[region]
+    # A copy (GetArrayFromImage): a view of the temporary determinant image would be read after its buffer is freed.
+    det_field = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(displacement_mm))[region]
     det = det_field * np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3))
     return float(100.0 * np.count_nonzero(det <= 0) / max(det.size, 1))
 
