@@ -338,6 +338,22 @@ def test_large_volume_is_seen_whole_at_a_coarser_spacing():
         MatchConfig(max_size_xyz=(40, 32, 32))
 
 
+def test_the_network_never_sees_the_scans_finer_than_they_are():
+    """A checkpoint trained at 1 mm on 2.5 mm scans: the network sees them at 2.5 mm (8 voxels in 125 of the 1 mm
+    grid's, no detail lost), unless a spacing is chosen (``--spacing``: taken as given)."""
+    from gvsl.match import MatchOptions
+    from gvsl.match.options import match_config_for
+
+    fixed, moving = axis_aligned_pair()
+    trained = {"preprocessing": {"target_spacing": [1.0, 1.0, 1.0]}}
+    config = match_config_for(MatchOptions(), trained)
+    assert config.prepare.target_spacing == (1.0, 1.0, 1.0) and config.coarsen_to_scans
+    assert prepare_network_inputs(fixed, moving, "MR", "MR", config).fixed.GetSpacing() == pytest.approx((2.5,) * 3)
+    chosen = match_config_for(MatchOptions(target_spacing=(1.0, 1.0, 1.0)), trained)
+    assert not chosen.coarsen_to_scans
+    assert prepare_network_inputs(fixed, moving, "MR", "MR", chosen).fixed.GetSpacing() == pytest.approx((1.0,) * 3)
+
+
 def test_unusable_inputs_give_clear_errors():
     fixed, moving = axis_aligned_pair()
     model = GVSL(CHANNELS)

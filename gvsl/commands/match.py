@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     trained = "default: the checkpoint's training preprocessing, else"
     parser.add_argument("--spacing", type=parse_spacing, metavar="MM[,MM,MM]",
-                        help=f"target voxel size in mm: one size, X,Y,Z or X Y Z ({trained} "
-                             f"{','.join(map(str, prepare.target_spacing))})")
+                        help=f"voxel size in mm the network sees the scans at: one size, X,Y,Z or X Y Z, taken as "
+                             f"given (default: the checkpoint's training spacing, else "
+                             f"{','.join(map(str, prepare.target_spacing))}, or the scans' own resolution where that "
+                             "is coarser)")
     parser.add_argument("--ct-window", type=float, nargs=2, metavar=("LO", "HI"),
                         help=f"HU mapped to 0 and 1 ({trained} {' '.join(map(str, prepare.ct_window))})")
     parser.add_argument("--mr-percentiles", type=float, nargs=2, metavar=("LO", "HI"),

@@ -17,13 +17,17 @@ class MatchConfig:
     ("centres-of-mass" or "physical"; see ``gvsl.data.alignment``). ``max_size_xyz``: the largest network input in
     voxels, (x, y, z) = (W, H, D), each a multiple of 16; a frame whose extent exceeds it at the target spacing is
     seen at a coarser spacing (see ``gvsl.match.frame``). ``ncc_window``: side in voxels of the boxes of the local
-    NCC metric. ``refine``: the test-time refinement (``iterations=0``: the network's answer alone)."""
+    NCC metric. ``refine``: the test-time refinement (``iterations=0``: the network's answer alone).
+    ``coarsen_to_scans``: the network sees the pair at ``prepare``'s spacing or at the scans' own resolution
+    (``gvsl.match.frame.input_spacing_mm``), whichever is coarser: finer than the scans adds voxels (8 times more per
+    halving), not detail. False takes ``prepare``'s spacing as given (a spacing chosen on the command line)."""
 
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     initial_alignment: str = "centres-of-mass"
     max_size_xyz: tuple[int, int, int] = (160, 160, 160)
     ncc_window: int = 9
     refine: RefineConfig = field(default_factory=RefineConfig)
+    coarsen_to_scans: bool = True
 
     def __post_init__(self) -> None:
         check_initial_alignment(self.initial_alignment)

@@ -9,8 +9,10 @@ multiple of 16 voxels per axis. Both network images live on that grid: the fixed
 sampled at ``initial(x)`` for each grid point x (trilinear, 0 outside). So a network that returns the identity
 reproduces ``initial`` exactly, and everything it adds is relative to it.
 
-There is no sliding window: the affine head needs global context, so a frame larger than ``max_size_xyz`` at the
-target spacing is seen whole at a coarser spacing, the target spacing times one factor for all axes.
+The network spacing is the training spacing, or the scans' own resolution where that is coarser
+(``MatchConfig.coarsen_to_scans``). There is no sliding window: the affine head needs global context, so a frame
+larger than ``max_size_xyz`` at that spacing is seen whole at a coarser spacing, that spacing times one factor for all
+axes.
 """
 from __future__ import annotations
 
@@ -113,6 +115,8 @@ def prepare_network_inputs(fixed: sitk.Image, moving: sitk.Image, fixed_modality
         if image.GetDimension() != 3:
             raise ValueError(f"{name} image is {image.GetDimension()}D: a 3D volume is needed")
     spacing = np.asarray(config.prepare.target_spacing, float)
+    if config.coarsen_to_scans:
+        spacing = np.maximum(spacing, input_spacing_mm(fixed, moving))
     for attempt in range(2):
         prepare = dataclasses.replace(config.prepare, target_spacing=tuple(float(s) for s in spacing))
         prepared = []

@@ -18,7 +18,9 @@ class MatchOptions:
     centres-of-mass). ``refine_iterations``: optimisation steps per refinement stage (0: the network's answer alone).
     ``device``: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
     ``target_spacing`` (mm, (x, y, z)), ``ct_window`` (HU mapped to 0 and 1), ``mr_percentiles`` (MR percentiles
-    mapped to 0 and 1): None for the checkpoint's training preprocessing, else ``PrepareConfig``'s defaults.
+    mapped to 0 and 1): None for the checkpoint's training preprocessing, else ``PrepareConfig``'s defaults (a
+    ``target_spacing`` given is the network's spacing as it is; left to the checkpoint, it is never finer than the
+    scans: ``MatchConfig.coarsen_to_scans``).
     ``max_size_xyz``: the largest network input in voxels, (x, y, z), multiples of 16 (``MatchConfig``)."""
 
     fixed_modality: str = "auto"
@@ -61,4 +63,5 @@ def match_config_for(options: MatchOptions, payload: dict) -> MatchConfig:
         raise ValueError(f"--refine must be >= 0, got {options.refine_iterations}")
     alignment = options.initial_alignment or payload.get("initial_alignment", "centres-of-mass")
     return MatchConfig(prepare=preprocessing_for(options, payload), max_size_xyz=options.max_size_xyz,
-                       initial_alignment=alignment, refine=RefineConfig(iterations=options.refine_iterations))
+                       initial_alignment=alignment, refine=RefineConfig(iterations=options.refine_iterations),
+                       coarsen_to_scans=options.target_spacing is None)
