@@ -325,7 +325,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             self._matchTransform = result.transform
             self._matchInputs = job.inputs
             p.outputTransform = self._matchNodes["transforms"][-1]
-            self.ui.metricsLabel.text = match.format_metrics(result.metrics)
+            self.ui.metricsLabel.text = match.describe_metrics(result.metrics)
             self.ui.matchStatusLabel.text = f"Match in {job.outDir}."
             if not p.fixedPoints:
                 p.fixedPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL fixed points")
@@ -530,4 +530,4 @@ class GVSLPretrainTest(ScriptedLoadableModuleTest):
             self.assertIs(slicer.mrmlScene.GetNodeByID(node.GetID()), node)
         self.assertIsNone(shown["warped"].GetParentTransformNode())  # already resampled onto the fixed grid
         slicer.util.setSliceViewerLayers(background=shown["fixed"], foreground=shown["warped"], foregroundOpacity=0.5)
-        self.delayDisplay(f"Pre-training and matching OK: {match.format_metrics(shown['metrics'])}")
+        self.delayDisplay(f"Pre-training and matching OK: {match.describe_metrics(shown['metrics'])}")

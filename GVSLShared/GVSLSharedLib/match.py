@@ -194,6 +194,19 @@ def propagate_segmentation(scene, segmentation_node, moving_node, fixed_node, tr
     return output
 
 
+def describe_metrics(metrics: dict) -> str:
+    """The metrics of ``gvsl match`` for the module's match view, saying which numbers come from the network and
+    which from the refinement: with refinement, the final answer's first (the network's answer optimised on these
+    two scans), then the network's own (``metrics["network"]``: what the pre-training learned); without, the
+    network's alone."""
+    final = {key: value for key, value in metrics.items() if key != "network"}
+    network = metrics.get("network")
+    if not isinstance(network, dict):
+        return f"Network alone (no refinement):\n{format_metrics(final)}"
+    return (f"After refinement on the pair:\n{format_metrics(final)}\n\n"
+            f"Network alone, before refinement (what the pre-training learned):\n{format_metrics(network)}")
+
+
 def format_metrics(metrics: dict, prefix: str = "") -> str:
     """One line per metric, numbers with four significant digits (the file also holds e.g. paths); a nested group
     (the network's own metrics before refinement) follows, each name prefixed with the group's."""

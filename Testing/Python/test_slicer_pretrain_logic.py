@@ -145,6 +145,11 @@ def test_match_outputs_become_nodes(scene, tmp_path):
     assert loaded.network_transform is None  # written only with refinement
     shown = match.show_match(scene, loaded, fixed_node)
     assert match.format_metrics(loaded.metrics) == "ncc_after: 0.5\nconventions: corrected\nnetwork ncc_after: 0.25"
+    # The match view says which numbers are the refined answer's and which the network's own.
+    assert match.describe_metrics(loaded.metrics) == (
+        "After refinement on the pair:\nncc_after: 0.5\nconventions: corrected\n\n"
+        "Network alone, before refinement (what the pre-training learned):\nncc_after: 0.25")
+    assert match.describe_metrics({"ncc_after": 0.25}) == "Network alone (no refinement):\nncc_after: 0.25"
     for name in ("warped", "checkerboard"):
         np.testing.assert_allclose(ijk_to_ras(shown[name]), ijk_to_ras(fixed_node), atol=1e-9)
     output = shown["transforms"][-1]
