@@ -70,7 +70,8 @@ def tissue_map(labels: sitk.Image, structure_names: Mapping[int, str]) -> sitk.I
     tissues[brain_array & (tissues == TISSUE_INDEX["background"])] = TISSUE_INDEX["csf"]
     inside = brain_array
     for name, outer_mm in SHELLS_MM:
-        shell = sitk.GetArrayViewFromImage(sitk.BinaryDilate(brain, radius(outer_mm))).astype(bool) & ~inside
+        # A copy, not a view: SimpleITK's views do not keep their image alive, and this image is a temporary.
+        shell = sitk.GetArrayFromImage(sitk.BinaryDilate(brain, radius(outer_mm))).astype(bool) & ~inside
         tissues[shell] = TISSUE_INDEX[name]
         inside = inside | shell
     out = sitk.GetImageFromArray(tissues)
