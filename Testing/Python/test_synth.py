@@ -77,16 +77,16 @@ def test_held_out_donors_are_refused_before_any_file_is_read(donor, tmp_path, mo
 
 
 @pytest.mark.parametrize("donor", donors.HELD_OUT_DONORS)
-def test_writers_refuse_held_out_donors(donor, tmp_path, monkeypatch):
+def test_writers_refuse_held_out_donors_before_writing_anything(donor, tmp_path, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError(f"an image was read: {args}")
 
     monkeypatch.setattr(sitk, "ReadImage", no_reading)
     with pytest.raises(ValueError, match=rf"donor {donor} is held out"):
-        datasets.write_donor_cases(tmp_path / "cases", donors=(donor,))
+        datasets.write_donor_cases(tmp_path / "cases", donors=(donors.OPEN_DONORS[0], donor))
     with pytest.raises(ValueError, match=rf"donor {donor} is held out"):
-        datasets.write_pretraining_images(tmp_path / "pretrain", donors=(donor,), per_donor=1)
-    assert not list(tmp_path.rglob("*.nii.gz"))
+        datasets.write_pretraining_images(tmp_path / "pretrain", donors=(donors.OPEN_DONORS[0], donor), per_donor=1)
+    assert not list(tmp_path.rglob("*"))  # an open donor listed first is not written either: nothing half-done
 
 
 # --- the donors' label maps ------------------------------------------------------------------------------------------

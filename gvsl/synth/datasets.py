@@ -25,7 +25,7 @@ from gvsl.synth.brain_images import (
     synthesize,
     tissue_map,
 )
-from gvsl.synth.donors import OPEN_DONORS, atlas_structures, donor_labels, subcortical_values
+from gvsl.synth.donors import OPEN_DONORS, atlas_structures, checked_donor, donor_labels, subcortical_values
 
 LABELS_NAME = "labels.json"
 
@@ -55,6 +55,7 @@ def write_donor_cases(out: Path | str, donors: Sequence[str] = OPEN_DONORS, spac
                       values: Optional[Sequence[int]] = None, seed: int = 0) -> dict[str, tuple[Path, Path]]:
     """Write each donor's T1-like image and label map (``values``, default the subcortical structures present);
     returns donor -> (image, labels) paths. The table of names is ``out/labels.json``."""
+    donors = [checked_donor(d) for d in donors]  # all refused before anything is written
     out = Path(out)
     values = list(values) if values is not None else subcortical_values()
     written, present = {}, set()
@@ -77,6 +78,7 @@ def write_pretraining_images(out: Path | str, donors: Sequence[str] = OPEN_DONOR
                              appearance: Appearance = VARIED_T1_APPEARANCE) -> list[Path]:
     """Write ``per_donor`` unlabelled images of each donor, each drawn with ``appearance`` under a random smooth
     deformation (``gvsl.sample_data.random_warp``); returns the paths."""
+    donors = [checked_donor(d) for d in donors]
     out = Path(out) / "images"
     out.mkdir(parents=True, exist_ok=True)
     paths = []

