@@ -19,9 +19,10 @@ Steps (subcommands), with files between them; ``all`` runs them in order:
 ``finetune OUT [--tests D,...] [--budgets 1,2] [--seeds N]``
     For each test donor and label budget, ``gvsl.finetune.run_comparison`` into ``OUT/finetune/test-<D>/budget-<n>``:
     the roles rotate with the test donor (``roles``): the next donor validates (curves only: the final model is
-    scored, nothing is selected), the one or two after it train. Arms (``arms``): scratch; the GVSL checkpoint
-    fine-tuned and frozen + new head; a frozen random backbone + new head; the restoration-only checkpoint
-    fine-tuned and frozen + new head. All arms of a seed see the same crops and augmented batches, for the same
+    scored, nothing is selected), the one before trains alone, with the one after next for two labelled donors.
+    Arms (``arms``): scratch; the GVSL checkpoint fine-tuned and frozen + new head; a frozen random backbone + new
+    head; the restoration-only checkpoint fine-tuned and frozen + new head. All arms of a seed see the same crops
+    and augmented batches, for the same
     iterations and learning rate schedule.
 ``table OUT``
     Markdown tables of held-out mean Dice: mean ± sd over seeds per arm, and the paired differences that answer the
@@ -74,12 +75,13 @@ class Roles(NamedTuple):
 
 
 def roles(test: str) -> Roles:
-    """The roles rotate with the test donor through ``OPEN_DONORS``: the next donor validates, the two after train."""
+    """The roles rotate with the test donor through ``OPEN_DONORS`` (cyclically): the next donor validates, the one
+    before trains alone, the one after next joins it with two labelled donors."""
     if test not in OPEN_DONORS:
         raise ValueError(f"test donor {test} is not one of the open donors {', '.join(OPEN_DONORS)}")
     i = OPEN_DONORS.index(test)
-    after = [OPEN_DONORS[(i + k) % len(OPEN_DONORS)] for k in (1, 2, 3)]
-    return Roles(test, after[0], (after[1], after[2]))
+    before, after, after_next = (OPEN_DONORS[(i + k) % len(OPEN_DONORS)] for k in (-1, 1, 2))
+    return Roles(test, after, (before, after_next))
 
 
 def run(command: Sequence[str]) -> None:
