@@ -180,6 +180,11 @@ def test_random_linear_trains_the_head_only(compared, data):
     assert not torch.equal(model.head.weight, start.head.weight)
     pretrained = build_segmentation_net("finetune", 3, 0, data["checkpoint"], WIDTHS)
     assert torch.equal(pretrained.head.weight, start.head.weight)
+    # the linear arm kept the checkpoint's backbone: an arm started from other weights (say, the random ones) fails
+    linear, _ = load_segmentation_model(compared["out"] / ARMS_DIR / "linear-seed1" / "checkpoints" / "iter_000004.pt")
+    assert all(torch.equal(v, pretrained.unet.state_dict()[k]) for k, v in linear.unet.state_dict().items())
+    first = next(iter(start.unet.state_dict()))
+    assert not torch.equal(pretrained.unet.state_dict()[first], start.unet.state_dict()[first])  # they differ
     assert not any(p.requires_grad for p in start.unet.parameters()) and start.head.weight.requires_grad
 
 
