@@ -97,7 +97,7 @@ class GVSLPretrainParameterNode:
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
     initialAlignment: Annotated[str, Choice([match.AS_TRAINED, "centres-of-mass", "physical"])] = match.AS_TRAINED
-    refineSteps: Annotated[int, WithinRange(0, 10_000)] = 60  # gvsl.match.RefineConfig's default (a test checks)
+    refineSteps: Annotated[int, WithinRange(0, 10_000)] = 200  # gvsl.match.RefineConfig's default (a test checks)
     outputTransform: vtkMRMLTransformNode
     foregroundOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showCheckerboard: bool = False
@@ -468,7 +468,7 @@ class GVSLPretrainLogic(GVSLLogicBase):
         ``inputs`` (what ``startSimilarity`` needs).
 
         ``device`` as for pre-training; "auto" lets the backend pick CUDA, then Apple MPS, then the CPU.
-        ``refineSteps``: refinement steps per stage on the pair (None: the backend's default, 0: the network
+        ``refineSteps``: the most refinement steps per stage on the pair (None: the backend's default, 0: the network
         alone); ``initialAlignment``: "centres-of-mass", "physical" or ``match.AS_TRAINED``.
         """
         return match.start_match(fixedNode, movingNode, checkpoint, self._workFolder("match"), device, refineSteps,

@@ -46,11 +46,16 @@ def local_ncc_loss(warped: torch.Tensor, target: torch.Tensor, window: int = NCC
         sums = box_sum(torch.cat([i, j, i * i, j * j, i * j], dim=1), window)
         s_i, s_j, s_ii, s_jj, s_ij = sums.unbind(1)
         n = float(window**3)
-        cross = s_ij - s_i * s_j / n
-        var_i = s_ii - s_i * s_i / n
-        var_j = s_jj - s_j * s_j / n
-        cc = cross * cross / (var_i * var_j + NCC_EPS)
-        return 1 - cc.mean()
+        return 1 - squared_ncc(s_i, s_ii, s_ij, s_j, s_jj - s_j * s_j / n, n).mean()
+
+
+def squared_ncc(s_i: torch.Tensor, s_ii: torch.Tensor, s_ij: torch.Tensor, s_j: torch.Tensor, var_j: torch.Tensor,
+                n: float) -> torch.Tensor:
+    """Local squared NCC per voxel, cov(I, J)^2 / (var(I) var(J) + 1e-5), from box sums of I, I^2, IJ and J over boxes
+    of ``n`` voxels and J's summed variance ``var_j`` (all of one shape)."""
+    cross = s_ij - s_i * s_j / n
+    var_i = s_ii - s_i * s_i / n
+    return cross * cross / (var_i * var_j + NCC_EPS)
 
 
 def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:

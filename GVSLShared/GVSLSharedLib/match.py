@@ -66,7 +66,7 @@ def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint:
                   refine: Optional[int] = None, initial_alignment: str = AS_TRAINED) -> list[str]:
     """The ``gvsl match`` command line (run with Slicer's Python) on a torch ``device`` (cpu, cuda, cuda:N, mps);
     ``moving_labels``: a label map on the moving volume, carried onto the fixed grid (``PROPAGATED_LABELS_NAME``);
-    ``refine``: refinement steps per stage (None: the backend's default; 0: the network alone);
+    ``refine``: the most refinement steps per stage (None: the backend's default; 0: the network alone);
     ``initial_alignment``: "centres-of-mass", "physical" or ``AS_TRAINED``."""
     labels = ["--labels", str(moving_labels)] if moving_labels else []
     steps = [] if refine is None else ["--refine", str(int(refine))]
@@ -196,8 +196,8 @@ def propagate_segmentation(scene, segmentation_node, moving_node, fixed_node, tr
 
 def describe_metrics(metrics: dict) -> str:
     """The metrics of ``gvsl match`` for the module's match view, saying which numbers come from the network and
-    which from the refinement: with refinement, the final answer's first (the network's answer optimised on these
-    two scans), then the network's own (``metrics["network"]``: what the pre-training learned); without, the
+    which from the refinement: with refinement, the final answer's first (the network's affine and a displacement
+    optimised on these two scans), then the network's own (``metrics["network"]``: what the pre-training learned); without, the
     network's alone."""
     final = {key: value for key, value in metrics.items() if key != "network"}
     network = metrics.get("network")

@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "centres-of-mass or physical (the scans share a frame); default: the rule the checkpoint "
                              "was trained with, else centres-of-mass")
     parser.add_argument("--refine", type=int, default=defaults.refine_iterations, metavar="N",
-                        help=f"optimisation steps per refinement stage on the pair itself, from the network's answer "
-                             f"(default {defaults.refine_iterations}; 0: the network's answer alone)")
+                        help=f"the most optimisation steps per refinement stage on the pair itself, from the network's "
+                             f"affine; a stage stops earlier once converged (default {defaults.refine_iterations}; 0: "
+                             f"the network's answer alone)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     trained = "default: the checkpoint's training preprocessing, else"

@@ -15,7 +15,8 @@ from gvsl.match.refine import RefineConfig
 class MatchOptions:
     """``fixed_modality``, ``moving_modality``: "auto" (inferred from the intensities), "CT" or "MR".
     ``initial_alignment``: "centres-of-mass", "physical", or None for the rule the checkpoint was trained with (else
-    centres-of-mass). ``refine_iterations``: optimisation steps per refinement stage (0: the network's answer alone).
+    centres-of-mass). ``refine_iterations``: the most optimisation steps per refinement stage (0: the network's
+    answer alone).
     ``device``: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
     ``target_spacing`` (mm, (x, y, z)), ``ct_window`` (HU mapped to 0 and 1), ``mr_percentiles`` (MR percentiles
     mapped to 0 and 1): None for the checkpoint's training preprocessing, else ``PrepareConfig``'s defaults (a

@@ -1,51 +1,66 @@
-"""Test-time refinement: optimise the network's affine and displacement on the pair itself (instance optimisation).
+"""Test-time refinement: optimise the network's affine and a displacement on the pair itself (instance optimisation).
 
 Everything is in the frame (``gvsl.match.frame``) and in millimetres: a fixed frame point x is sent to the moving
-frame point ``y = A(x + u(x))``, A an affine, u = u_network + δ with δ a displacement on a regular control grid
-(trilinear between its nodes). Starting from the network's A and u (δ = 0), Adam minimises
+frame point ``y = A(x + u(x))``, A an affine, u a displacement on a regular control grid (trilinear between its
+nodes). Starting from the network's A and u = 0, Adam minimises
 
     local NCC(moving(y(x)), fixed(x))  +  diffusion_weight · mean |∇u|²   (∇u in mm per mm)
 
 over the fixed volume's box, from coarse to fine: at the coarsest level first the affine alone, then at every level
-the affine and δ together. Parameters are scaled by the frame's radius so that one learning rate moves points by
-similar amounts whichever parameter changes. It works from any network, even an untrained one: it only needs a
-starting point.
+the affine and u together. The network's displacement field is not the starting u: from a checkpoint whose field
+is rough (a network pre-trained on different brains folds 0.2-0.5 % of the voxels) the refinement could not undo
+it on its control grid (known-warp head: 0.93 mm from the network's field, 0.35 mm from the field smoothed with a
+4 mm Gaussian, 0.25 mm from the affine alone; benchmarks/RESULTS.md). Parameters are scaled by the frame's radius
+so that one learning rate moves points by similar amounts whichever parameter changes; the learning rate is in
+voxels of the level, so a coarse level takes proportionally longer steps. Each stage runs until it has converged
+(``PlateauSchedule``), at most ``iterations`` steps. It works from any network, even an untrained one: it only
+needs a starting affine.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from torch.optim.adam import adam
 
-from gvsl.losses import local_ncc_loss, smoothness_loss
-from gvsl.networks.warp import sample_voxels
+from gvsl.match.grid import RegularGrid, interpolation_matrix
+from gvsl.match.regularisers import InterpolatedDiffusion
+from gvsl.match.similarity import FixedImageNCC
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """``iterations``: Adam steps per stage (0: keep the network's answer); stages are the affine alone at the
-    coarsest level, then affine + displacement at each level. ``levels``: resolution levels, each twice as coarse as
-    the next; the finest has ``finest_spacing_mm`` or the inputs' own resolution, whichever is coarser (finer than
-    the scans adds no detail). ``control_spacing_mm``: node distance of δ's grid. ``ncc_window``: side of the NCC
-    boxes, voxels. ``diffusion_weight``: weight of mean |∇u|². ``learning_rate``: Adam's at the start of each stage
-    (decaying linearly to 0), in units of the frame radius."""
+    """``iterations``: the most Adam steps per stage (0: keep the network's answer); stages are the affine alone at
+    the coarsest level, then affine + displacement at each level; a stage ends earlier once its loss has converged
+    (``patience``, ``tolerance``, ``halvings``: see ``PlateauSchedule``). ``levels``: resolution levels, each twice
+    as coarse as the next; the finest has ``finest_spacing_mm`` or the inputs' own resolution, whichever is coarser
+    (finer than the scans adds no detail). ``control_spacing_mm``: node distance of u's control grid.
+    ``ncc_window``: side of the NCC boxes, voxels. ``diffusion_weight``: weight of mean |∇u|² (u in voxels of the
+    level). ``learning_rate``: Adam's at the start of each stage, in voxels of the level per step. Chosen on the
+    known-warp head and the donor pairs of ``benchmarks/match_intersubject.py`` (benchmarks/RESULTS.md)."""
 
-    iterations: int = 60
-    levels: int = 2
+    iterations: int = 200
+    levels: int = 3
     finest_spacing_mm: float = 2.0
     control_spacing_mm: float = 8.0
     ncc_window: int = 5
     diffusion_weight: float = 3.0
-    learning_rate: float = 2e-3
+    learning_rate: float = 0.1
+    patience: int = 10
+    tolerance: float = 1e-4
+    halvings: int = 3
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.levels < 1:
             raise ValueError(f"refinement needs iterations >= 0 and levels >= 1, got {self.iterations}, {self.levels}")
         if min(self.finest_spacing_mm, self.control_spacing_mm, self.learning_rate) <= 0 or self.ncc_window < 1:
             raise ValueError("refinement spacings, learning rate and NCC window must be positive")
+        if self.patience < 1 or self.tolerance < 0 or self.halvings < 0:
+            raise ValueError("refinement needs patience >= 1 and tolerance, halvings >= 0")
 
     def level_spacings(self, input_spacing_mm: float) -> list[float]:
         """Voxel sizes (mm) of the levels, coarsest first, for inputs with detail down to ``input_spacing_mm``."""
@@ -53,49 +68,59 @@ class RefineConfig:
         return [finest * 2 ** k for k in reversed(range(self.levels))]
 
 
-class RegularGrid(NamedTuple):
-    """An identity-direction grid: ``shape_dhw`` voxels, first voxel centre ``origin_xyz`` (LPS mm), isotropic
-    ``spacing_mm``."""
+class PlateauSchedule:
+    """The learning rate of one stage, as a factor of the starting one: 1 until the loss has not fallen below
+    (1 - ``tolerance``) times its best for ``patience`` steps, then halved, and so on; the stage ends after
+    ``halvings`` halvings (``done``), at the latest after ``iterations`` steps. A stage far from its optimum runs
+    long, one that starts there (a self-pair, a good network answer) ends after about
+    (``halvings`` + 1) · ``patience`` steps, with steps that shrink as it goes."""
 
-    shape_dhw: tuple[int, int, int]
-    origin_xyz: np.ndarray
-    spacing_mm: float
+    def __init__(self, config: RefineConfig):
+        self.config = config
+        self.best = math.inf
+        self.waited = 0
+        self.halved = 0
+        self.steps = 0
 
-    @classmethod
-    def of(cls, image: sitk.Image) -> RegularGrid:
-        return cls(tuple(reversed(image.GetSize())), np.asarray(image.GetOrigin(), float), float(image.GetSpacing()[0]))
+    @property
+    def factor(self) -> float:
+        return 0.5 ** self.halved
 
-    def points_xyz(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(1, 3, D, H, W) float32 LPS points of the voxel centres, channels (x, y, z)."""
-        axes = [torch.arange(n, dtype=torch.float32, device=device) for n in self.shape_dhw]
-        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij")).flip(0)
-        origin = torch.as_tensor(self.origin_xyz, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
-        return origin + self.spacing_mm * xyz.unsqueeze(0)
+    @property
+    def done(self) -> bool:
+        return self.halved > self.config.halvings or self.steps >= self.config.iterations
 
-    def positions_mm(self, axis_xyz: int) -> np.ndarray:
-        """Coordinates (mm) of the voxel centres along axis ``axis_xyz`` (0 = x)."""
-        return self.origin_xyz[axis_xyz] + self.spacing_mm * np.arange(self.shape_dhw[2 - axis_xyz])
-
-    def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-        """``volume`` (N, C, *shape_dhw) on this grid, trilinear at (N or 1, 3, ...) LPS points (x, y, z)."""
-        origin = torch.as_tensor(self.origin_xyz, dtype=points_xyz.dtype, device=points_xyz.device).view(1, 3, 1, 1, 1)
-        return sample_voxels(volume, ((points_xyz - origin) / self.spacing_mm).flip(1), padding_mode=padding_mode)
+    def step(self, loss: float) -> None:
+        self.steps += 1
+        if loss < self.best * (1 - self.config.tolerance):
+            self.best, self.waited = loss, 0
+            return
+        self.waited += 1
+        if self.waited >= self.config.patience:
+            self.halved, self.waited = self.halved + 1, 0
 
 
-def interpolation_matrix(positions_mm: np.ndarray, nodes_grid: RegularGrid, axis_xyz: int) -> torch.Tensor:
-    """(len(positions), nodes) weights of linear interpolation between the nodes of ``nodes_grid`` along axis
-    ``axis_xyz`` (0 = x) at coordinates ``positions_mm`` on that axis (clamped at the ends)."""
-    nodes = nodes_grid.shape_dhw[2 - axis_xyz]
-    t = np.clip((positions_mm - nodes_grid.origin_xyz[axis_xyz]) / nodes_grid.spacing_mm, 0, nodes - 1)
-    low = np.minimum(np.floor(t).astype(int), nodes - 2) if nodes > 1 else np.zeros(len(t), int)
-    out = np.zeros((len(t), nodes), np.float32)
-    rows = np.arange(len(t))
-    if nodes == 1:
-        out[:, 0] = 1
-    else:
-        out[rows, low] = 1 - (t - low)
-        out[rows, low + 1] = t - low
-    return torch.from_numpy(out)
+class Adam:
+    """Adam (PyTorch's defaults: betas 0.9, 0.999, eps 1e-8) on a few tensors, through ``torch.optim.adam.adam``,
+    the update ``torch.optim.Adam`` itself runs: constructing a first ``torch.optim`` optimizer imports
+    ``torch._dynamo``, which costs a match on a CPU 1-3 s, about as long as importing torch."""
+
+    def __init__(self, parameters: list[torch.Tensor], lr: float):
+        self.parameters = parameters
+        self.lr = lr
+        self.exp_avgs = [torch.zeros_like(p) for p in parameters]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in parameters]
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in parameters]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        adam(self.parameters, [p.grad for p in self.parameters], self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+             foreach=False, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr, weight_decay=0.0, eps=1e-8,
+             maximize=False)
 
 
 class LevelImages(NamedTuple):
@@ -107,23 +132,21 @@ class LevelImages(NamedTuple):
 
 
 class Stage(NamedTuple):
-    """What stays fixed while one level is optimised: its points, the network's displacement there, and the
-    per-axis weights that interpolate the control grid onto its voxels ((D, n_d), (H, n_h), (W, n_w))."""
+    """What stays fixed while one level is optimised: its points (1, 3, D, H, W) and the per-axis weights that
+    interpolate the control grid onto its voxels ((D, n_d), (H, n_h), (W, n_w))."""
 
     points: torch.Tensor
-    network_displacement: torch.Tensor
     interpolation_dhw: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class FrameMap(torch.nn.Module):
-    """y = c + L (z - c) + r t with z = x + u_network(x) + r δ̂(x): the map being optimised (see the module doc).
+    """y = c + L (z - c) + r t with z = x + u(x): the map being optimised (see the module doc).
 
     ``centre``/``radius``: the frame's centre (mm) and half diagonal / sqrt(3) (mm), which scale the parameters;
-    ``control``: δ's grid (nodes).
+    ``control``: u's grid (nodes).
     """
 
-    def __init__(self, affine_mm: np.ndarray, displacement_mm: sitk.Image, control: RegularGrid, centre: np.ndarray,
-                 radius: float):
+    def __init__(self, affine_mm: np.ndarray, control: RegularGrid, centre: np.ndarray, radius: float):
         super().__init__()
         self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32))
         self.radius = float(radius)
@@ -133,24 +156,25 @@ class FrameMap(torch.nn.Module):
         self.linear = torch.nn.Parameter(linear.clone())
         self.translation = torch.nn.Parameter((offset - self.centre + linear @ self.centre) / self.radius)
         self.delta = torch.nn.Parameter(torch.zeros(3, *control.shape_dhw))
-        field = np.moveaxis(sitk.GetArrayFromImage(displacement_mm), -1, 0)  # (3 = x y z, D, H, W)
-        self.register_buffer("network_field", torch.from_numpy(field.astype(np.float32))[None])
-        self.network_grid = RegularGrid.of(displacement_mm)
 
     def stage(self, grid: RegularGrid) -> Stage:
         points = grid.points_xyz(self.centre.device)
-        network = self.network_grid.sample(self.network_field, points, padding_mode="border")
         weights = tuple(interpolation_matrix(grid.positions_mm(axis), self.control, axis).to(points.device)
                         for axis in (2, 1, 0))
-        return Stage(points, network, weights)
+        return Stage(points, weights)
 
-    def displacement(self, stage: Stage) -> torch.Tensor:
-        """u (1, 3, D, H, W) in mm, channels (x, y, z), at the stage's points."""
+    def control_displacement(self) -> torch.Tensor:
+        """u at the control grid's nodes, (3, n_d, n_h, n_w) in mm, channels (x, y, z)."""
+        return self.radius * self.delta
+
+    def displacement(self, stage: Stage, nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """u (1, 3, D, H, W) in mm, channels (x, y, z), at the stage's points, interpolated from ``nodes`` (u at
+        the control grid's nodes, default ``control_displacement()``)."""
         wd, wh, ww = stage.interpolation_dhw
-        delta = torch.einsum("cijk,wk->cijw", self.delta, ww)
+        delta = torch.einsum("cijk,wk->cijw", self.control_displacement() if nodes is None else nodes, ww)
         delta = torch.einsum("cijw,hj->cihw", delta, wh)
         delta = torch.einsum("cihw,di->cdhw", delta, wd)
-        return stage.network_displacement + self.radius * delta.unsqueeze(0)
+        return delta.unsqueeze(0)
 
     def affine(self, points_xyz: torch.Tensor) -> torch.Tensor:
         centre = self.centre.view(1, 3, 1, 1, 1)
@@ -167,44 +191,51 @@ class FrameMap(torch.nn.Module):
         return out
 
 
-def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, affine_only: bool = False) -> float:
-    """``config.iterations`` Adam steps at one level, on the affine alone or on everything; returns the last loss."""
+def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, affine_only: bool = False) -> int:
+    """Adam steps at one level, on the affine alone or on everything, until ``PlateauSchedule`` ends the stage;
+    returns the number of steps."""
     stage = frame_map.stage(level.grid)
+    similarity = FixedImageNCC(level.fixed, config.ncc_window)
     parameters = [frame_map.linear, frame_map.translation] + ([] if affine_only else [frame_map.delta])
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    loss = torch.zeros((), device=level.fixed.device)
-    for step in range(config.iterations):
-        # Linear decay to 0: Adam's steps keep their size while gradients are small, so without it the answer
-        # wanders by a fraction of a voxel around the optimum (e.g. around the identity of a self-pair).
-        optimizer.param_groups[0]["lr"] = config.learning_rate * (1 - step / config.iterations)
-        displacement = frame_map.displacement(stage)
+    learning_rate = config.learning_rate * level.grid.spacing_mm / frame_map.radius  # voxels -> radius units
+    optimizer = Adam(parameters, learning_rate)
+    schedule = PlateauSchedule(config)
+    diffusion = InterpolatedDiffusion(stage.interpolation_dhw)
+    while not schedule.done:
+        optimizer.lr = learning_rate * schedule.factor
+        nodes = frame_map.control_displacement()
+        displacement = frame_map.displacement(stage, nodes)
         warped = level.grid.sample(level.moving, frame_map.affine(stage.points + displacement))
-        loss = local_ncc_loss(warped, level.fixed, config.ncc_window)
-        if config.diffusion_weight and not affine_only:
-            loss = loss + config.diffusion_weight * smoothness_loss(displacement / level.grid.spacing_mm)
-        optimizer.zero_grad(set_to_none=True)
+        loss = similarity.loss(warped)
+        if not affine_only and config.diffusion_weight:
+            voxels = nodes / level.grid.spacing_mm
+            loss = loss + config.diffusion_weight * diffusion.diffusion(voxels)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(loss.detach())
+        schedule.step(float(loss.detach()))
+    return schedule.steps
 
 
-def refine(levels: list[LevelImages], affine_mm: np.ndarray, displacement_mm: sitk.Image,
-           box_mm: tuple[np.ndarray, np.ndarray], config: RefineConfig) -> tuple[np.ndarray, sitk.Image]:
-    """Refine the frame map (A, u) on ``levels`` (coarsest first, on one device, where the optimisation runs);
-    returns the refined A (4, 4) and u on the grid of ``displacement_mm`` (a 3-component float64 image, LPS mm).
-    ``box_mm``: the (low, high) corners of the frame."""
+def refine(levels: list[LevelImages], affine_mm: np.ndarray, field_grid: sitk.Image,
+           box_mm: tuple[np.ndarray, np.ndarray], config: RefineConfig) -> tuple[np.ndarray, sitk.Image, int]:
+    """Refine the frame map (A, u) from the network's affine ``affine_mm`` (4, 4) and u = 0 on ``levels`` (coarsest
+    first, on one device, where the optimisation runs); returns the refined A (4, 4), u on the grid of
+    ``field_grid`` (a 3-component float64 image, LPS mm) and the number of Adam steps taken in all. ``box_mm``: the
+    (low, high) corners of the frame."""
     low, high = (np.asarray(b, float) for b in box_mm)
     nodes = tuple(int(n) for n in (np.ceil((high - low) / config.control_spacing_mm) + 1)[::-1])
     control = RegularGrid(nodes, low, config.control_spacing_mm)
     radius = float(np.linalg.norm(high - low) / 2 / np.sqrt(3))
+    steps = 0
     with torch.enable_grad():
-        frame_map = FrameMap(affine_mm, displacement_mm, control, (low + high) / 2, radius).to(levels[0].fixed.device)
+        frame_map = FrameMap(affine_mm, control, (low + high) / 2, radius).to(levels[0].fixed.device)
         if config.iterations:
-            refine_level(frame_map, levels[0], config, affine_only=True)
+            steps += refine_level(frame_map, levels[0], config, affine_only=True)
             for level in levels:
-                refine_level(frame_map, level, config)
+                steps += refine_level(frame_map, level, config)
     with torch.no_grad():
-        field = frame_map.displacement(frame_map.stage(frame_map.network_grid))[0].cpu().double().numpy()
+        field = frame_map.displacement(frame_map.stage(RegularGrid.of(field_grid)))[0].cpu().double().numpy()
     refined = sitk.GetImageFromArray(np.moveaxis(field, 0, -1), isVector=True)
-    refined.CopyInformation(displacement_mm)
-    return frame_map.affine_mm(), refined
+    refined.CopyInformation(field_grid)
+    return frame_map.affine_mm(), refined, steps

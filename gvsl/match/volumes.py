@@ -9,9 +9,10 @@ import torch
 
 from gvsl.match.config import MatchConfig
 from gvsl.match.frame import NetworkInputs, frame_levels, input_spacing_mm, prepare_network_inputs, voxel_box_mm
+from gvsl.match.grid import RegularGrid
 from gvsl.match.metrics import match_metrics
 from gvsl.match.physical import PhysicalTransforms, network_to_frame, physical_transforms
-from gvsl.match.refine import LevelImages, RegularGrid, refine
+from gvsl.match.refine import LevelImages, refine
 from gvsl.match.result import MatchResult, image_tensor
 from gvsl.networks import GVSL
 
@@ -29,13 +30,14 @@ def stage_outputs(inputs: NetworkInputs, fixed: sitk.Image, transforms: Physical
 
 
 def refine_on_pair(inputs: NetworkInputs, fixed: sitk.Image, moving: sitk.Image, affine_mm: np.ndarray,
-                   displacement_mm: sitk.Image, config: MatchConfig, device: str | torch.device
-                   ) -> tuple[np.ndarray, sitk.Image]:
-    """``gvsl.match.refine.refine`` on the frame's resolution levels, on ``device``."""
+                   field_grid: sitk.Image, config: MatchConfig, device: str | torch.device
+                   ) -> tuple[np.ndarray, sitk.Image, int]:
+    """``gvsl.match.refine.refine`` on the frame's resolution levels, on ``device``, from the network's affine:
+    A, u on the grid of ``field_grid`` and the steps taken."""
     spacings = config.refine.level_spacings(input_spacing_mm(fixed, moving))
     levels = [LevelImages(image_tensor(f, device), image_tensor(m, device), RegularGrid.of(f))
               for f, m in frame_levels(inputs, fixed, moving, config.prepare, spacings)]
-    return refine(levels, affine_mm, displacement_mm, voxel_box_mm(inputs.fixed), config.refine)
+    return refine(levels, affine_mm, field_grid, voxel_box_mm(inputs.fixed), config.refine)
 
 
 def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_modality: str = "auto",
@@ -66,13 +68,14 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
     final, warped_network, displacement_mm_lps, metrics = network, network_warped, network_displacement, network_metrics
     if config.refine.iterations:
         started = time.perf_counter()
-        refined_affine_mm, refined_displacement_mm = refine_on_pair(inputs, fixed, moving, affine_mm, displacement_mm,
-                                                                     config, device)
+        refined_affine_mm, refined_displacement_mm, steps = refine_on_pair(inputs, fixed, moving, affine_mm,
+                                                                            displacement_mm, config, device)
         final = physical_transforms(refined_affine_mm, refined_displacement_mm, inputs.initial)
         in_frame = physical_transforms(refined_affine_mm, refined_displacement_mm).transform
         warped_network = sitk.Resample(inputs.moving, inputs.fixed, in_frame)
         displacement_mm_lps, metrics = stage_outputs(inputs, fixed, final, warped_network, config)
         metrics["seconds"] = time.perf_counter() - started
+        metrics["refine_steps"] = steps
     # SimpleITK's defaults (linear, 0 outside), so that sitk.Resample(moving, fixed, transform) reproduces it.
     warped = sitk.Resample(moving, fixed, final.transform)
     return MatchResult(

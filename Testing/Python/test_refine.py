@@ -1,0 +1,83 @@
+"""The refinement's parts: its similarity equals the training loss, its regulariser equals the voxel-wise one, its
+stopping rule, its Adam and its grid sampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gvsl.losses import local_ncc_loss, smoothness_loss
+from gvsl.match.grid import RegularGrid, interpolation_matrix
+from gvsl.match.refine import Adam, PlateauSchedule, RefineConfig
+from gvsl.match.regularisers import InterpolatedDiffusion
+from gvsl.match.similarity import FixedImageNCC
+
+
+def test_fixed_image_ncc_is_the_training_loss_with_its_gradient():
+    torch.manual_seed(0)
+    fixed = torch.rand(1, 1, 12, 14, 10, dtype=torch.float64)
+    warped = torch.rand(1, 1, 12, 14, 10, dtype=torch.float64, requires_grad=True)
+    for window in (3, 5):
+        expected = local_ncc_loss(warped, fixed, window)
+        (expected_grad,) = torch.autograd.grad(expected, warped)
+        value = FixedImageNCC(fixed, window).loss(warped)
+        (grad,) = torch.autograd.grad(value, warped)
+        assert value.item() == pytest.approx(expected.item(), abs=1e-12)
+        assert torch.allclose(grad, expected_grad, atol=1e-15)
+
+
+def test_interpolated_diffusion_is_the_voxelwise_diffusion_of_the_interpolated_field():
+    nodes_grid = RegularGrid((5, 6, 4), np.zeros(3), 4.0)
+    level = RegularGrid((13, 17, 10), np.array([0.5, 0.3, 0.2]), 1.1)  # inside the nodes' box
+    weights = tuple(interpolation_matrix(level.positions_mm(axis), nodes_grid, axis).double() for axis in (2, 1, 0))
+    diffusion = InterpolatedDiffusion(weights)
+
+    def interpolate(nodes: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("cijk,di,hj,wk->cdhw", nodes, *weights).unsqueeze(0)
+
+    torch.manual_seed(3)
+    nodes = torch.randn(3, 5, 6, 4, dtype=torch.float64, requires_grad=True)
+    value, expected = diffusion.diffusion(nodes), smoothness_loss(interpolate(nodes))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10)
+    (grad,), (expected_grad,) = torch.autograd.grad(value, nodes), torch.autograd.grad(expected, nodes)
+    assert torch.allclose(grad, expected_grad, atol=1e-12)
+    constant = torch.ones(3, 5, 6, 4, dtype=torch.float64)
+    assert diffusion.diffusion(constant).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_plateau_schedule_stops_soon_at_an_optimum_and_runs_while_the_loss_falls():
+    config = RefineConfig(iterations=500, patience=5, tolerance=1e-3, halvings=2)
+    flat = PlateauSchedule(config)
+    factors = []
+    while not flat.done:
+        factors.append(flat.factor)
+        flat.step(1.0)
+    assert flat.steps == 1 + 3 * 5  # the first step sets the best; then three runs of 5 without progress
+    assert factors[0] == 1.0 and factors[-1] == 0.25
+    falling = PlateauSchedule(config)
+    while not falling.done:
+        falling.step(1.0 - 0.01 * falling.steps)
+    assert falling.steps == config.iterations
+
+
+def test_adam_is_torchs_adam():
+    mine = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    theirs = torch.nn.Parameter(mine.detach().clone())
+    ours, reference = Adam([mine], 0.1), torch.optim.Adam([theirs], lr=0.1)
+    for _ in range(7):
+        for parameter, optimizer in ((mine, ours), (theirs, reference)):
+            optimizer.zero_grad()
+            (parameter**3).sum().backward()
+            optimizer.step()
+    assert torch.equal(mine, theirs)
+
+
+def test_grid_sampling_is_sample_voxels_at_the_points_voxels():
+    from gvsl.networks import sample_voxels
+
+    torch.manual_seed(2)
+    grid = RegularGrid((6, 7, 8), np.array([-10.0, 4.0, 2.5]), 2.5)
+    volume = torch.rand(1, 2, 6, 7, 8, dtype=torch.float64)
+    points = torch.rand(1, 3, 3, 4, 5, dtype=torch.float64) * 25 - 12  # some outside the grid
+    voxels_dhw = ((points - torch.from_numpy(grid.origin_xyz).view(1, 3, 1, 1, 1)) / 2.5).flip(1)
+    assert torch.allclose(grid.sample(volume, points), sample_voxels(volume, voxels_dhw), atol=1e-12)

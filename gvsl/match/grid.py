@@ -1,0 +1,65 @@
+"""Regular identity-direction grids in LPS millimetres: their points, sampling a volume on them, and linear
+interpolation weights between the nodes of a coarser grid (the refinement's control grid)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+
+class RegularGrid(NamedTuple):
+    """An identity-direction grid: ``shape_dhw`` voxels, first voxel centre ``origin_xyz`` (LPS mm), isotropic
+    ``spacing_mm``."""
+
+    shape_dhw: tuple[int, int, int]
+    origin_xyz: np.ndarray
+    spacing_mm: float
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> RegularGrid:
+        return cls(tuple(reversed(image.GetSize())), np.asarray(image.GetOrigin(), float), float(image.GetSpacing()[0]))
+
+    def points_xyz(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(1, 3, D, H, W) float32 LPS points of the voxel centres, channels (x, y, z)."""
+        axes = [torch.arange(n, dtype=torch.float32, device=device) for n in self.shape_dhw]
+        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij")).flip(0)
+        origin = torch.as_tensor(self.origin_xyz, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
+        return origin + self.spacing_mm * xyz.unsqueeze(0)
+
+    def positions_mm(self, axis_xyz: int) -> np.ndarray:
+        """Coordinates (mm) of the voxel centres along axis ``axis_xyz`` (0 = x)."""
+        return self.origin_xyz[axis_xyz] + self.spacing_mm * np.arange(self.shape_dhw[2 - axis_xyz])
+
+    def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+        """``volume`` (N, C, *shape_dhw) on this grid, trilinear at (N or 1, 3, ...) LPS points (x, y, z).
+
+        The points go to ``grid_sample``'s coordinates in one affine step ((x, y, z) is already its channel order;
+        -1 and +1 at the first and last voxel centres, ``align_corners=True``), as ``gvsl.networks.sample_voxels``
+        would sample the same voxel coordinates, without its two channel flips."""
+        size_xyz = np.asarray(self.shape_dhw[::-1], float)
+        scale = 2 / (np.maximum(size_xyz - 1, 1) * self.spacing_mm)
+        options = {"dtype": points_xyz.dtype, "device": points_xyz.device}
+        scale_t = torch.as_tensor(scale, **options).view(1, 3, 1, 1, 1)
+        offset_t = torch.as_tensor(-self.origin_xyz * scale - 1, **options).view(1, 3, 1, 1, 1)
+        grid = torch.addcmul(offset_t, points_xyz, scale_t).permute(0, 2, 3, 4, 1)
+        return F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode=padding_mode,
+                             align_corners=True)
+
+
+def interpolation_matrix(positions_mm: np.ndarray, nodes_grid: RegularGrid, axis_xyz: int) -> torch.Tensor:
+    """(len(positions), nodes) weights of linear interpolation between the nodes of ``nodes_grid`` along axis
+    ``axis_xyz`` (0 = x) at coordinates ``positions_mm`` on that axis (clamped at the ends)."""
+    nodes = nodes_grid.shape_dhw[2 - axis_xyz]
+    t = np.clip((positions_mm - nodes_grid.origin_xyz[axis_xyz]) / nodes_grid.spacing_mm, 0, nodes - 1)
+    low = np.minimum(np.floor(t).astype(int), nodes - 2) if nodes > 1 else np.zeros(len(t), int)
+    out = np.zeros((len(t), nodes), np.float32)
+    rows = np.arange(len(t))
+    if nodes == 1:
+        out[:, 0] = 1
+    else:
+        out[rows, low] = 1 - (t - low)
+        out[rows, low + 1] = t - low
+    return torch.from_numpy(out)
