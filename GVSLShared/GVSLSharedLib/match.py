@@ -197,8 +197,8 @@ def propagate_segmentation(scene, segmentation_node, moving_node, fixed_node, tr
 def describe_metrics(metrics: dict) -> str:
     """The metrics of ``gvsl match`` for the module's match view, saying which numbers come from the network and
     which from the refinement: with refinement, the final answer's first (the network's affine and a displacement
-    optimised on these two scans), then the network's own (``metrics["network"]``: what the pre-training learned); without, the
-    network's alone."""
+    optimised on these two scans), then the network's own (``metrics["network"]``: what the pre-training learned);
+    without, the network's alone."""
     final = {key: value for key, value in metrics.items() if key != "network"}
     network = metrics.get("network")
     if not isinstance(network, dict):
