@@ -68,9 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "supervises the affine head (default 0, the paper's pairs)")
     parser.add_argument("--weight-synthetic-affine", type=float, default=s,
                         help="weight of the affine's error on those pairs (default 1)")
-    parser.add_argument("--weight-dense-contrast", type=float, default=s,
-                        help="weight of the local features' InfoNCE on those pairs: each voxel's feature must pick "
-                             "out its known match (default 0, the paper's loss)")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, pairs and augmentation (default 0)")
     parser.add_argument("--image-every", type=int, default=s, help="iterations between TensorBoard panels (1000)")
     boolean = argparse.BooleanOptionalAction

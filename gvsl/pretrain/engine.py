@@ -7,8 +7,8 @@ Events written to ``RUN_DIR/events.jsonl`` (rank 0 only), besides ``event`` and 
   (what ``--batch auto`` chose on a GPU, ``gvsl.train.memory_plan.MemoryPlan``; null otherwise), ``warnings``
   (the plan's message);
 - ``iteration``: ``iteration``, ``iterations``, ``loss``, ``ncc``, ``mse``, ``smooth`` (and ``ncc_affine``,
-  ``synthetic_affine``, ``dense_contrast`` when those terms are on; means over the iterations since the previous
-  ``iteration`` event, on rank 0's pairs), ``lr``, ``it_per_s``, ``eta_s``,
+  ``synthetic_affine`` when those terms are on; means over the iterations since the previous ``iteration``
+  event, on rank 0's pairs), ``lr``, ``it_per_s``, ``eta_s``,
   ``peak_memory_bytes`` and ``memory_kind`` (see ``gvsl.train.device.peak_memory_bytes``);
 - ``checkpoint``: ``iteration``, ``path``, ``deleted`` (older checkpoints removed to keep the last K);
 - ``stop``: ``iteration``, ``reason`` (``SIGINT``, ``SIGTERM``, ``STOP file`` or ``time limit``);
@@ -152,7 +152,7 @@ class PretrainTrainer(Trainer):
             enable_activation_checkpointing(model)
         super().__init__(config, run_dir, context, device, precision, events, model, optimizer, payload)
         weights = LossWeights(config.weight_ncc, config.weight_mse, config.weight_smooth, config.weight_ncc_affine,
-                              config.weight_synthetic_affine, config.weight_dense_contrast)
+                              config.weight_synthetic_affine)
         self.train_step = TrainStep(self.network, self.optimizer, self.scaler, GVSLAugmentation(AugmentationConfig()),
                                     precision, device, weights, channels_last=channels_last,
                                     synthetic_fraction=config.synthetic_fraction)

@@ -15,7 +15,6 @@ from torch.utils.checkpoint import checkpoint
 from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks.blocks import DoubleConv
 from gvsl.networks.warp import warp_affine
-from gvsl.pretrain.dense_contrast import dense_contrast_loss
 from gvsl.pretrain.synthetic import affine_supervision_loss, make_synthetic_pairs
 from gvsl.train.device import Precision, use_fast_kernels
 
@@ -26,26 +25,22 @@ Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[tor
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the terms of the GVSL loss: the paper's three (it uses 1, 1, 1); ``ncc_affine``, the NCC of B
-    warped by the affine alone, ``synthetic_affine``, the affine's error on synthetic pairs
-    (``gvsl.pretrain.synthetic``), and ``dense_contrast``, the local features' InfoNCE on those pairs
-    (``gvsl.pretrain.dense_contrast``), are not in the paper (0 leaves them out)."""
+    warped by the affine alone, and ``synthetic_affine``, the affine's error on synthetic pairs
+    (``gvsl.pretrain.synthetic``), are not in the paper (0 leaves them out)."""
 
     ncc: float = 1.0
     mse: float = 1.0
     smooth: float = 1.0
     ncc_affine: float = 0.0
     synthetic_affine: float = 0.0
-    dense_contrast: float = 0.0
 
 
 def gvsl_losses(restored_a: torch.Tensor, warped_b: torch.Tensor, flow_ba: torch.Tensor, clean_a: torch.Tensor,
                 weights: LossWeights, affine_warped_b: Optional[torch.Tensor] = None,
-                synthetic_affine: Optional[torch.Tensor] = None,
-                dense_contrast: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                synthetic_affine: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """The loss and its terms (scalars): ``loss`` = w_ncc NCC(warped B, A) + w_mse MSE(restored A, A) +
     w_smooth smoothness(field) [+ w_ncc_affine NCC(affine-warped B, A) when ``affine_warped_b`` is given]
-    [+ w_synthetic_affine ``synthetic_affine`` when given] [+ w_dense_contrast ``dense_contrast`` when given].
-    NCC is computed in float32 whatever the autocast dtype."""
+    [+ w_synthetic_affine ``synthetic_affine`` when given]. NCC is computed in float32 whatever the autocast dtype."""
     terms = {
         "ncc": local_ncc_loss(warped_b, clean_a),
         "mse": restoration_loss(restored_a, clean_a),
@@ -58,9 +53,6 @@ def gvsl_losses(restored_a: torch.Tensor, warped_b: torch.Tensor, flow_ba: torch
     if synthetic_affine is not None:
         terms["synthetic_affine"] = synthetic_affine
         total = total + weights.synthetic_affine * synthetic_affine
-    if dense_contrast is not None:
-        terms["dense_contrast"] = dense_contrast
-        total = total + weights.dense_contrast * dense_contrast
     return {"loss": total, **terms}
 
 
@@ -124,27 +116,12 @@ class TrainStep:
         if self.synthetic_fraction:
             synthetic = make_synthetic_pairs(clean_a, b, self.synthetic_fraction, generator)
             b = synthetic.b
-        backbone: list[tuple[torch.Tensor, torch.Tensor]] = []
-        hook = None
-        if synthetic is not None and self.weights.dense_contrast:
-            hook = getattr(self.model, "module", self.model).unet.register_forward_hook(
-                lambda module, inputs, output: backbone.append(output))
-        try:
-            with self.precision.autocast(self.device):
-                restored_a, warped_b, theta, flow_ba = self.model(
-                    corrupted_a.contiguous(memory_format=self.memory_format),
-                    b.contiguous(memory_format=self.memory_format))
-        finally:
-            if hook is not None:
-                hook.remove()
+        with self.precision.autocast(self.device):
+            restored_a, warped_b, theta, flow_ba = self.model(corrupted_a.contiguous(memory_format=self.memory_format),
+                                                              b.contiguous(memory_format=self.memory_format))
         affine_warped_b = warp_affine(b, theta, self.conventions) if self.weights.ncc_affine else None
         synthetic_affine = None if synthetic is None else affine_supervision_loss(theta, synthetic, self.conventions)
-        contrast = None
-        if backbone:
-            local_a, local_b = backbone[0][1].chunk(2)
-            contrast = dense_contrast_loss(local_a, local_b, clean_a, synthetic, generator)
-        losses = gvsl_losses(restored_a, warped_b, flow_ba, clean_a, self.weights, affine_warped_b, synthetic_affine,
-                             contrast)
+        losses = gvsl_losses(restored_a, warped_b, flow_ba, clean_a, self.weights, affine_warped_b, synthetic_affine)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)

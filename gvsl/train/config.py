@@ -85,8 +85,7 @@ class TrainConfig(RunConfig):
     ``synthetic_fraction``: share of pairs that are A against a copy of A
     under a known affine, where the affine head's error is a loss term of
     weight ``weight_synthetic_affine`` (``gvsl.pretrain.synthetic``; 0: the
-    paper's pairs); ``weight_dense_contrast``: the local features' InfoNCE on
-    those pairs (``gvsl.pretrain.dense_contrast``; 0: the paper's loss). ``channels_last`` of None
+    paper's pairs). ``channels_last`` of None
     means: on the CPU when every width is >= 32, contiguous on CUDA (measured
     faster there; see ``gvsl.train.device.use_channels_last``).
     """
@@ -113,7 +112,6 @@ class TrainConfig(RunConfig):
     weight_ncc_affine: float = 0.0
     synthetic_fraction: float = 0.0
     weight_synthetic_affine: float = 1.0
-    weight_dense_contrast: float = 0.0
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -135,7 +133,7 @@ class TrainConfig(RunConfig):
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ValueError(f"time limit must be positive, got {self.time_limit_s} s")
         if min(self.weight_ncc, self.weight_mse, self.weight_smooth, self.weight_ncc_affine,
-               self.weight_synthetic_affine, self.weight_dense_contrast) < 0:
+               self.weight_synthetic_affine) < 0:
             raise ValueError("loss weights must be >= 0")
         if not 0 <= self.synthetic_fraction <= 1:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
