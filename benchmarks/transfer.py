@@ -22,8 +22,7 @@ Steps (subcommands), with files between them; ``all`` runs them in order:
     scored, nothing is selected), the one before trains alone, with the one after next for two labelled donors.
     Arms (``arms``): scratch; the GVSL checkpoint fine-tuned and frozen + new head; a frozen random backbone + new
     head; the restoration-only checkpoint fine-tuned and frozen + new head. All arms of a seed see the same crops
-    and augmented batches, for the same
-    iterations and learning rate schedule.
+    and augmented batches, for the same iterations and learning rate schedule.
 ``table OUT``
     Markdown tables of held-out mean Dice: mean ± sd over seeds per arm, and the paired differences that answer the
     question (GVSL fine-tuned - scratch; GVSL frozen - random frozen).
