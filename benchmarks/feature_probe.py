@@ -9,8 +9,9 @@ upsampled (trilinear) to the image grid. Per layer:
   donor: 1 when every channel carries the same signal (a collapsed representation), up to the layer's width;
 - **probe Dice**: ridge regression (closed form; standardised features, λ = 0.01 per voxel) from the training donor's
   features to one-hot labels (its structures' voxels and 20,000 background voxels), applied to every voxel of the test
-  donor (arg-max), mean Dice over the structures. It asks what a linear read-out of one voxel's features can tell,
-  no training run involved; the fine-tuning arms ``linear``/``random-linear`` ask the same of a trained 3³ head.
+  donor (arg-max), mean Dice over the structures present in the test donor. It asks what a linear read-out of one
+  voxel's features can tell, no training run involved; the fine-tuning arms ``linear``/``random-linear`` ask the same
+  of a trained 3³ head.
 
     python benchmarks/feature_probe.py DONORS_DIR random RUN/checkpoints/iter_003500.pt [--train 12876 --test 15496]
 """
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 from gvsl.data.preprocess import PrepareConfig
 from gvsl.finetune.cache import preprocess_case
 from gvsl.finetune.data import Case
+from gvsl.finetune.heldout import class_dice
 from gvsl.finetune.model import build_segmentation_net
+from gvsl.networks.backbone import pad_to_multiple
 from gvsl.segment.model import SegmentationNet
 
 LAYERS = ("inc", "down1", "down2", "down3", "down4", "up1", "up2", "up3", "up4")
@@ -57,14 +60,16 @@ def layer_features(model: SegmentationNet, image: np.ndarray) -> dict[str, np.nd
         for hook in hooks:
             hook.remove()
     shape = image.shape
+    pads = pad_to_multiple(shape)
+    padded = [size + before + after for size, (before, after) in zip(shape, pads)]
+    crop = (slice(None), slice(None), *(slice(before, before + size) for (before, _), size in zip(pads, shape)))
     features = {}
     for name, output in outputs.items():
-        padded = output.shape[2:] != shape and all(o >= s for o, s in zip(output.shape[2:], shape))
-        if padded:  # full-resolution layers see the input padded to a multiple of 16: crop the padding
-            output = output[:, :, :shape[0], :shape[1], :shape[2]]
-        elif output.shape[2:] != shape:
-            output = F.interpolate(output, size=shape, mode="trilinear", align_corners=False)
-        features[name] = output[0].reshape(output.shape[1], -1).T.numpy()
+        # The backbone pads its input on both sides to a multiple of 16: bring every layer to that padded grid,
+        # then cut the image's voxels out of it, as the backbone does with its own output.
+        if list(output.shape[2:]) != padded:
+            output = F.interpolate(output, size=padded, mode="trilinear", align_corners=False)
+        features[name] = output[crop][0].reshape(output.shape[1], -1).T.numpy()
     return features
 
 
@@ -88,9 +93,7 @@ def probe_dice(train_features: np.ndarray, train_labels: np.ndarray, test_featur
     targets = (train_labels[rows, None] == classes[None]).astype(np.float64)
     weights = np.linalg.solve(x.T @ x + RIDGE * len(rows) * np.eye(x.shape[1]), x.T @ targets)
     predicted = classes[np.argmax(np.c_[(test_features - mean) / sd, np.ones(len(test_features))] @ weights, 1)]
-    dice = [2 * np.sum((predicted == v) & (test_labels == v))
-            / max(1, np.sum(predicted == v) + np.sum(test_labels == v)) for v in values]
-    return float(np.mean(dice))
+    return float(np.mean([d for d in class_dice(predicted, test_labels, values) if d is not None]))
 
 
 def probe(checkpoint: str, widths: Sequence[int], train: tuple[np.ndarray, np.ndarray],

@@ -35,3 +35,17 @@ def test_the_probe_reads_encoded_structures_and_nothing_from_noise():
                                      test_labels, values)
     assert readable > 0.99
     assert noise < 0.3
+
+
+def test_layer_features_sit_on_the_image_grid_as_the_backbone_crops_its_output():
+    import torch
+
+    from gvsl.finetune.model import build_segmentation_net
+
+    model = build_segmentation_net("scratch", 3, 0, None, (4, 8, 8, 8, 8, 8, 8, 4, 4)).eval()
+    image = np.random.default_rng(0).random((20, 24, 18), dtype=np.float32)  # padded to 32³ on both sides
+    features = feature_probe.layer_features(model, image)
+    with torch.no_grad():
+        _, local = model.unet(torch.from_numpy(image)[None, None])
+    assert all(f.shape[0] == image.size for f in features.values())
+    np.testing.assert_allclose(features["up4"], local[0].reshape(local.shape[1], -1).T.numpy(), atol=1e-6)
