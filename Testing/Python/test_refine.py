@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gvsl.losses import local_ncc_loss, smoothness_loss
 from gvsl.match.grid import RegularGrid, interpolation_matrix
 from gvsl.match.refine import Adam, PlateauSchedule, RefineConfig
 from gvsl.match.regularisers import InterpolatedDiffusion
 from gvsl.match.similarity import FixedImageNCC
+from gvsl.networks.warp import grid_sample_threaded
 
 
 def test_fixed_image_ncc_is_the_training_loss_with_its_gradient():
@@ -78,6 +80,29 @@ def test_grid_sampling_is_sample_voxels_at_the_points_voxels():
     torch.manual_seed(2)
     grid = RegularGrid((6, 7, 8), np.array([-10.0, 4.0, 2.5]), 2.5)
     volume = torch.rand(1, 2, 6, 7, 8, dtype=torch.float64)
-    points = torch.rand(1, 3, 3, 4, 5, dtype=torch.float64) * 25 - 12  # some outside the grid
-    voxels_dhw = ((points - torch.from_numpy(grid.origin_xyz).view(1, 3, 1, 1, 1)) / 2.5).flip(1)
-    assert torch.allclose(grid.sample(volume, points), sample_voxels(volume, voxels_dhw), atol=1e-12)
+    points = torch.rand(3, 4, 5, 3, dtype=torch.float64) * 25 - 12  # (x, y, z) last; some outside the grid
+    linear = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(3, 3, dtype=torch.float64)
+    offset_mm = torch.tensor([1.5, -2.0, 0.7], dtype=torch.float64)
+    for matrix, offset, moved in ((None, None, points), (linear, offset_mm, points @ linear.T + offset_mm)):
+        voxels_dhw = ((moved - torch.from_numpy(grid.origin_xyz)) / 2.5).flip(-1).permute(3, 0, 1, 2)[None]
+        expected = sample_voxels(volume, voxels_dhw)
+        assert torch.allclose(grid.sample(volume, points, matrix, offset), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(("threads", "mode"), [(2, "bilinear"), (3, "bilinear"), (2, "nearest")])
+def test_threaded_grid_sample_is_grid_sample_with_its_gradient(threads, mode):
+    torch.manual_seed(3)
+    volume = torch.rand(1, 2, 9, 8, 7, dtype=torch.float64)
+    grid = (torch.rand(1, 5, 6, 7, 3, dtype=torch.float64) * 2.4 - 1.2).requires_grad_(True)  # 210 points
+    weights = torch.rand(1, 2, 5, 6, 7, dtype=torch.float64)
+    expected = F.grid_sample(volume, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), grid)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sampled = grid_sample_threaded(volume, grid, mode)
+        (grad,) = torch.autograd.grad((sampled * weights).sum(), grid)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(sampled, expected, atol=1e-14)
+    assert torch.allclose(grad, expected_grad, atol=1e-12)

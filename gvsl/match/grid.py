@@ -7,7 +7,8 @@ from typing import NamedTuple
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
+
+from gvsl.networks.warp import grid_sample_threaded
 
 
 class RegularGrid(NamedTuple):
@@ -23,30 +24,36 @@ class RegularGrid(NamedTuple):
         return cls(tuple(reversed(image.GetSize())), np.asarray(image.GetOrigin(), float), float(image.GetSpacing()[0]))
 
     def points_xyz(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(1, 3, D, H, W) float32 LPS points of the voxel centres, channels (x, y, z)."""
+        """(D, H, W, 3) float32 LPS points of the voxel centres, (x, y, z) last."""
         axes = [torch.arange(n, dtype=torch.float32, device=device) for n in self.shape_dhw]
-        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij")).flip(0)
-        origin = torch.as_tensor(self.origin_xyz, dtype=torch.float32, device=device).view(1, 3, 1, 1, 1)
-        return origin + self.spacing_mm * xyz.unsqueeze(0)
+        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).flip(-1)
+        origin = torch.as_tensor(self.origin_xyz, dtype=torch.float32, device=device)
+        return (origin + self.spacing_mm * xyz).contiguous()
 
     def positions_mm(self, axis_xyz: int) -> np.ndarray:
         """Coordinates (mm) of the voxel centres along axis ``axis_xyz`` (0 = x)."""
         return self.origin_xyz[axis_xyz] + self.spacing_mm * np.arange(self.shape_dhw[2 - axis_xyz])
 
-    def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-        """``volume`` (N, C, *shape_dhw) on this grid, trilinear at (N or 1, 3, ...) LPS points (x, y, z).
+    def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, linear: torch.Tensor | None = None,
+               offset_mm: torch.Tensor | None = None, padding_mode: str = "zeros") -> torch.Tensor:
+        """``volume`` (1, C, *shape_dhw) on this grid, trilinear at ``linear @ p + offset_mm`` for the LPS points p
+        (d, h, w, 3), (x, y, z) last, (linear (3, 3), offset_mm (3,): the identity when not given).
 
-        The points go to ``grid_sample``'s coordinates in one affine step ((x, y, z) is already its channel order;
-        -1 and +1 at the first and last voxel centres, ``align_corners=True``), as ``gvsl.networks.sample_voxels``
-        would sample the same voxel coordinates, without its two channel flips."""
+        The affine and the step to ``grid_sample``'s coordinates (-1 and +1 at the first and last voxel centres,
+        ``align_corners=True``; (x, y, z) is already its order) are one matrix product on the points, which come
+        out in the channels-last layout ``grid_sample`` reads, as ``gvsl.networks.sample_voxels`` would sample the
+        same voxel coordinates without its two channel flips."""
+        options = {"dtype": points_xyz.dtype, "device": points_xyz.device}
         size_xyz = np.asarray(self.shape_dhw[::-1], float)
         scale = 2 / (np.maximum(size_xyz - 1, 1) * self.spacing_mm)
-        options = {"dtype": points_xyz.dtype, "device": points_xyz.device}
-        scale_t = torch.as_tensor(scale, **options).view(1, 3, 1, 1, 1)
-        offset_t = torch.as_tensor(-self.origin_xyz * scale - 1, **options).view(1, 3, 1, 1, 1)
-        grid = torch.addcmul(offset_t, points_xyz, scale_t).permute(0, 2, 3, 4, 1)
-        return F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode=padding_mode,
-                             align_corners=True)
+        scale_t = torch.as_tensor(scale, **options)
+        shift_t = torch.as_tensor(-self.origin_xyz * scale - 1, **options)
+        linear = torch.eye(3, **options) if linear is None else linear
+        offset_mm = torch.zeros(3, **options) if offset_mm is None else offset_mm
+        coordinates = torch.addmm(torch.addcmul(shift_t, scale_t, offset_mm), points_xyz.reshape(-1, 3),
+                                  (scale_t[:, None] * linear).T)
+        return grid_sample_threaded(volume, coordinates.view(1, *points_xyz.shape[:3], 3).to(volume.dtype),
+                                    padding_mode=padding_mode)
 
 
 def interpolation_matrix(positions_mm: np.ndarray, nodes_grid: RegularGrid, axis_xyz: int) -> torch.Tensor:

@@ -133,7 +133,7 @@ class LevelImages(NamedTuple):
 
 
 class Stage(NamedTuple):
-    """What stays fixed while one level is optimised: its points (1, 3, D, H, W) and the per-axis weights that
+    """What stays fixed while one level is optimised: its points (D, H, W, 3) and the per-axis weights that
     interpolate the control grid onto its voxels ((D, n_d), (H, n_h), (W, n_w))."""
 
     points: torch.Tensor
@@ -169,26 +169,21 @@ class FrameMap(torch.nn.Module):
         return self.radius * self.delta
 
     def displacement(self, stage: Stage, nodes: torch.Tensor | None = None) -> torch.Tensor:
-        """u (1, 3, D, H, W) in mm, channels (x, y, z), at the stage's points, interpolated from ``nodes`` (u at
-        the control grid's nodes, default ``control_displacement()``)."""
+        """u (D, H, W, 3) in mm, (x, y, z) last, at the stage's points, interpolated from ``nodes`` (u at the
+        control grid's nodes, default ``control_displacement()``)."""
         wd, wh, ww = stage.interpolation_dhw
-        delta = torch.einsum("cijk,wk->cijw", self.control_displacement() if nodes is None else nodes, ww)
-        delta = torch.einsum("cijw,hj->cihw", delta, wh)
-        delta = torch.einsum("cihw,di->cdhw", delta, wd)
-        return delta.unsqueeze(0)
+        delta = torch.einsum("cijk,wk->ijwc", self.control_displacement() if nodes is None else nodes, ww)
+        delta = torch.einsum("ijwc,hj->ihwc", delta, wh)
+        return torch.einsum("ihwc,di->dhwc", delta, wd)
 
-    def affine(self, points_xyz: torch.Tensor) -> torch.Tensor:
-        centre = self.centre.view(1, 3, 1, 1, 1)
-        moved = torch.einsum("ij,njdhw->nidhw", self.linear, points_xyz - centre)
-        return centre + moved + self.radius * self.translation.view(1, 3, 1, 1, 1)
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A as its linear part (3, 3) and its offset (3,) in mm: A(z) = linear @ z + offset."""
+        return self.linear, self.centre - self.linear @ self.centre + self.radius * self.translation
 
     def affine_mm(self) -> np.ndarray:
         """A as a (4, 4) matrix (mm)."""
-        linear = self.linear.detach().cpu().double().numpy()
-        centre = self.centre.cpu().double().numpy()
         out = np.eye(4)
-        out[:3, :3] = linear
-        out[:3, 3] = centre - linear @ centre + self.radius * self.translation.detach().cpu().double().numpy()
+        out[:3, :3], out[:3, 3] = (part.detach().cpu().double().numpy() for part in self.affine())
         return out
 
 
@@ -206,7 +201,7 @@ def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, 
         optimizer.lr = learning_rate * schedule.factor
         nodes = frame_map.control_displacement()
         displacement = frame_map.displacement(stage, nodes)
-        warped = level.grid.sample(level.moving, frame_map.affine(stage.points + displacement))
+        warped = level.grid.sample(level.moving, stage.points + displacement, *frame_map.affine())
         loss = similarity.loss(warped)
         if not affine_only and config.diffusion_weight:
             voxels = nodes / level.grid.spacing_mm
@@ -236,7 +231,7 @@ def refine(levels: list[LevelImages], affine_mm: np.ndarray, field_grid: sitk.Im
             for level in levels:
                 steps += refine_level(frame_map, level, config)
     with torch.no_grad():
-        field = frame_map.displacement(frame_map.stage(RegularGrid.of(field_grid)))[0].cpu().double().numpy()
-    refined = sitk.GetImageFromArray(np.moveaxis(field, 0, -1), isVector=True)
+        field = frame_map.displacement(frame_map.stage(RegularGrid.of(field_grid))).cpu().double().numpy()
+    refined = sitk.GetImageFromArray(field, isVector=True)
     refined.CopyInformation(field_grid)
     return frame_map.affine_mm(), refined, steps

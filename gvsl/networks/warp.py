@@ -12,6 +12,27 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def grid_sample_threaded(volume: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
+                         padding_mode: str = "zeros") -> torch.Tensor:
+    """``F.grid_sample(volume, grid, mode, padding_mode, align_corners=True)`` for a (N, C, D, H, W) ``volume`` and
+    a (N, d, h, w, 3) ``grid``, on a CPU with every thread.
+
+    PyTorch's CPU kernels for 3D grids run the batch entries in parallel and each entry's points on one thread, so
+    one volume is sampled on one core. Here the points of a single volume are split into as many batch entries as
+    there are threads (views, the volume expanded without a copy), which on 2 cores halves the time of sampling a
+    2 mm head and of the gradient with respect to the points."""
+    points = grid.shape[1] * grid.shape[2] * grid.shape[3]
+    chunks = 1
+    if volume.device.type == "cpu" and volume.shape[0] == grid.shape[0] == 1:
+        chunks = max(k for k in range(1, torch.get_num_threads() + 1) if points % k == 0)
+    if chunks == 1:
+        return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    split = grid.reshape(chunks, points // chunks, 1, 1, 3)
+    out = F.grid_sample(volume.expand(chunks, -1, -1, -1, -1), split, mode=mode, padding_mode=padding_mode,
+                        align_corners=True)
+    return out.transpose(0, 1).reshape(1, volume.shape[1], *grid.shape[1:4])
+
+
 def sample_voxels(volume: torch.Tensor, voxels_dhw: torch.Tensor, mode: str = "bilinear",
                   padding_mode: str = "zeros") -> torch.Tensor:
     """Sample ``volume`` at voxel coordinates.
@@ -30,7 +51,7 @@ def sample_voxels(volume: torch.Tensor, voxels_dhw: torch.Tensor, mode: str = "b
     grid = norm.permute(0, 2, 3, 4, 1).flip(-1)
     if grid.dtype != volume.dtype:
         grid = grid.to(volume.dtype)
-    return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    return grid_sample_threaded(volume, grid, mode, padding_mode)
 
 
 def warp_affine(volume: torch.Tensor, theta: torch.Tensor, conventions: str) -> torch.Tensor:
