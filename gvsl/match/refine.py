@@ -49,7 +49,7 @@ class RefineConfig:
     finest_spacing_mm: float = 2.0
     control_spacing_mm: float = 8.0
     ncc_window: int = 5
-    diffusion_weight: float = 3.0
+    diffusion_weight: float = 2.25
     learning_rate: float = 0.1
     patience: int = 10
     tolerance: float = 1e-4
