@@ -49,13 +49,19 @@ def local_ncc_loss(warped: torch.Tensor, target: torch.Tensor, window: int = NCC
         return 1 - squared_ncc(s_i, s_ii, s_ij, s_j, s_jj - s_j * s_j / n, n).mean()
 
 
+def ncc_cross_and_denominator(s_i: torch.Tensor, s_ii: torch.Tensor, s_ij: torch.Tensor, s_j: torch.Tensor,
+                              var_j: torch.Tensor, n: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per voxel, cov(I, J) and var(I) var(J) + 1e-5 (summed over boxes of ``n`` voxels), from box sums of I, I^2,
+    IJ and J and J's summed variance ``var_j`` (all of one shape): the local squared NCC is cross² / denominator."""
+    cross = s_ij - s_i * s_j / n
+    return cross, (s_ii - s_i * s_i / n) * var_j + NCC_EPS
+
+
 def squared_ncc(s_i: torch.Tensor, s_ii: torch.Tensor, s_ij: torch.Tensor, s_j: torch.Tensor, var_j: torch.Tensor,
                 n: float) -> torch.Tensor:
-    """Local squared NCC per voxel, cov(I, J)^2 / (var(I) var(J) + 1e-5), from box sums of I, I^2, IJ and J over boxes
-    of ``n`` voxels and J's summed variance ``var_j`` (all of one shape)."""
-    cross = s_ij - s_i * s_j / n
-    var_i = s_ii - s_i * s_i / n
-    return cross * cross / (var_i * var_j + NCC_EPS)
+    """Local squared NCC per voxel, cov(I, J)^2 / (var(I) var(J) + 1e-5) (``ncc_cross_and_denominator``)."""
+    cross, denominator = ncc_cross_and_denominator(s_i, s_ii, s_ij, s_j, var_j, n)
+    return cross * cross / denominator
 
 
 def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,8 @@ def test_grid_sampling_is_sample_voxels_at_the_points_voxels():
     points = torch.rand(3, 4, 5, 3, dtype=torch.float64) * 25 - 12  # (x, y, z) last; some outside the grid
     linear = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(3, 3, dtype=torch.float64)
     offset_mm = torch.tensor([1.5, -2.0, 0.7], dtype=torch.float64)
-    for matrix, offset, moved in ((None, None, points), (linear, offset_mm, points @ linear.T + offset_mm)):
+    identity = (torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), points)
+    for matrix, offset, moved in (identity, (linear, offset_mm, points @ linear.T + offset_mm)):
         voxels_dhw = ((moved - torch.from_numpy(grid.origin_xyz)) / 2.5).flip(-1).permute(3, 0, 1, 2)[None]
         expected = sample_voxels(volume, voxels_dhw)
         assert torch.allclose(grid.sample(volume, points, matrix, offset), expected, atol=1e-12)

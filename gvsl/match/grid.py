@@ -34,10 +34,10 @@ class RegularGrid(NamedTuple):
         """Coordinates (mm) of the voxel centres along axis ``axis_xyz`` (0 = x)."""
         return self.origin_xyz[axis_xyz] + self.spacing_mm * np.arange(self.shape_dhw[2 - axis_xyz])
 
-    def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, linear: torch.Tensor | None = None,
-               offset_mm: torch.Tensor | None = None, padding_mode: str = "zeros") -> torch.Tensor:
+    def sample(self, volume: torch.Tensor, points_xyz: torch.Tensor, linear: torch.Tensor, offset_mm: torch.Tensor,
+               padding_mode: str = "zeros") -> torch.Tensor:
         """``volume`` (1, C, *shape_dhw) on this grid, trilinear at ``linear @ p + offset_mm`` for the LPS points p
-        (d, h, w, 3), (x, y, z) last, (linear (3, 3), offset_mm (3,): the identity when not given).
+        (d, h, w, 3), (x, y, z) last (linear (3, 3), offset_mm (3,)).
 
         The affine and the step to ``grid_sample``'s coordinates (-1 and +1 at the first and last voxel centres,
         ``align_corners=True``; (x, y, z) is already its order) are one matrix product on the points, which come
@@ -48,8 +48,6 @@ class RegularGrid(NamedTuple):
         scale = 2 / (np.maximum(size_xyz - 1, 1) * self.spacing_mm)
         scale_t = torch.as_tensor(scale, **options)
         shift_t = torch.as_tensor(-self.origin_xyz * scale - 1, **options)
-        linear = torch.eye(3, **options) if linear is None else linear
-        offset_mm = torch.zeros(3, **options) if offset_mm is None else offset_mm
         coordinates = torch.addmm(torch.addcmul(shift_t, scale_t, offset_mm), points_xyz.reshape(-1, 3),
                                   (scale_t[:, None] * linear).T)
         return grid_sample_threaded(volume, coordinates.view(1, *points_xyz.shape[:3], 3).to(volume.dtype),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from gvsl.losses import NCC_EPS
+from gvsl.losses import ncc_cross_and_denominator
 
 
 def shifted_box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -50,19 +50,19 @@ class FixedImageNCC:
 
 class LocalNCCLoss(torch.autograd.Function):
     """``FixedImageNCC.loss`` with its gradient written out: per voxel, with cross = cov(I, J), den = var(I) var(J)
-    + eps and r = cross / den, the loss 1 - mean(r · cross) changes by -2r/count per unit of the box sum of IJ, by
-    r² var(J)/count per unit of that of I², and through both means by the box sum of I; the gradient with respect
-    to I is then the box sums of these three (the filter is its own adjoint) times 1, 2I and J. Autograd kept and
-    walked back through a dozen whole-volume intermediates instead (8 ms of 55 per step on a 2 mm head)."""
+    + eps (``gvsl.losses.ncc_cross_and_denominator``) and r = cross / den, the loss 1 - mean(r · cross) changes by
+    -2r/count per unit of the box sum of IJ, by r² var(J)/count per unit of that of I², and through both means by
+    the box sum of I; the gradient with respect to I is then the box sums of these three (the filter is its own
+    adjoint) times 1, 2I and J. Autograd kept and walked back through a dozen whole-volume intermediates instead
+    (8 ms of 55 per step on a 2 mm head)."""
 
     @staticmethod
     def forward(ctx, warped: torch.Tensor, similarity: FixedImageNCC) -> torch.Tensor:
         fixed, n = similarity.fixed, similarity.n
         sums = shifted_box_sum(torch.cat([warped, warped * warped, warped * fixed], dim=1), similarity.window)
         s_i, s_ii, s_ij = sums.unbind(1)
-        cross = s_ij - s_i * similarity.s_j / n
-        den = (s_ii - s_i * s_i / n).mul_(similarity.var_j).add_(NCC_EPS)
-        ratio = cross / den
+        cross, denominator = ncc_cross_and_denominator(s_i, s_ii, s_ij, similarity.s_j, similarity.var_j, n)
+        ratio = cross / denominator
         ctx.save_for_backward(warped, s_i, ratio)
         ctx.similarity = similarity
         return 1 - (ratio * cross).mean()
