@@ -23,9 +23,14 @@ Steps (subcommands), with files between them; ``all`` runs them in order:
     Arms (``arms``): scratch; the GVSL checkpoint fine-tuned and frozen + new head; a frozen random backbone + new
     head; the restoration-only checkpoint fine-tuned and frozen + new head. All arms of a seed see the same crops
     and augmented batches, for the same iterations and learning rate schedule.
+``atlas OUT [--tests D,...] [--budgets 1,2]``
+    The other use of a pre-trained GVSL network with few labels: no training, the labelled donors' label maps carried
+    onto the test donor by matching (``ATLAS_METHODS``: a SimpleITK affine, the network alone, ``gvsl match``) with
+    the last GVSL checkpoint; with two labelled donors, their carried maps fused by ``vote``. Held-out Dice of the
+    same structures on the same test donor as the arms, into ``OUT/atlas/test-<D>.json``.
 ``table OUT``
-    Markdown tables of held-out mean Dice: mean ± sd over seeds per arm, and the paired differences that answer the
-    question (GVSL fine-tuned - scratch; GVSL frozen - random frozen).
+    Markdown tables of held-out mean Dice: mean ± sd over seeds per arm (and the ``atlas`` rows), and the paired
+    differences that answer the question (GVSL fine-tuned - scratch; GVSL frozen - random frozen).
 
     python benchmarks/transfer.py all OUT [--threads 2]
 """
@@ -161,6 +166,62 @@ def finetune(out: Path, tests: Sequence[str], budgets: Sequence[int], seeds: int
                            test_data=str(donors / f"{test}.csv"), resume=(folder / "comparison.json").is_file())
 
 
+ATLAS_METHODS = ("SimpleITK affine", "gvsl network (--refine 0)", "gvsl match")
+
+
+def vote(label_maps: Sequence[np.ndarray], values: Sequence[int], sigma_voxels: float = 1.0) -> np.ndarray:
+    """Fuse label maps of one grid (each (D, H, W) of ``values`` and 0) by majority vote, background included; a tie
+    goes to the value whose indicator, smoothed by a Gaussian of ``sigma_voxels`` and averaged over the maps, is
+    largest there (the neighbourhood decides where two maps disagree). One map is returned as it is."""
+    from scipy import ndimage
+
+    if len(label_maps) == 1:
+        return label_maps[0]
+    choices = [0, *values]
+    tie_break = 0.5 / len(label_maps)  # below one vote: it only orders values with equal votes
+    scores = []
+    for value in choices:
+        indicators = [(labels == value).astype(np.float32) for labels in label_maps]
+        smoothed = [ndimage.gaussian_filter(indicator, sigma_voxels) for indicator in indicators]
+        scores.append(np.mean(indicators, axis=0) + tie_break * np.mean(smoothed, axis=0))
+    return np.asarray(choices, dtype=label_maps[0].dtype)[np.argmax(np.stack(scores), axis=0)]
+
+
+def atlas(out: Path, tests: Sequence[str], budgets: Sequence[int], recipe: str = "gvsl") -> None:
+    import SimpleITK as sitk
+
+    from gvsl.finetune.heldout import class_dice
+    from match_methods import carry_labels, gvsl_match, simpleitk_affine  # isort: skip (a sibling script)
+
+    donors = out / "donors"
+    values = [entry["value"] for entry in json.loads((donors / "labels.json").read_text())["labels"]]
+    checkpoint = str(checkpoint_of(out, recipe))
+
+    def read(folder: str, donor: str, pixel: int) -> sitk.Image:
+        return sitk.ReadImage(str(donors / folder / f"{donor}.nii.gz"), pixel)
+
+    for test in tests:
+        fixed, truth = read("images", test, sitk.sitkFloat32), read("labels", test, sitk.sitkUInt16)
+        carried: dict[str, list[np.ndarray]] = {method: [] for method in ATLAS_METHODS}
+        for donor in roles(test).training[:max(budgets)]:
+            moving, labels = read("images", donor, sitk.sitkFloat32), read("labels", donor, sitk.sitkUInt16)
+            match = gvsl_match(donors / "images" / f"{test}.nii.gz", donors / "images" / f"{donor}.nii.gz",
+                               checkpoint, out / "atlas" / f"match-{donor}-to-{test}")
+            for method, transform in zip(ATLAS_METHODS, (simpleitk_affine(fixed, moving), match.network, match.final)):
+                carried[method].append(sitk.GetArrayFromImage(carry_labels(labels, fixed, transform)))
+        truth_array = sitk.GetArrayFromImage(truth)
+        result = {"test": test, "checkpoint": checkpoint, "budgets": {}}
+        for budget in budgets:
+            result["budgets"][str(budget)] = {"labelled": list(roles(test).training[:budget]), "methods": {}}
+            for method, maps in carried.items():
+                dice = class_dice(vote(maps[:budget], values), truth_array, values)
+                result["budgets"][str(budget)]["methods"][method] = {
+                    "mean_dice": float(np.mean([d for d in dice if d is not None])), "dice": dice}
+        path = out / "atlas" / f"test-{test}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}", flush=True)
+
+
 def paired(summary: dict, arm: str, reference: str) -> list[float]:
     """Per-seed differences of held-out mean Dice, ``arm`` - ``reference``, over the seeds both finished."""
     scores = {name: {r["seed"]: r["test_mean_dice"] for r in summary["results"].get(name, {}).get("seeds", [])}
@@ -196,12 +257,17 @@ def table(out: Path) -> str:
             if arm in summary["results"] and reference in summary["results"]:
                 differences.append(f"| {test} | {budget} | {arm} - {reference} | "
                                    f"{mean_sd(paired(summary, arm, reference))} |")
+    for path in sorted((out / "atlas").glob("test-*.json")):
+        result = json.loads(path.read_text())
+        for budget, entry in result["budgets"].items():
+            for method, scores in entry["methods"].items():
+                rows.append(f"| {result['test']} | {budget} | atlas: {method} | {scores['mean_dice']:.3f} | – | – |")
     return "\n".join(rows) + "\n\n" + "\n".join(differences)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("data", "pretrain", "finetune", "table", "all"))
+    parser.add_argument("step", choices=("data", "pretrain", "finetune", "atlas", "table", "all"))
     parser.add_argument("out", type=Path, help="working folder (generated data, runs, results)")
     parser.add_argument("--recipes", default="gvsl,restoration", help="pre-training recipes (default gvsl,restoration)")
     parser.add_argument("--pretrain-iterations", type=int, default=3500)
@@ -222,7 +288,7 @@ def main() -> None:
     unknown = set(recipes) - set(RECIPES)
     if unknown:
         parser.error(f"unknown recipes {sorted(unknown)}; choose from {list(RECIPES)}")
-    steps = ("data", "pretrain", "finetune", "table") if args.step == "all" else (args.step,)
+    steps = ("data", "pretrain", "finetune", "atlas", "table") if args.step == "all" else (args.step,)
     if "data" in steps:
         make_data(args.out)
     if "pretrain" in steps:
@@ -230,6 +296,8 @@ def main() -> None:
     if "finetune" in steps:
         finetune(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")], args.seeds,
                  args.iterations, recipes, args.device)
+    if "atlas" in steps:
+        atlas(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")])
     if "table" in steps:
         print(table(args.out))
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -56,3 +57,29 @@ def test_differences_are_paired_by_seed_and_tabled(tmp_path):
     text = transfer.table(tmp_path)
     assert "| 14380 | 1 | gvsl-finetune - scratch | 0.075 ± 0.035 (n=2) |" in text
     assert "| 14380 | 1 | scratch | 0.450 ± 0.071 (n=2) | 10 | 5 |" in text
+
+
+def test_vote_fuses_carried_label_maps_between_them():
+    values = [3, 7]
+    a = np.zeros((12, 12, 12), np.uint16)
+    a[2:6, 3:9, 3:9] = 3
+    a[8:11, 3:9, 3:9] = 7
+    b = np.roll(a, 2, axis=0)  # the same structures carried 2 voxels further along D
+    assert transfer.vote([a], values) is a
+    np.testing.assert_array_equal(transfer.vote([a, a.copy()], values), a)
+    fused = transfer.vote([a, b], values)
+    overlap, union = (a == 3) & (b == 3), (a == 3) | (b == 3)
+    assert np.all(fused[overlap] == 3) and not np.any((fused == 3) & ~union)
+    # where they disagree the neighbourhood decides: the voxels next to the overlap from each map, not one map's
+    np.testing.assert_array_equal(np.flatnonzero((fused == 3)[:, 5, 5]), [3, 4, 5, 6])
+    assert set(np.unique(fused)) == {0, 3, 7}
+
+
+def test_atlas_rows_join_the_table(tmp_path):
+    path = tmp_path / "atlas" / "test-14380.json"
+    path.parent.mkdir(parents=True)
+    methods = {"gvsl match": {"mean_dice": 0.7117, "dice": [0.7]}, "SimpleITK affine": {"mean_dice": 0.5, "dice": []}}
+    path.write_text(json.dumps({"test": "14380", "budgets": {"1": {"labelled": ["12876"], "methods": methods}}}))
+    text = transfer.table(tmp_path)
+    assert "| 14380 | 1 | atlas: gvsl match | 0.712 | – | – |" in text
+    assert "| 14380 | 1 | atlas: SimpleITK affine | 0.500 | – | – |" in text
