@@ -236,16 +236,38 @@ def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: flo
 
 
 def correspondence_errors_mm(fixed: SampleHead, moving: SampleHead, transform: sitk.Transform, points: int = 2000,
-                             seed: int = 0) -> np.ndarray:
+                             seed: int = 0, counterpart_margin_voxels: int | None = None) -> np.ndarray:
     """How far a fixed -> moving transform (LPS mm) sends points of the fixed head's brain from their true match:
     ``|moving.to_template(T(p)) - fixed.to_template(p)|`` in template mm, at up to ``points`` random labelled voxels
-    of the fixed head (drawn with ``seed``)."""
+    of the fixed head (drawn with ``seed``). With ``counterpart_margin_voxels``, only the points whose true match
+    lies in the moving scan (``in_moving_scan``), so that a field of view that cuts the brain in one head and not
+    in the other does not count points no method can match."""
     labels = sitk.ReadImage(str(fixed.labels))
     index = np.argwhere(sitk.GetArrayViewFromImage(labels) > 0)[:, ::-1]  # (x, y, z)
     index = index[np.random.default_rng(seed).choice(len(index), min(points, len(index)), replace=False)]
-    out = []
-    for voxel in index:
-        p = labels.TransformIndexToPhysicalPoint([int(i) for i in voxel])
-        truth = np.asarray(fixed.to_template.TransformPoint(p))
-        out.append(np.linalg.norm(np.asarray(moving.to_template.TransformPoint(transform.TransformPoint(p))) - truth))
-    return np.asarray(out)
+    fixed_lps = [labels.TransformIndexToPhysicalPoint([int(i) for i in voxel]) for voxel in index]
+    truth = np.asarray([fixed.to_template.TransformPoint(p) for p in fixed_lps])
+    found = np.asarray([moving.to_template.TransformPoint(transform.TransformPoint(p)) for p in fixed_lps])
+    errors = np.linalg.norm(found - truth, axis=1)
+    if counterpart_margin_voxels is not None:
+        errors = errors[in_moving_scan(truth, moving, counterpart_margin_voxels)]
+    return errors
+
+
+def in_moving_scan(template_points_mm: np.ndarray, moving: SampleHead, margin_voxels: int) -> np.ndarray:
+    """Which template points (N, 3) mm have their match inside the moving head's scan, ``margin_voxels`` or more from
+    its faces: within one voxel (the grid's largest spacing) of a voxel centre of the moving grid without its outer
+    ``margin_voxels`` layers, mapped to the template by ``moving.to_template``. Returns (N,) bool."""
+    from scipy.spatial import cKDTree
+
+    image = sitk.ReadImage(str(moving.volume))
+    inner = image[tuple(slice(margin_voxels, size - margin_voxels) for size in image.GetSize())]
+    field = sitk.TransformToDisplacementField(moving.to_template, sitk.sitkVectorFloat64, inner.GetSize(),
+                                              inner.GetOrigin(), inner.GetSpacing(), inner.GetDirection())
+    shape_xyz = inner.GetSize()
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in shape_xyz), indexing="ij"), axis=-1).reshape(-1, 3)
+    direction = np.asarray(inner.GetDirection()).reshape(3, 3)
+    centres_lps = np.asarray(inner.GetOrigin()) + (index * np.asarray(inner.GetSpacing())) @ direction.T
+    displacement = sitk.GetArrayFromImage(field).transpose(2, 1, 0, 3).reshape(-1, 3)  # (z, y, x, 3) -> x-major
+    distance, _ = cKDTree(centres_lps + displacement).query(np.asarray(template_points_mm, dtype=float))
+    return distance <= max(image.GetSpacing())

@@ -92,3 +92,27 @@ def test_pretraining_learns_correspondence(tmp_path):
     print(f"held-out mean error: centres of mass {initial_error:.2f} mm, untrained network {untrained_error:.2f} mm, "
           f"after {result.iteration} steps {trained_error:.2f} mm")
     assert trained_error < 0.8 * initial_error and trained_error < 0.8 * untrained_error
+
+
+def test_points_whose_match_is_outside_the_moving_scan_are_found(tmp_path):
+    """``in_moving_scan``: a head's brain points all have a counterpart in the head itself (but those within the
+    margin of its faces); cut the moving scan in half along x and about half of them lose it, the ones on the cut
+    side (the two heads differ by a few voxels, so a point's true match lies near its own position)."""
+    from gvsl.sample_data import SampleHead, in_moving_scan, write_sample_heads
+
+    fixed, moving = write_sample_heads(tmp_path, n_subjects=2, spacing=4.0, seed=7)
+    labels = sitk.ReadImage(str(fixed.labels))
+    index = np.argwhere(sitk.GetArrayViewFromImage(labels) > 0)[:, ::-1][::7]  # (x, y, z)
+    points = [labels.TransformIndexToPhysicalPoint([int(i) for i in voxel]) for voxel in index]
+    truth = np.asarray([fixed.to_template.TransformPoint(p) for p in points])
+    assert in_moving_scan(truth, fixed, 2).mean() > 0.99
+
+    image = sitk.ReadImage(str(moving.volume))
+    half = image.GetSize()[0] // 2
+    sitk.WriteImage(image[:half, :, :], str(tmp_path / "half.nrrd"))
+    full = in_moving_scan(truth, moving, 2)
+    kept = in_moving_scan(truth, SampleHead(tmp_path / "half.nrrd", moving.labels, moving.to_template), 2)
+    assert full.mean() > 0.9 and 0.25 < kept.mean() < 0.6
+    assert np.all(full[kept])  # cutting the scan never adds a counterpart
+    x = np.asarray([image.TransformPhysicalPointToContinuousIndex(p)[0] for p in points])
+    assert x[kept].max() < half + 2 and np.median(x[full & ~kept]) > half
