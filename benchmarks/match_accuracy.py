@@ -14,8 +14,8 @@ fixed.to_template(p)|`` in template millimetres. Rows:
 Each head has its own field of view, which can cut the brain where the other head's does not: a fixed point whose
 true match is outside the moving scan, or at its very edge, has nothing to be matched with. The column "with a
 counterpart" is the mean over the points whose true match lies ``COUNTERPART_MARGIN_VOXELS`` or more inside the
-moving scan (``gvsl.sample_data.in_moving_scan``: the half-width of the refinement's 5-voxel NCC window); the other
-columns count every point.
+moving scan (``gvsl.sample_data.TrueMatches.with_counterpart``: the half-width of the refinement's 5-voxel NCC
+window); the other columns count every point.
 
 Time per pair is wall-clock on this machine (the ``gvsl match`` rows include reading the images and the model).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from gvsl.sample_data import correspondence_errors_mm, write_sample_heads
+from gvsl.sample_data import brain_point_matches, write_sample_heads
 
 from match_methods import centres_of_mass, gvsl_match, simpleitk_affine, summary, timed  # isort: skip (a sibling)
 
@@ -70,10 +70,12 @@ def main() -> None:
         heads = write_sample_heads(Path(work), n_subjects=args.heads, spacing=args.spacing, seed=args.seed)
         for n, (fixed, moving) in enumerate(zip(heads, heads[1:])):
             images = [sitk.ReadImage(str(h.volume), sitk.sitkFloat32) for h in (fixed, moving)]
+            truth = brain_point_matches(fixed, moving, args.points, n)
+            counterpart = truth.with_counterpart(COUNTERPART_MARGIN_VOXELS)
 
             def errors(transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
-                return tuple(correspondence_errors_mm(fixed, moving, transform, args.points, n, margin)  # noqa: B023
-                             for margin in (None, COUNTERPART_MARGIN_VOXELS))
+                all_points = truth.errors_mm(transform)  # noqa: B023
+                return all_points, all_points[counterpart]  # noqa: B023
 
             record("no registration", errors(sitk.Transform(3, sitk.sitkIdentity)))
             record("centres of mass", errors(centres_of_mass(*images)))

@@ -235,23 +235,43 @@ def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: flo
     return paths
 
 
-def correspondence_errors_mm(fixed: SampleHead, moving: SampleHead, transform: sitk.Transform, points: int = 2000,
-                             seed: int = 0, counterpart_margin_voxels: int | None = None) -> np.ndarray:
-    """How far a fixed -> moving transform (LPS mm) sends points of the fixed head's brain from their true match:
-    ``|moving.to_template(T(p)) - fixed.to_template(p)|`` in template mm, at up to ``points`` random labelled voxels
-    of the fixed head (drawn with ``seed``). With ``counterpart_margin_voxels``, only the points whose true match
-    lies in the moving scan (``in_moving_scan``), so that a field of view that cuts the brain in one head and not
-    in the other does not count points no method can match."""
+class TrueMatches(NamedTuple):
+    """Points of a fixed head's brain and their true matches in a moving head (``brain_point_matches``).
+
+    ``fixed_lps``: (N, 3) fixed physical points, LPS mm; ``template_mm``: (N, 3) where they and their true matches
+    lie in the MNI template; ``moving``: the moving head."""
+
+    fixed_lps: np.ndarray
+    template_mm: np.ndarray
+    moving: SampleHead
+
+    def errors_mm(self, transform: sitk.Transform) -> np.ndarray:
+        """(N,) how far a fixed -> moving transform (LPS mm) sends each point from its true match:
+        ``|moving.to_template(T(p)) - fixed.to_template(p)|`` in template mm."""
+        found = np.asarray([self.moving.to_template.TransformPoint(transform.TransformPoint(p))
+                            for p in self.fixed_lps])
+        return np.linalg.norm(found - self.template_mm, axis=1)
+
+    def with_counterpart(self, margin_voxels: int) -> np.ndarray:
+        """(N,) bool: the points whose true match lies in the moving scan (``in_moving_scan``), so that a field of
+        view that cuts the brain in one head and not in the other does not count points no method can match."""
+        return in_moving_scan(self.template_mm, self.moving, margin_voxels)
+
+
+def brain_point_matches(fixed: SampleHead, moving: SampleHead, points: int = 2000, seed: int = 0) -> TrueMatches:
+    """Up to ``points`` random labelled voxels of the fixed head (drawn with ``seed``) and their true matches."""
     labels = sitk.ReadImage(str(fixed.labels))
     index = np.argwhere(sitk.GetArrayViewFromImage(labels) > 0)[:, ::-1]  # (x, y, z)
     index = index[np.random.default_rng(seed).choice(len(index), min(points, len(index)), replace=False)]
-    fixed_lps = [labels.TransformIndexToPhysicalPoint([int(i) for i in voxel]) for voxel in index]
-    truth = np.asarray([fixed.to_template.TransformPoint(p) for p in fixed_lps])
-    found = np.asarray([moving.to_template.TransformPoint(transform.TransformPoint(p)) for p in fixed_lps])
-    errors = np.linalg.norm(found - truth, axis=1)
-    if counterpart_margin_voxels is not None:
-        errors = errors[in_moving_scan(truth, moving, counterpart_margin_voxels)]
-    return errors
+    fixed_lps = np.asarray([labels.TransformIndexToPhysicalPoint([int(i) for i in voxel]) for voxel in index])
+    template_mm = np.asarray([fixed.to_template.TransformPoint(p) for p in fixed_lps])
+    return TrueMatches(fixed_lps, template_mm, moving)
+
+
+def correspondence_errors_mm(fixed: SampleHead, moving: SampleHead, transform: sitk.Transform, points: int = 2000,
+                             seed: int = 0) -> np.ndarray:
+    """``brain_point_matches(fixed, moving, points, seed).errors_mm(transform)``: one transform's errors, mm."""
+    return brain_point_matches(fixed, moving, points, seed).errors_mm(transform)
 
 
 def in_moving_scan(template_points_mm: np.ndarray, moving: SampleHead, margin_voxels: int) -> np.ndarray:

@@ -95,24 +95,22 @@ def test_pretraining_learns_correspondence(tmp_path):
 
 
 def test_points_whose_match_is_outside_the_moving_scan_are_found(tmp_path):
-    """``in_moving_scan``: a head's brain points all have a counterpart in the head itself (but those within the
-    margin of its faces); cut the moving scan in half along x and about half of them lose it, the ones on the cut
-    side (the two heads differ by a few voxels, so a point's true match lies near its own position)."""
-    from gvsl.sample_data import SampleHead, in_moving_scan, write_sample_heads
+    """``TrueMatches.with_counterpart``: a head's brain points all have a counterpart in the head itself (but those
+    within the margin of its faces); cut the moving scan in half along x and about half of them lose it, the ones on
+    the cut side (the two heads differ by a few voxels, so a point's true match lies near its own position)."""
+    from gvsl.sample_data import SampleHead, brain_point_matches, write_sample_heads
 
     fixed, moving = write_sample_heads(tmp_path, n_subjects=2, spacing=4.0, seed=7)
-    labels = sitk.ReadImage(str(fixed.labels))
-    index = np.argwhere(sitk.GetArrayViewFromImage(labels) > 0)[:, ::-1][::7]  # (x, y, z)
-    points = [labels.TransformIndexToPhysicalPoint([int(i) for i in voxel]) for voxel in index]
-    truth = np.asarray([fixed.to_template.TransformPoint(p) for p in points])
-    assert in_moving_scan(truth, fixed, 2).mean() > 0.99
+    assert brain_point_matches(fixed, fixed, 500).with_counterpart(2).mean() > 0.99
 
     image = sitk.ReadImage(str(moving.volume))
     half = image.GetSize()[0] // 2
     sitk.WriteImage(image[:half, :, :], str(tmp_path / "half.nrrd"))
-    full = in_moving_scan(truth, moving, 2)
-    kept = in_moving_scan(truth, SampleHead(tmp_path / "half.nrrd", moving.labels, moving.to_template), 2)
+    truth = brain_point_matches(fixed, moving, 500)
+    full = truth.with_counterpart(2)
+    kept = truth._replace(moving=SampleHead(tmp_path / "half.nrrd", moving.labels, moving.to_template)
+                          ).with_counterpart(2)
     assert full.mean() > 0.9 and 0.25 < kept.mean() < 0.6
     assert np.all(full[kept])  # cutting the scan never adds a counterpart
-    x = np.asarray([image.TransformPhysicalPointToContinuousIndex(p)[0] for p in points])
+    x = np.asarray([image.TransformPhysicalPointToContinuousIndex(p)[0] for p in truth.fixed_lps])
     assert x[kept].max() < half + 2 and np.median(x[full & ~kept]) > half
