@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gvsl.losses import local_ncc_loss, smoothness_loss
+from gvsl.losses import box_sum, local_ncc_loss, smoothness_loss, squared_ncc
 from gvsl.match.grid import RegularGrid, interpolation_matrix
 from gvsl.match.refine import Adam, PlateauSchedule, RefineConfig
 from gvsl.match.regularisers import InterpolatedDiffusion
@@ -26,6 +26,25 @@ def test_fixed_image_ncc_is_the_training_loss_with_its_gradient():
         (grad,) = torch.autograd.grad(value, warped)
         assert value.item() == pytest.approx(expected.item(), abs=1e-12)
         assert torch.allclose(grad, expected_grad, atol=1e-15)
+
+
+def test_weighted_fixed_image_ncc_leaves_out_the_weighted_out_voxels_with_its_gradient():
+    """Weights scale each voxel's squared NCC in the mean (still over all voxels), as autograd sees it; a voxel
+    weighted out no longer pulls on the warped image beyond its box."""
+    torch.manual_seed(1)
+    fixed = torch.rand(1, 1, 12, 14, 10, dtype=torch.float64)
+    warped = torch.rand(1, 1, 12, 14, 10, dtype=torch.float64, requires_grad=True)
+    weights = torch.zeros(12, 14, 10, dtype=torch.float64)
+    weights[:, :, :5] = 1.0
+    sums = box_sum(torch.cat([warped, fixed, warped**2, fixed**2, warped * fixed], dim=1), 3)
+    s_i, s_j, s_ii, s_jj, s_ij = sums.unbind(1)
+    expected = 1 - (weights * squared_ncc(s_i, s_ii, s_ij, s_j, s_jj - s_j * s_j / 27, 27.0)).mean()
+    (expected_grad,) = torch.autograd.grad(expected, warped)
+    value = FixedImageNCC(fixed, 3).loss(warped, weights)
+    (grad,) = torch.autograd.grad(value, warped)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-12)
+    assert torch.allclose(grad, expected_grad, atol=1e-15)
+    assert grad[..., 6:].abs().max() == 0 and grad[..., :6].abs().min() > 0  # a box of 3 reaches one voxel on
 
 
 def test_interpolated_diffusion_is_the_voxelwise_diffusion_of_the_interpolated_field():
@@ -87,7 +106,11 @@ def test_grid_sampling_is_sample_voxels_at_the_points_voxels():
     for matrix, offset, moved in (identity, (linear, offset_mm, points @ linear.T + offset_mm)):
         voxels_dhw = ((moved - torch.from_numpy(grid.origin_xyz)) / 2.5).flip(-1).permute(3, 0, 1, 2)[None]
         expected = sample_voxels(volume, voxels_dhw)
-        assert torch.allclose(grid.sample(volume, points, matrix, offset), expected, atol=1e-12)
+        coordinates = grid.sampling_coordinates(points, matrix, offset)
+        assert torch.allclose(grid.sample_at(volume, coordinates), expected, atol=1e-12)
+    last_centre = grid.origin_xyz + 2.5 * (np.asarray(grid.shape_dhw[::-1]) - 1)
+    low, high = grid.sampling_box(grid.origin_xyz, last_centre, points)
+    assert torch.allclose(low, -torch.ones(3, dtype=torch.float64)) and torch.allclose(high, torch.ones(3).double())
 
 
 @pytest.mark.parametrize(("threads", "mode"), [(2, "bilinear"), (3, "bilinear"), (2, "nearest")])

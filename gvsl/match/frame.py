@@ -137,6 +137,18 @@ def prepare_network_inputs(fixed: sitk.Image, moving: sitk.Image, fixed_modality
                          region_dhw(grid, prepared[0].image), (prepared[0], prepared[1]))
 
 
+def moving_data_box_mm(inputs: NetworkInputs, grid: sitk.Image, margin_voxels: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) corners (x, y, z mm) of where the moving image sampled onto ``grid`` through ``inputs.initial``
+    holds moving-scan data: the moving scan's box moved back by the initial shift, less ``margin_voxels`` voxels of
+    the grid on the sides where it ends inside the grid, cut to the grid's box. Beyond it the moving image is zero
+    padding, whose edge a similarity would pull matches towards."""
+    (scan_low, scan_high), (grid_low, grid_high) = voxel_box_mm(inputs.preprocessed[1].image), voxel_box_mm(grid)
+    shift = np.asarray(inputs.initial.GetOffset(), float)
+    margin = margin_voxels * max(grid.GetSpacing())
+    return np.maximum(grid_low, scan_low - shift + margin), np.minimum(grid_high, scan_high - shift - margin)
+
+
 def level_grid(box: tuple[np.ndarray, np.ndarray], spacing_mm: float) -> sitk.Image:
     """An empty identity-direction grid of ``spacing_mm`` voxels filling ``box``."""
     size = np.maximum(1, np.rint((box[1] - box[0]) / spacing_mm)).astype(int)

@@ -6,16 +6,17 @@ nodes). Starting from the network's A and u = 0, Adam minimises
 
     local NCC(moving(y(x)), fixed(x))  +  diffusion_weight · mean |∇u|²   (∇u in mm per mm)
 
-over the fixed volume's box, from coarse to fine: at the coarsest level first the affine alone, then at every level
-the affine and u together. The network's displacement field is not the starting u: from a checkpoint whose field
-is rough (a network pre-trained on different brains folds 0.2-0.5 % of the voxels) the refinement could not undo
-it on its control grid (known-warp head: 0.84 mm from the network's field, 0.47 mm from the field smoothed with a
-4 mm Gaussian, 0.44 mm from the affine alone; the same Dice between brains from the smoothed field as from the
-affine; benchmarks/RESULTS.md). Parameters are scaled by the frame's radius
-so that one learning rate moves points by similar amounts whichever parameter changes; the learning rate is in
-voxels of the level, so a coarse level takes proportionally longer steps. Each stage runs until it has converged
-(``PlateauSchedule``), at most ``iterations`` steps. It works from any network, even an untrained one: it only
-needs a starting affine.
+over the fixed volume's box (only where y(x) lies in the moving scan's data: beyond them its image is zero padding,
+whose edge would drag the match; ``LevelImages.moving_data_box_mm``), from coarse to fine: at the coarsest level
+first the affine alone, then at every level the affine and u together. The network's displacement field is not the
+starting u: from a checkpoint whose field is rough (a network pre-trained on different brains folds 0.2-0.5 % of the
+voxels) the refinement could not undo it on its control grid (known-warp head: 0.84 mm from the network's field,
+0.47 mm from the field smoothed with a 4 mm Gaussian, 0.44 mm from the affine alone; the same Dice between brains
+from the smoothed field as from the affine; benchmarks/RESULTS.md). Parameters are scaled by the frame's radius so
+that one learning rate moves points by similar amounts whichever parameter changes; the learning rate is in voxels
+of the level, so a coarse level takes proportionally longer steps. Each stage runs until it has converged
+(``PlateauSchedule``), at most ``iterations`` steps. It works from any network, even an untrained one: it only needs
+a starting affine.
 """
 from __future__ import annotations
 
@@ -125,11 +126,13 @@ class Adam:
 
 
 class LevelImages(NamedTuple):
-    """Fixed and moving images of one level, (1, 1, D, H, W) float32 on ``grid``."""
+    """Fixed and moving images of one level, (1, 1, D, H, W) float32 on ``grid``; ``moving_data_box_mm``: the
+    (low, high) corners (x, y, z mm) of where ``moving`` holds data of the moving scan, None for everywhere."""
 
     fixed: torch.Tensor
     moving: torch.Tensor
     grid: RegularGrid
+    moving_data_box_mm: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Stage(NamedTuple):
@@ -187,6 +190,17 @@ class FrameMap(torch.nn.Module):
         return out
 
 
+def supported_voxels(level: LevelImages, coordinates: torch.Tensor) -> torch.Tensor | None:
+    """(D, H, W) 1 where the match at ``coordinates`` (``RegularGrid.sampling_coordinates`` on ``level.grid``, (1,
+    D, H, W, 3)) lies in ``level.moving_data_box_mm``, else 0; None without a box."""
+    if level.moving_data_box_mm is None:
+        return None
+    with torch.no_grad():
+        low, high = level.grid.sampling_box(*level.moving_data_box_mm, coordinates)
+        distance = (coordinates[0] - (low + high) / 2).abs_().sub_((high - low) / 2).unbind(-1)
+        return (torch.maximum(torch.maximum(distance[0], distance[1]), distance[2]) <= 0).to(coordinates.dtype)
+
+
 def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, affine_only: bool = False) -> int:
     """Adam steps at one level, on the affine alone or on everything, until ``PlateauSchedule`` ends the stage;
     returns the number of steps."""
@@ -201,8 +215,8 @@ def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, 
         optimizer.lr = learning_rate * schedule.factor
         nodes = frame_map.control_displacement()
         displacement = frame_map.displacement(stage, nodes)
-        warped = level.grid.sample(level.moving, stage.points + displacement, *frame_map.affine())
-        loss = similarity.loss(warped)
+        coordinates = level.grid.sampling_coordinates(stage.points + displacement, *frame_map.affine())
+        loss = similarity.loss(level.grid.sample_at(level.moving, coordinates), supported_voxels(level, coordinates))
         if not affine_only and config.diffusion_weight:
             voxels = nodes / level.grid.spacing_mm
             loss = loss + config.diffusion_weight * diffusion.diffusion(voxels)

@@ -8,7 +8,14 @@ import SimpleITK as sitk
 import torch
 
 from gvsl.match.config import MatchConfig
-from gvsl.match.frame import NetworkInputs, frame_levels, input_spacing_mm, prepare_network_inputs, voxel_box_mm
+from gvsl.match.frame import (
+    NetworkInputs,
+    frame_levels,
+    input_spacing_mm,
+    moving_data_box_mm,
+    prepare_network_inputs,
+    voxel_box_mm,
+)
 from gvsl.match.grid import RegularGrid
 from gvsl.match.metrics import match_metrics
 from gvsl.match.physical import PhysicalTransforms, network_to_frame, physical_transforms
@@ -33,9 +40,12 @@ def refine_on_pair(inputs: NetworkInputs, fixed: sitk.Image, moving: sitk.Image,
                    field_grid: sitk.Image, config: MatchConfig, device: str | torch.device
                    ) -> tuple[np.ndarray, sitk.Image, int]:
     """``gvsl.match.refine.refine`` on the frame's resolution levels, on ``device``, from the network's affine:
-    A, u on the grid of ``field_grid`` and the steps taken."""
+    A, u on the grid of ``field_grid`` and the steps taken. The similarity counts only the fixed voxels whose match
+    lies half an NCC window and one voxel or more inside the moving scan's data (``moving_data_box_mm``)."""
     spacings = config.refine.level_spacings(input_spacing_mm(fixed, moving))
-    levels = [LevelImages(image_tensor(f, device), image_tensor(m, device), RegularGrid.of(f))
+    margin = config.refine.ncc_window // 2 + 1  # the NCC window's half, and one voxel more for interpolation
+    levels = [LevelImages(image_tensor(f, device), image_tensor(m, device), RegularGrid.of(f),
+                          moving_data_box_mm(inputs, f, margin))
               for f, m in frame_levels(inputs, fixed, moving, config.prepare, spacings)]
     return refine(levels, affine_mm, field_grid, voxel_box_mm(inputs.fixed), config.refine)
 
