@@ -69,13 +69,14 @@ def match_held_out(model, out: Path):
     """Match two held-out sample heads (known truth); returns (heads, match result, mean errors in mm by stage)."""
     from gvsl.data import PrepareConfig
     from gvsl.match import MatchConfig, match_volumes
-    from gvsl.sample_data import correspondence_errors_mm, write_sample_heads
+    from gvsl.sample_data import brain_point_matches, write_sample_heads
 
     fixed, moving = write_sample_heads(out / "held_out", n_subjects=2, spacing=3.0, seed=1)
     config = MatchConfig(prepare=PrepareConfig(target_spacing=(SPACING_MM,) * 3))
     result = match_volumes(sitk.ReadImage(str(fixed.volume)), sitk.ReadImage(str(moving.volume)), model.cpu(),
                            fixed_modality="MR", moving_modality="MR", config=config)
-    errors = {name: float(correspondence_errors_mm(fixed, moving, transform).mean()) for name, transform in (
+    truth = brain_point_matches(fixed, moving)
+    errors = {name: float(truth.errors_mm(transform).mean()) for name, transform in (
         ("no registration", sitk.Transform(3, sitk.sitkIdentity)), ("initial alignment", result.initial),
         ("network", result.network_transform),
         ("network + refinement", result.transform))}
