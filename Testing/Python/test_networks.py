@@ -16,7 +16,7 @@ from real_images import mni_block
 from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks import GVSL, affine_voxel_matrix, flow_sampled_voxels, warp_affine, warp_moving
 from gvsl.networks.conventions import corrected_theta
-from gvsl.networks.correlation import fit_affine
+from gvsl.networks.correlation import SHARPNESS_RATE, FieldStage, MatchingStage, fit_affine, gaussian_smoothing
 
 # The project's shared folder sits beside the repository (as in CI); GVSL_REFERENCE_DIR overrides.
 REFERENCE = Path(os.environ.get("GVSL_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"))
@@ -164,6 +164,63 @@ def test_correlation_affine_follows_a_shift_before_any_training(shift):
         theta = model(a, a.roll(shift, dims=-1))[2][0]
     assert 0.7 * shift < theta[2, 3] < 1.1 * shift
     assert theta[:2, 3].abs().max() < 0.2 * shift
+
+
+def shifted_head_pair(shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real head block in a zero background, and the same moved by ``shift`` voxels along w."""
+    a = torch.zeros(1, 1, 48, 64, 64)
+    a[0, 0, 12:36, 16:48, 8:32] = torch.from_numpy(mni_block((24, 32, 24)))
+    return a, a.roll(shift, dims=-1)
+
+
+def test_coarse_to_fine_stages_refine_the_trained_stage_and_keep_the_identity():
+    """The trained stage given as a schedule is the default exactly; a self pair stays the identity under any
+    schedule; more passes and a finer stage close the gap an untrained head's soft matches leave."""
+    torch.manual_seed(0)
+    model = GVSL(channels=SMALL, architecture="correlation").eval()
+    a, b = shifted_head_pair(5)
+    schedule = [MatchingStage(4, 3, 8), MatchingStage(2, 2, 4)]
+    with torch.no_grad():
+        assert torch.equal(model(a, b)[2], model(a, b, [model.correlation_head.stage])[2])
+        assert torch.allclose(model(a, a, schedule)[2], identity_theta(), atol=1e-5)
+        trained, staged = model(a, b)[2][0], model(a, b, schedule)[2][0]
+    assert abs(staged[2, 3] - 5) < 0.7 * abs(trained[2, 3] - 5)
+    assert abs(staged[2, 3] - 5) < 0.5 and staged[:2, 3].abs().max() < 0.5
+    with pytest.raises(ValueError, match="positive pool, radius and passes"):
+        model(a, b, [MatchingStage(0, 3, 4)])
+
+
+def test_correlation_field_is_zero_for_a_self_pair_and_finds_a_local_shift():
+    """The field from single voxels' matches: nothing for a self pair; for B = A moved by 2 voxels along w (the affine
+    left at the identity), about +2 voxels along w where the head is (B sampled at p + flow shows A), and B warped
+    by it resembles A better than B does. The untrained descriptors' matches are given a trained head's sharpness
+    (log 2; 1.5 after the 16-minute pre-training of benchmarks/RESULTS.md)."""
+    torch.manual_seed(0)
+    model = GVSL(channels=SMALL, architecture="correlation").eval()
+    head = model.correlation_head
+    a, b = shifted_head_pair(2)
+    stage = FieldStage(radius=1, passes=8, sigma_voxels=3.0, stride=2)
+    with torch.no_grad():
+        head.sharpness.fill_(2 / SHARPNESS_RATE)
+        _, local = model.features(torch.cat([a, b]))
+        local_a, local_b = local.chunk(2)
+        assert head.displacement(local_a, local_a, identity_theta(), stage).abs().max() < 1e-4
+        flow = head.displacement(local_a, local_b, identity_theta(), stage)
+        _, _, _, from_forward = model(a, b, [MatchingStage(4, 3, 1)], stage)
+    inside = flow[0, :, 16:32, 24:40, 12:28].flatten(1)
+    assert 1.6 < inside[2].median() < 2.4 and inside[:2].abs().median() < 0.3
+    assert local_ncc_loss(warp_moving(b, identity_theta(), flow, "corrected"), a) < local_ncc_loss(b, a) - 0.05
+    assert from_forward.shape == flow.shape
+    with pytest.raises(ValueError, match="positive radius"):
+        head.displacement(local_a, local_b, identity_theta(), FieldStage(1, 2, 0.0))
+
+
+def test_gaussian_smoothing_equals_scipy_with_repeated_edges():
+    from scipy import ndimage
+
+    x = torch.randn(1, 2, 12, 14, 16, dtype=torch.float64)
+    expected = ndimage.gaussian_filter(x.numpy(), (0, 0, 1.5, 1.5, 1.5), mode="nearest", truncate=3.0)
+    assert np.allclose(gaussian_smoothing(x, 1.5).numpy(), expected, atol=1e-12)
 
 
 def test_batch_equals_single_calls():

@@ -54,7 +54,8 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
                   moving_modality: str = "auto", config: MatchConfig | None = None,
                   device: str | torch.device = "cpu") -> MatchResult:
     """Find where each point of ``fixed`` lies in ``moving`` (both 3D SimpleITK images of any size, spacing, origin
-    and direction): the initial alignment, then the network's Z-matching head (affine + field), then, unless
+    and direction): the initial alignment, then the network's answer (affine + field; for a correlation network
+    with ``config.affine_stages`` and ``config.correlation_field``), then, unless
     ``config.refine.iterations`` is 0, the refinement on the pair.
 
     Both are preprocessed as in training and placed on one frame grid (``gvsl.match.frame``); ``model`` is moved to
@@ -67,8 +68,11 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
     inputs = prepare_network_inputs(fixed, moving, fixed_modality, moving_modality, config)
     model = model.to(device).eval()
     started = time.perf_counter()
+    field = config.correlation_field
+    field_stage = field.stage(inputs.fixed.GetSpacing()[0]) if field is not None else None
     with torch.inference_mode():
-        _, warped_b, theta, flow = model(image_tensor(inputs.fixed, device), image_tensor(inputs.moving, device))
+        _, warped_b, theta, flow = model(image_tensor(inputs.fixed, device), image_tensor(inputs.moving, device),
+                                         config.affine_stages, field_stage)
     affine_mm, displacement_mm = network_to_frame(theta, flow, model.conventions, inputs.fixed, inputs.fixed)
     network = physical_transforms(affine_mm, displacement_mm, inputs.initial)
     network_warped = sitk.GetImageFromArray(warped_b[0, 0].float().cpu().numpy())

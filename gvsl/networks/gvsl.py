@@ -1,7 +1,7 @@
 """GVSL: shared backbone, Z-matching head (affine + deformable) and restoration head."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from gvsl.networks.affine import bound_affine_parameters, compose_affine_matrix
 from gvsl.networks.backbone import DEFAULT_CHANNELS, SIZE_MULTIPLE, UNetBackbone
 from gvsl.networks.blocks import DoubleConv, group_count
 from gvsl.networks.conventions import Conventions, check_conventions
-from gvsl.networks.correlation import CorrelationAffineHead
+from gvsl.networks.correlation import CorrelationAffineHead, FieldStage, MatchingStage
 from gvsl.networks.warp import at_least_float32, warp_affine, warp_moving
 
 ARCHITECTURES: tuple[str, ...] = ("paper", "correlation")
@@ -55,7 +55,8 @@ class GVSL(nn.Module):
     ``channels``: affine head 2*c[4] -> c[4]/2, deformable head
     2*c[8] -> c[8]/2, restoration head c[8] -> c[8]/2 -> 1. ``"correlation"``
     replaces the affine head by ``CorrelationAffineHead`` (block matching of
-    the local features, corrected conventions only). The last layers of the
+    the local features, corrected conventions only), which can also run a coarse-to-fine schedule and give a field
+    from its matches (``forward``'s ``affine_stages`` and ``field_stage``). The last layers of the
     affine and deformable heads start at zero, so a new paper network returns
     the identity; any correlation network returns the identity for a pair of
     identical images.
@@ -119,7 +120,12 @@ class GVSL(nn.Module):
     def restore(self, local_a: torch.Tensor) -> torch.Tensor:
         return self.res_conv(local_a)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, affine_stages: Optional[Sequence[MatchingStage]] = None,
+                field_stage: Optional[FieldStage] = None):
+        """See the class doc. Correlation architecture only: ``affine_stages``, the correlation head's coarse-to-fine
+        schedule (``CorrelationAffineHead.forward``; None: the stage it was trained with); ``field_stage``, the
+        field from the correlation head's matches (``CorrelationAffineHead.displacement``) instead of the
+        deformable head's (None)."""
         check_volume(a, "a")
         check_volume(b, "b")
         if a.shape != b.shape:
@@ -131,7 +137,10 @@ class GVSL(nn.Module):
         if self.architecture == "paper":
             theta = self.affine(global_b, global_a)
         else:
-            theta = self.correlation_head(local_a, local_b)
-        flow = self.deformation(warp_affine(local_b, theta, self.conventions), local_a)
+            theta = self.correlation_head(local_a, local_b, affine_stages)
+        if field_stage is not None and self.architecture != "paper":
+            flow = self.correlation_head.displacement(local_a, local_b, theta, field_stage)
+        else:
+            flow = self.deformation(warp_affine(local_b, theta, self.conventions), local_a)
         warped_b = warp_moving(b, theta, flow, self.conventions)
         return self.restore(local_a), warped_b, theta, flow
