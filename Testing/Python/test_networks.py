@@ -175,19 +175,21 @@ def shifted_head_pair(shift: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_coarse_to_fine_stages_refine_the_trained_stage_and_keep_the_identity():
     """The trained stage given as a schedule is the default exactly; a self pair stays the identity under any
-    schedule; more passes and a finer stage close the gap an untrained head's soft matches leave."""
+    schedule; more passes and a finer stage (its affine fitted to every second block's match) close the gap an
+    untrained head's soft matches leave."""
     torch.manual_seed(0)
     model = GVSL(channels=SMALL, architecture="correlation").eval()
     a, b = shifted_head_pair(5)
-    schedule = [MatchingStage(4, 3, 8), MatchingStage(2, 2, 4)]
+    schedule = [MatchingStage(4, 3, 8), MatchingStage(2, 2, 4, stride=2)]
     with torch.no_grad():
         assert torch.equal(model(a, b)[2], model(a, b, [model.correlation_head.stage])[2])
         assert torch.allclose(model(a, a, schedule)[2], identity_theta(), atol=1e-5)
         trained, staged = model(a, b)[2][0], model(a, b, schedule)[2][0]
     assert abs(staged[2, 3] - 5) < 0.7 * abs(trained[2, 3] - 5)
     assert abs(staged[2, 3] - 5) < 0.5 and staged[:2, 3].abs().max() < 0.5
-    with pytest.raises(ValueError, match="positive pool, radius and passes"):
-        model(a, b, [MatchingStage(0, 3, 4)])
+    for bad in (MatchingStage(0, 3, 4), MatchingStage(2, 2, 4, stride=0)):
+        with pytest.raises(ValueError, match="positive pool, radius, passes and stride"):
+            model(a, b, [bad])
 
 
 def test_correlation_field_is_zero_for_a_self_pair_and_finds_a_local_shift():

@@ -1,4 +1,4 @@
-"""From the Z-matching head's outputs (network voxels) to SimpleITK transforms (LPS millimetres).
+"""From the network's affine and field (network voxels) to SimpleITK transforms (LPS millimetres).
 
 The network samples the moving network image at ``q = M · g(p)`` for each fixed network voxel p (array order d, h, w),
 M being the affine head's voxel matrix and g the field's voxel map (both stated in ``gvsl.networks.conventions``,

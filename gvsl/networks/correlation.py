@@ -39,18 +39,20 @@ MAX_LOG_SHARPNESS = 5.0
 
 
 class MatchingStage(NamedTuple):
-    """One stage of the head: blocks of ``pool``^3 voxels, each matched within ``radius`` blocks, ``passes`` times."""
+    """One stage of the head: blocks of ``pool``^3 voxels, each matched within ``radius`` blocks, ``passes`` times;
+    the affine is fitted to the matches of every ``stride``-th block of A along each axis."""
 
     pool: int
     radius: int
     passes: int
+    stride: int = 1
 
 
 def check_stages(stages: Sequence[MatchingStage]) -> tuple[MatchingStage, ...]:
     """``stages`` as a tuple of ``MatchingStage``; ValueError unless there is one or more, each of positive sizes."""
     stages = tuple(MatchingStage(*(int(v) for v in stage)) for stage in stages)
     if not stages or any(min(stage) < 1 for stage in stages):
-        raise ValueError(f"matching stages need a positive pool, radius and passes each, got {stages}")
+        raise ValueError(f"matching stages need a positive pool, radius, passes and stride each, got {stages}")
     return stages
 
 
@@ -82,7 +84,7 @@ class CorrelationAffineHead(nn.Module):
     def descriptors(self, local: torch.Tensor, pool: int) -> torch.Tensor:
         """Unit-length (N, descriptors, D/pool, H/pool, W/pool) descriptors: the block averages of the local
         features, then the DoubleConv (on the coarse grid, so each descriptor sees 5^3 blocks around it)."""
-        return F.normalize(self.describe(F.avg_pool3d(local, pool)).float(), dim=1)
+        return unit_length(self.describe(F.avg_pool3d(local, pool)).float())
 
     def forward(self, local_a: torch.Tensor, local_b: torch.Tensor,
                 stages: Sequence[MatchingStage] | None = None) -> torch.Tensor:
@@ -90,16 +92,16 @@ class CorrelationAffineHead(nn.Module):
         shape = local_a.shape[2:]
         matrix = torch.eye(4, dtype=torch.float32, device=local_a.device).expand(local_a.shape[0], 4, 4)
         moved = False  # whether the affine so far differs from the identity, so that B must be warped by it
-        for pool, radius, passes in check_stages(stages or [self.stage]):
+        for pool, radius, passes, stride in check_stages(stages or [self.stage]):
             desc_a = self.descriptors(local_a, pool)
             # Where A's blocks seem to lie in A itself: the soft arg-max's own bias (e.g. pulled away from the
             # volume's edges, where there is nothing to match), subtracted from every match, so identical images give
             # the identity exactly.
-            bias, _ = self.soft_matches(desc_a, desc_a, pool, radius)
-            points_a = block_centres(desc_a.shape[2:], pool, desc_a)
+            bias, _ = self.soft_matches(desc_a, desc_a, pool, radius, stride)
+            points_a = block_centres(desc_a.shape[2:], pool, desc_a)[::stride, ::stride, ::stride]
             for _ in range(passes):
                 warped_b = warp_affine(local_b, corrected_theta(matrix, shape), "corrected") if moved else local_b
-                shift, weight = self.soft_matches(desc_a, self.descriptors(warped_b, pool), pool, radius)
+                shift, weight = self.soft_matches(desc_a, self.descriptors(warped_b, pool), pool, radius, stride)
                 step = fit_affine(points_a.flatten(0, 2).expand(shift.shape[0], -1, -1),
                                   (points_a + shift - bias).flatten(1, 3), weight.flatten(1), shape)
                 matrix, moved = matrix @ affine_voxel_matrix(step, shape, "corrected"), True
@@ -121,7 +123,7 @@ class CorrelationAffineHead(nn.Module):
         on_strided_grid = identity_grid(shape, desc_a) / stride
         flow = desc_a.new_zeros((local_a.shape[0], 3, *shape))
         for _ in range(passes):
-            warped = F.normalize(warp_moving(desc_b, theta, flow, "corrected"), dim=1)
+            warped = unit_length(warp_moving(desc_b, theta, flow, "corrected"))
             shift, weight = self.soft_matches(desc_a, warped, 1, radius, stride)
             weight = weight.unsqueeze(1)
             residual = (shift - bias).permute(0, 4, 1, 2, 3) * weight
@@ -138,17 +140,23 @@ class CorrelationAffineHead(nn.Module):
         arg-max over the blocks within ``radius``), and how peaked its match is, (N, d, h, w) (1 for a certain
         match, 1/M for none)."""
         r, (depth, height, width) = radius, desc_a.shape[2:]
-        desc_a = desc_a[:, :, ::stride, ::stride, ::stride]
-        offsets = torch.tensor(list(itertools.product(range(-r, r + 1), repeat=3)), dtype=desc_a.dtype,
-                               device=desc_a.device)  # (M, 3) in blocks, (d, h, w)
-        padded = F.pad(desc_b, [r] * 6)
-        similarity = torch.stack([(desc_a * padded[:, :, r + i:r + i + depth:stride, r + j:r + j + height:stride,
-                                                    r + k:r + k + width:stride]).sum(1)
+        # Channels last, so that each offset's dot products run over contiguous memory (faster on a CPU).
+        a = desc_a[:, :, ::stride, ::stride, ::stride].permute(0, 2, 3, 4, 1).contiguous()
+        padded = F.pad(desc_b, [r] * 6).permute(0, 2, 3, 4, 1).contiguous()
+        offsets = torch.tensor(list(itertools.product(range(-r, r + 1), repeat=3)), dtype=a.dtype,
+                               device=a.device)  # (M, 3) in blocks, (d, h, w)
+        similarity = torch.stack([(a * padded[:, r + i:r + i + depth:stride, r + j:r + j + height:stride,
+                                              r + k:r + k + width:stride]).sum(-1)
                                   for i, j, k in offsets.long().tolist()], dim=1)  # (N, M, d, h, w)
         log_sharpness = (SHARPNESS_RATE * self.sharpness).clamp(-MAX_LOG_SHARPNESS, MAX_LOG_SHARPNESS)
         probability = torch.softmax(INITIAL_SHARPNESS * torch.exp(log_sharpness) * similarity, dim=1)
         shift = torch.einsum("nmdhw,mc->ndhwc", probability, offsets) * pool
         return shift, probability.pow(2).sum(1)
+
+
+def unit_length(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) ``x`` divided by its length along C (as ``F.normalize``, in less than half its time on a CPU)."""
+    return x * torch.rsqrt((x * x).sum(1, keepdim=True).clamp_min(1e-24))
 
 
 def gaussian_smoothing(x: torch.Tensor, sigma: float) -> torch.Tensor:
