@@ -27,10 +27,11 @@ def test_demo_smoke(tmp_path, capsys):
         r"+([\d.]+) mm", printed)}
     assert set(errors) == {"no registration", "initial alignment", "untrained network", "network",
                            "network + refinement"}
-    # A few iterations teach the network nothing, and the demo says so rather than presenting its matches as learned:
-    # it compares them with the same network's before training.
-    assert abs(errors["network"] - errors["untrained network"]) < 1.0
-    assert f"note: {iteration} iterations in 0.05 minutes were too few for the network to learn" in printed
+    # What the few iterations taught is judged against the same network before training, and the demo says which
+    # way it went rather than presenting the matches as learned (a few iterations usually make them worse).
+    too_few = f"note: {iteration} iterations in 0.05 minutes were too few for the network to learn" in printed
+    assert too_few == (errors["network"] >= errors["untrained network"])
+    assert ("pre-training brought the network's matches" in printed) != too_few
     # Whatever two iterations taught the network, the refinement on the pair lands near the truth.
     assert errors["network + refinement"] < 0.3 * errors["no registration"]
     metrics = json.loads((out / "match" / "metrics.json").read_text())
