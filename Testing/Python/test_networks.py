@@ -16,7 +16,14 @@ from real_images import mni_block
 from gvsl.losses import local_ncc_loss, restoration_loss, smoothness_loss
 from gvsl.networks import GVSL, affine_voxel_matrix, flow_sampled_voxels, warp_affine, warp_moving
 from gvsl.networks.conventions import corrected_theta
-from gvsl.networks.correlation import SHARPNESS_RATE, FieldStage, MatchingStage, fit_affine, gaussian_smoothing
+from gvsl.networks.correlation import (
+    SHARPNESS_RATE,
+    FieldStage,
+    MatchingStage,
+    fit_affine,
+    gaussian_smoothing,
+    unit_length,
+)
 
 # The project's shared folder sits beside the repository (as in CI); GVSL_REFERENCE_DIR overrides.
 REFERENCE = Path(os.environ.get("GVSL_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"))
@@ -215,6 +222,22 @@ def test_correlation_field_is_zero_for_a_self_pair_and_finds_a_local_shift():
     assert from_forward.shape == flow.shape
     with pytest.raises(ValueError, match="positive radius"):
         head.displacement(local_a, local_b, identity_theta(), FieldStage(1, 2, 0.0))
+
+
+def test_strided_soft_matches_are_the_full_matches_subsampled():
+    """Matching every second block gives exactly those blocks' matches, also at the volume's edges; descriptors are
+    unit length as F.normalize makes them."""
+    torch.manual_seed(0)
+    head = GVSL(channels=SMALL, architecture="correlation").correlation_head
+    raw_a, raw_b = torch.randn(2, 1, 16, 9, 10, 11)
+    desc_a, desc_b = unit_length(raw_a), unit_length(raw_b)
+    assert torch.allclose(desc_a, F.normalize(raw_a, dim=1), atol=1e-6)
+    with torch.no_grad():
+        full, full_weight = head.soft_matches(desc_a, desc_b, 2, 2)
+        strided, strided_weight = head.soft_matches(desc_a, desc_b, 2, 2, stride=2)
+    assert strided.shape == (1, 5, 5, 6, 3)
+    assert torch.allclose(strided, full[:, ::2, ::2, ::2], atol=1e-6)
+    assert torch.allclose(strided_weight, full_weight[:, ::2, ::2, ::2], atol=1e-6)
 
 
 def test_gaussian_smoothing_equals_scipy_with_repeated_edges():
