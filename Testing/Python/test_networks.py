@@ -224,6 +224,31 @@ def test_correlation_field_is_zero_for_a_self_pair_and_finds_a_local_shift():
         head.displacement(local_a, local_b, identity_theta(), FieldStage(1, 2, 0.0))
 
 
+def test_correlation_field_ignores_matches_that_land_in_padding():
+    """B cut short along w (zeros beyond w = 26, as a moving scan that ends inside the fixed one): matches that land
+    there get no weight. A support of zeros leaves no field at all, and next to the cut, where the unmasked field
+    follows the padding's edge the wrong way (about -2 voxels for a true +2), the masked one keeps nearer the
+    truth."""
+    torch.manual_seed(0)
+    model = GVSL(channels=SMALL, architecture="correlation").eval()
+    head = model.correlation_head
+    a, b = shifted_head_pair(2)
+    b[..., 26:] = 0
+    support = torch.zeros_like(b)
+    support[..., :23] = 1
+    stage = FieldStage(radius=1, passes=8, sigma_voxels=3.0, stride=2)
+    with torch.no_grad():
+        head.sharpness.fill_(2 / SHARPNESS_RATE)
+        _, local = model.features(torch.cat([a, b]))
+        local_a, local_b = local.chunk(2)
+        plain = head.displacement(local_a, local_b, identity_theta(), stage)
+        masked = head.displacement(local_a, local_b, identity_theta(), stage, support)
+        assert head.displacement(local_a, local_b, identity_theta(), stage, torch.zeros_like(b)).abs().max() == 0
+    near_cut = (slice(None), 2, slice(16, 32), slice(24, 40), slice(20, 24))
+    assert plain[near_cut].median() < -1
+    assert (masked[near_cut].median() - 2).abs() < (plain[near_cut].median() - 2).abs() - 1
+
+
 def test_strided_soft_matches_are_the_full_matches_subsampled():
     """Matching every second block gives exactly those blocks' matches, also at the volume's edges; descriptors are
     unit length as F.normalize makes them."""

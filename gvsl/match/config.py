@@ -42,7 +42,7 @@ class MatchConfig:
     ``affine_stages``: the correlation head's coarse-to-fine schedule at match time (None: the stage it was trained
     with, 4³-voxel blocks, 4 passes); ``correlation_field``: the network's field from that head's single-voxel matches
     (None: the paper's deformable head). Both apply to correlation networks only: on the sample heads they bring the
-    network alone from 5.8 to 2.4 mm (a 16-minute pre-training), where the deformable head made it worse; the
+    network alone from 5.8 to 2.3 mm (a 16-minute pre-training), where the deformable head made it worse; the
     finer stage fits its affine to every second block's match (0.02 mm farther, about 2.5 s less on a 2 mm head
     pair; benchmarks/RESULTS.md)."""
 

@@ -36,6 +36,15 @@ def stage_outputs(inputs: NetworkInputs, fixed: sitk.Image, transforms: Physical
     return displacement_mm_lps, metrics
 
 
+def moving_support(inputs: NetworkInputs, margin_voxels: int, device: str | torch.device) -> torch.Tensor:
+    """(1, 1, D, H, W) float32 on the network grid: 1 where the moving network image holds moving-scan data at least
+    ``margin_voxels`` inside it (``moving_data_box_mm``), else 0."""
+    low, high = (torch.as_tensor(v, dtype=torch.float32, device=device)
+                 for v in moving_data_box_mm(inputs, inputs.fixed, margin_voxels))
+    points = RegularGrid.of(inputs.fixed).points_xyz(device)
+    return ((points >= low) & (points <= high)).all(-1).to(torch.float32)[None, None]
+
+
 def refine_on_pair(inputs: NetworkInputs, fixed: sitk.Image, moving: sitk.Image, affine_mm: np.ndarray,
                    field_grid: sitk.Image, config: MatchConfig, device: str | torch.device
                    ) -> tuple[np.ndarray, sitk.Image, int]:
@@ -70,9 +79,12 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
     started = time.perf_counter()
     field = config.correlation_field
     field_stage = field.stage(inputs.fixed.GetSpacing()[0]) if field is not None else None
+    # The field's matches count only where the moving image holds data, by the descriptors' reach (two 3³
+    # convolutions: 2 voxels) and the match radius, as the refinement's similarity does.
+    support = moving_support(inputs, 2 + field.radius, device) if field is not None else None
     with torch.inference_mode():
         _, warped_b, theta, flow = model(image_tensor(inputs.fixed, device), image_tensor(inputs.moving, device),
-                                         config.affine_stages, field_stage)
+                                         config.affine_stages, field_stage, support)
     affine_mm, displacement_mm = network_to_frame(theta, flow, model.conventions, inputs.fixed, inputs.fixed)
     network = physical_transforms(affine_mm, displacement_mm, inputs.initial)
     network_warped = sitk.GetImageFromArray(warped_b[0, 0].float().cpu().numpy())

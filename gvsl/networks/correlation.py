@@ -107,11 +107,13 @@ class CorrelationAffineHead(nn.Module):
                 matrix, moved = matrix @ affine_voxel_matrix(step, shape, "corrected"), True
         return corrected_theta(matrix, shape)
 
-    def displacement(self, local_a: torch.Tensor, local_b: torch.Tensor, theta: torch.Tensor, stage: FieldStage
-                     ) -> torch.Tensor:
+    def displacement(self, local_a: torch.Tensor, local_b: torch.Tensor, theta: torch.Tensor, stage: FieldStage,
+                     moving_support: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, D, H, W) displacement in voxels, channels (d, h, w), such that B sampled by ``theta`` after it
         ("corrected" convention, ``warp_moving``) matches A: the residual matches of single voxels' descriptors,
-        smoothed (see the module doc). B's descriptors are warped rather than computed again on warped features."""
+        smoothed (see the module doc). B's descriptors are warped rather than computed again on warped features.
+        ``moving_support``: (N, 1, D, H, W), 1 where B holds scan data and 0 where it is padding; a voxel whose match
+        so far lands outside it gives no weight, so the field there comes from its neighbours."""
         radius, passes, stride = int(stage.radius), int(stage.passes), int(stage.stride)
         sigma = float(stage.sigma_voxels)
         if min(radius, passes, stride) < 1 or not sigma > 0:
@@ -126,6 +128,9 @@ class CorrelationAffineHead(nn.Module):
             warped = unit_length(warp_moving(desc_b, theta, flow, "corrected"))
             shift, weight = self.soft_matches(desc_a, warped, 1, radius, stride)
             weight = weight.unsqueeze(1)
+            if moving_support is not None:
+                landed = warp_moving(moving_support.to(weight.dtype), theta, flow, "corrected")
+                weight = weight * landed[:, :, ::stride, ::stride, ::stride]
             residual = (shift - bias).permute(0, 4, 1, 2, 3) * weight
             smooth = (gaussian_smoothing(residual, sigma / stride)
                       / gaussian_smoothing(weight, sigma / stride).clamp_min(1e-6))

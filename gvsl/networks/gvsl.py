@@ -121,11 +121,11 @@ class GVSL(nn.Module):
         return self.res_conv(local_a)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, affine_stages: Optional[Sequence[MatchingStage]] = None,
-                field_stage: Optional[FieldStage] = None):
+                field_stage: Optional[FieldStage] = None, moving_support: Optional[torch.Tensor] = None):
         """See the class doc. Correlation architecture only: ``affine_stages``, the correlation head's coarse-to-fine
         schedule (``CorrelationAffineHead.forward``; None: the stage it was trained with); ``field_stage``, the
-        field from the correlation head's matches (``CorrelationAffineHead.displacement``) instead of the
-        deformable head's (None)."""
+        field from the correlation head's matches (``CorrelationAffineHead.displacement``, with ``moving_support``,
+        where b holds scan data) instead of the deformable head's (None)."""
         check_volume(a, "a")
         check_volume(b, "b")
         if a.shape != b.shape:
@@ -139,7 +139,7 @@ class GVSL(nn.Module):
         else:
             theta = self.correlation_head(local_a, local_b, affine_stages)
         if field_stage is not None and self.architecture != "paper":
-            flow = self.correlation_head.displacement(local_a, local_b, theta, field_stage)
+            flow = self.correlation_head.displacement(local_a, local_b, theta, field_stage, moving_support)
         else:
             flow = self.deformation(warp_affine(local_b, theta, self.conventions), local_a)
         warped_b = warp_moving(b, theta, flow, self.conventions)
