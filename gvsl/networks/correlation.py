@@ -124,13 +124,15 @@ class CorrelationAffineHead(nn.Module):
         # Where each voxel of the full grid lies on the grid of every stride-th voxel, to bring the field back.
         on_strided_grid = identity_grid(shape, desc_a) / stride
         flow = desc_a.new_zeros((local_a.shape[0], 3, *shape))
+        # B's descriptors and, as one channel more, where B holds data: warped together, once per pass.
+        channels = desc_b.shape[1]
+        moving = desc_b if moving_support is None else torch.cat([desc_b, moving_support.to(desc_b.dtype)], dim=1)
         for _ in range(passes):
-            warped = unit_length(warp_moving(desc_b, theta, flow, "corrected"))
-            shift, weight = self.soft_matches(desc_a, warped, 1, radius, stride)
+            warped = warp_moving(moving, theta, flow, "corrected")
+            shift, weight = self.soft_matches(desc_a, unit_length(warped[:, :channels]), 1, radius, stride)
             weight = weight.unsqueeze(1)
             if moving_support is not None:
-                landed = warp_moving(moving_support.to(weight.dtype), theta, flow, "corrected")
-                weight = weight * landed[:, :, ::stride, ::stride, ::stride]
+                weight = weight * warped[:, channels:, ::stride, ::stride, ::stride]
             residual = (shift - bias).permute(0, 4, 1, 2, 3) * weight
             smooth = (gaussian_smoothing(residual, sigma / stride)
                       / gaussian_smoothing(weight, sigma / stride).clamp_min(1e-6))
