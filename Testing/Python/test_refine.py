@@ -1,5 +1,5 @@
 """The refinement's parts: its similarity equals the training loss, its regulariser equals the voxel-wise one, its
-stopping rule, its Adam and its grid sampling."""
+stopping rule, its Adam, its grid sampling and its map interpolated from the control nodes."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from gvsl.losses import box_sum, local_ncc_loss, smoothness_loss, squared_ncc
 from gvsl.match.grid import RegularGrid, interpolation_matrix
-from gvsl.match.refine import Adam, PlateauSchedule, RefineConfig
+from gvsl.match.refine import Adam, FrameMap, PlateauSchedule, RefineConfig, sampling_coordinates
 from gvsl.match.regularisers import InterpolatedDiffusion
 from gvsl.match.similarity import FixedImageNCC
 from gvsl.networks.warp import grid_sample_threaded
@@ -106,7 +106,8 @@ def test_grid_sampling_is_sample_voxels_at_the_points_voxels():
     for matrix, offset, moved in (identity, (linear, offset_mm, points @ linear.T + offset_mm)):
         voxels_dhw = ((moved - torch.from_numpy(grid.origin_xyz)) / 2.5).flip(-1).permute(3, 0, 1, 2)[None]
         expected = sample_voxels(volume, voxels_dhw)
-        coordinates = grid.sampling_coordinates(points, matrix, offset)
+        scale, shift = grid.to_sampling(points)
+        coordinates = ((points @ matrix.T + offset) * scale + shift)[None]
         assert torch.allclose(grid.sample_at(volume, coordinates), expected, atol=1e-12)
     last_centre = grid.origin_xyz + 2.5 * (np.asarray(grid.shape_dhw[::-1]) - 1)
     low, high = grid.sampling_box(grid.origin_xyz, last_centre, points)
@@ -130,3 +131,32 @@ def test_threaded_grid_sample_is_grid_sample_with_its_gradient(threads, mode):
         torch.set_num_threads(before)
     assert torch.allclose(sampled, expected, atol=1e-14)
     assert torch.allclose(grad, expected_grad, atol=1e-12)
+
+
+def test_the_map_interpolated_from_the_nodes_is_the_affine_of_the_points_plus_displacement_with_its_gradient():
+    torch.manual_seed(4)
+    control = RegularGrid((5, 6, 7), np.array([-30.0, -25.0, -20.0]), 8.0)
+    frame_map = FrameMap(np.eye(4), control, np.array([-6.0, -5.0, -4.0]), 20.0)
+    with torch.no_grad():
+        frame_map.linear.add_(0.1 * torch.randn(3, 3))
+        frame_map.translation.add_(0.1 * torch.randn(3))
+        frame_map.delta.normal_(0, 0.05)
+    level = RegularGrid((14, 18, 21), np.array([-29.0, -24.5, -19.0]), 2.25)  # inside the nodes, not aligned
+    interpolation = frame_map.interpolation(level)
+    weights = torch.rand(1, 14, 18, 21, 3)
+    nodes = frame_map.control_displacement()
+    mine = sampling_coordinates(frame_map, nodes, level, interpolation)
+    (mine * weights).sum().backward()
+    mine_grads = [p.grad.clone() for p in frame_map.parameters()]
+    frame_map.zero_grad()
+    linear, offset = frame_map.affine()
+    scale, shift = level.to_sampling(nodes)
+    moved = (level.points_xyz() + frame_map.displacement(interpolation)) @ linear.T + offset
+    expected = (moved * scale + shift)[None]
+    (expected * weights).sum().backward()
+    assert torch.allclose(mine, expected, atol=1e-5)
+    for mine_grad, parameter in zip(mine_grads, frame_map.parameters()):
+        assert torch.allclose(mine_grad, parameter.grad, rtol=1e-4, atol=1e-3)
+    beyond = RegularGrid((14, 18, 21), np.array([-29.0, -24.5, -19.0]), 2.5)  # its last x centre: 21 mm > 18
+    with pytest.raises(ValueError, match="beyond the control grid"):
+        frame_map.interpolation(beyond)

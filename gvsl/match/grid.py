@@ -34,34 +34,23 @@ class RegularGrid(NamedTuple):
         """Coordinates (mm) of the voxel centres along axis ``axis_xyz`` (0 = x)."""
         return self.origin_xyz[axis_xyz] + self.spacing_mm * np.arange(self.shape_dhw[2 - axis_xyz])
 
-    def sampling_coordinates(self, points_xyz: torch.Tensor, linear: torch.Tensor, offset_mm: torch.Tensor
-                             ) -> torch.Tensor:
-        """``grid_sample``'s coordinates (1, d, h, w, 3) of ``linear @ p + offset_mm`` for the LPS points p
-        (d, h, w, 3): -1 and +1 at the first and last voxel centres (``align_corners=True``), (x, y, z) order.
-
-        The affine and the step to those coordinates are one matrix product on the points, which come out in the
-        channels-last layout ``grid_sample`` reads, as ``gvsl.networks.sample_voxels`` would sample the same voxel
-        coordinates without its two channel flips."""
-        scale, shift = self._to_sampling(points_xyz)
-        coordinates = torch.addmm(torch.addcmul(shift, scale, offset_mm), points_xyz.reshape(-1, 3),
-                                  (scale[:, None] * linear).T)
-        return coordinates.view(1, *points_xyz.shape[:3], 3)
-
     def sampling_box(self, low_mm: np.ndarray, high_mm: np.ndarray, like: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The box with (x, y, z) corners ``low_mm``, ``high_mm`` (LPS mm) in ``sampling_coordinates``, as tensors
-        of ``like``'s dtype and device."""
-        scale, shift = self._to_sampling(like)
+        """The box with (x, y, z) corners ``low_mm``, ``high_mm`` (LPS mm) in ``grid_sample``'s coordinates
+        (``to_sampling``), as tensors of ``like``'s dtype and device."""
+        scale, shift = self.to_sampling(like)
         return tuple(torch.as_tensor(corner, dtype=like.dtype, device=like.device) * scale + shift
                      for corner in (low_mm, high_mm))
 
     def sample_at(self, volume: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
-        """``volume`` (1, C, *shape_dhw) on this grid, trilinear at ``sampling_coordinates`` (1, d, h, w, 3), 0
-        outside."""
+        """``volume`` (1, C, *shape_dhw) on this grid, trilinear at ``coordinates`` (1, d, h, w, 3) in
+        ``grid_sample``'s convention (``to_sampling``), 0 outside."""
         return grid_sample_threaded(volume, coordinates.to(volume.dtype))
 
-    def _to_sampling(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), each (3,): LPS mm x -> ``sampling_coordinates`` scale * x + shift."""
+    def to_sampling(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (3,) in ``like``'s dtype and device: an LPS point x (mm) is at ``grid_sample``'s
+        coordinates scale * x + shift on this grid (-1 and +1 at the first and last voxel centres,
+        ``align_corners=True``; (x, y, z) order)."""
         options = {"dtype": like.dtype, "device": like.device}
         size_xyz = np.asarray(self.shape_dhw[::-1], float)
         scale = 2 / (np.maximum(size_xyz - 1, 1) * self.spacing_mm)

@@ -135,14 +135,6 @@ class LevelImages(NamedTuple):
     moving_data_box_mm: tuple[np.ndarray, np.ndarray] | None = None
 
 
-class Stage(NamedTuple):
-    """What stays fixed while one level is optimised: its points (D, H, W, 3) and the per-axis weights that
-    interpolate the control grid onto its voxels ((D, n_d), (H, n_h), (W, n_w))."""
-
-    points: torch.Tensor
-    interpolation_dhw: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
 class FrameMap(torch.nn.Module):
     """y = c + L (z - c) + r t with z = x + u(x): the map being optimised (see the module doc).
 
@@ -153,6 +145,7 @@ class FrameMap(torch.nn.Module):
     def __init__(self, affine_mm: np.ndarray, control: RegularGrid, centre: np.ndarray, radius: float):
         super().__init__()
         self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32))
+        self.register_buffer("nodes_xyz", control.points_xyz().permute(3, 0, 1, 2).contiguous())
         self.radius = float(radius)
         self.control = control
         linear = torch.as_tensor(affine_mm[:3, :3], dtype=torch.float32)
@@ -161,23 +154,36 @@ class FrameMap(torch.nn.Module):
         self.translation = torch.nn.Parameter((offset - self.centre + linear @ self.centre) / self.radius)
         self.delta = torch.nn.Parameter(torch.zeros(3, *control.shape_dhw))
 
-    def stage(self, grid: RegularGrid) -> Stage:
-        points = grid.points_xyz(self.centre.device)
-        weights = tuple(interpolation_matrix(grid.positions_mm(axis), self.control, axis).to(points.device)
-                        for axis in (2, 1, 0))
-        return Stage(points, weights)
+    def interpolation(self, grid: RegularGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The per-axis weights ((D, n_d), (H, n_h), (W, n_w)) that interpolate node values onto ``grid``'s voxels;
+        ValueError if a voxel centre lies beyond the control grid (where interpolation would hold the edge value)."""
+        low = self.control.origin_xyz
+        high = low + self.control.spacing_mm * (np.asarray(self.control.shape_dhw[::-1]) - 1)
+        first = grid.origin_xyz
+        last = first + grid.spacing_mm * (np.asarray(grid.shape_dhw[::-1]) - 1)
+        tolerance = 1e-3 * self.control.spacing_mm
+        if np.any(first < low - tolerance) or np.any(last > high + tolerance):
+            raise ValueError(f"grid {first}..{last} mm reaches beyond the control grid {low}..{high} mm")
+        return tuple(interpolation_matrix(grid.positions_mm(axis), self.control, axis).to(self.centre.device)
+                     for axis in (2, 1, 0))
 
     def control_displacement(self) -> torch.Tensor:
         """u at the control grid's nodes, (3, n_d, n_h, n_w) in mm, channels (x, y, z)."""
         return self.radius * self.delta
 
-    def displacement(self, stage: Stage, nodes: torch.Tensor | None = None) -> torch.Tensor:
-        """u (D, H, W, 3) in mm, (x, y, z) last, at the stage's points, interpolated from ``nodes`` (u at the
-        control grid's nodes, default ``control_displacement()``)."""
-        wd, wh, ww = stage.interpolation_dhw
+    def displacement(self, interpolation_dhw: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """``nodes`` (3, n_d, n_h, n_w; default ``control_displacement()``, u in mm) interpolated by
+        ``interpolation_dhw`` (``interpolation``): (D, H, W, 3), channels last."""
+        wd, wh, ww = interpolation_dhw
         delta = torch.einsum("cijk,wk->ijwc", self.control_displacement() if nodes is None else nodes, ww)
         delta = torch.einsum("ijwc,hj->ihwc", delta, wh)
         return torch.einsum("ihwc,di->dhwc", delta, wd)
+
+    def map_at_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
+        """y = A(x + u(x)) at the control grid's nodes, (3, n_d, n_h, n_w) in mm, from u there (``nodes``)."""
+        linear, offset = self.affine()
+        return torch.einsum("ij,jdhw->idhw", linear, self.nodes_xyz + nodes) + offset.view(3, 1, 1, 1)
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A as its linear part (3, 3) and its offset (3,) in mm: A(z) = linear @ z + offset."""
@@ -190,9 +196,23 @@ class FrameMap(torch.nn.Module):
         return out
 
 
+def sampling_coordinates(frame_map: FrameMap, nodes: torch.Tensor, grid: RegularGrid,
+                         interpolation_dhw: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Where ``grid``'s voxels x are sent, y(x) = A(x + u(x)) with u given at the nodes (``nodes``), in
+    ``grid_sample``'s coordinates on ``grid`` (``RegularGrid.to_sampling``): (1, D, H, W, 3).
+
+    u is trilinear between the nodes, and trilinear interpolation reproduces affine functions, so y is trilinear
+    between the nodes too: y is computed at the nodes and interpolated once, which costs a step on a 2 mm head
+    about 20 ms less than the affine applied to every voxel (a matrix product of millions of points by a 3 x 3
+    matrix, and its gradient)."""
+    scale, shift = grid.to_sampling(nodes)
+    at_nodes = frame_map.map_at_nodes(nodes) * scale.view(3, 1, 1, 1) + shift.view(3, 1, 1, 1)
+    return frame_map.displacement(interpolation_dhw, at_nodes).unsqueeze(0)
+
+
 def supported_voxels(level: LevelImages, coordinates: torch.Tensor) -> torch.Tensor | None:
-    """(D, H, W) 1 where the match at ``coordinates`` (``RegularGrid.sampling_coordinates`` on ``level.grid``, (1,
-    D, H, W, 3)) lies in ``level.moving_data_box_mm``, else 0; None without a box."""
+    """(D, H, W) 1 where the match at ``coordinates`` (``sampling_coordinates`` on ``level.grid``, (1, D, H, W,
+    3)) lies in ``level.moving_data_box_mm``, else 0; None without a box."""
     if level.moving_data_box_mm is None:
         return None
     with torch.no_grad():
@@ -204,18 +224,17 @@ def supported_voxels(level: LevelImages, coordinates: torch.Tensor) -> torch.Ten
 def refine_level(frame_map: FrameMap, level: LevelImages, config: RefineConfig, affine_only: bool = False) -> int:
     """Adam steps at one level, on the affine alone or on everything, until ``PlateauSchedule`` ends the stage;
     returns the number of steps."""
-    stage = frame_map.stage(level.grid)
+    interpolation_dhw = frame_map.interpolation(level.grid)
     similarity = FixedImageNCC(level.fixed, config.ncc_window)
     parameters = [frame_map.linear, frame_map.translation] + ([] if affine_only else [frame_map.delta])
     learning_rate = config.learning_rate * level.grid.spacing_mm / frame_map.radius  # voxels -> radius units
     optimizer = Adam(parameters, learning_rate)
     schedule = PlateauSchedule(config)
-    diffusion = InterpolatedDiffusion(stage.interpolation_dhw)
+    diffusion = InterpolatedDiffusion(interpolation_dhw)
     while not schedule.done:
         optimizer.lr = learning_rate * schedule.factor
         nodes = frame_map.control_displacement()
-        displacement = frame_map.displacement(stage, nodes)
-        coordinates = level.grid.sampling_coordinates(stage.points + displacement, *frame_map.affine())
+        coordinates = sampling_coordinates(frame_map, nodes, level.grid, interpolation_dhw)
         loss = similarity.loss(level.grid.sample_at(level.moving, coordinates), supported_voxels(level, coordinates))
         if not affine_only and config.diffusion_weight:
             voxels = nodes / level.grid.spacing_mm
@@ -245,7 +264,7 @@ def refine(levels: list[LevelImages], affine_mm: np.ndarray, field_grid: sitk.Im
             for level in levels:
                 steps += refine_level(frame_map, level, config)
     with torch.no_grad():
-        field = frame_map.displacement(frame_map.stage(RegularGrid.of(field_grid))).cpu().double().numpy()
+        field = frame_map.displacement(frame_map.interpolation(RegularGrid.of(field_grid))).cpu().double().numpy()
     refined = sitk.GetImageFromArray(field, isVector=True)
     refined.CopyInformation(field_grid)
     return frame_map.affine_mm(), refined, steps
