@@ -122,10 +122,18 @@ class GVSL(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, affine_stages: Optional[Sequence[MatchingStage]] = None,
                 field_stage: Optional[FieldStage] = None, moving_support: Optional[torch.Tensor] = None):
-        """See the class doc. Correlation architecture only: ``affine_stages``, the correlation head's coarse-to-fine
-        schedule (``CorrelationAffineHead.forward``; None: the stage it was trained with); ``field_stage``, the
-        field from the correlation head's matches (``CorrelationAffineHead.displacement``, with ``moving_support``,
-        where b holds scan data) instead of the deformable head's (None)."""
+        """See the class doc; the other arguments as in ``register``."""
+        local_a, warped_b, theta, flow = self.register(a, b, affine_stages, field_stage, moving_support)
+        return self.restore(local_a), warped_b, theta, flow
+
+    def register(self, a: torch.Tensor, b: torch.Tensor, affine_stages: Optional[Sequence[MatchingStage]] = None,
+                 field_stage: Optional[FieldStage] = None, moving_support: Optional[torch.Tensor] = None):
+        """``forward`` without the restoration head, whose output matching does not use: (``local_a``, the
+        (N, c[8], D, H, W) local features of a; ``warped_b``; ``affine_ba``; ``flow_ba``). Correlation architecture
+        only: ``affine_stages``, the correlation head's coarse-to-fine schedule (``CorrelationAffineHead.forward``;
+        None: the stage it was trained with); ``field_stage``, the field from the correlation head's matches
+        (``CorrelationAffineHead.displacement``, with ``moving_support``, where b holds scan data) instead of the
+        deformable head's (None)."""
         check_volume(a, "a")
         check_volume(b, "b")
         if a.shape != b.shape:
@@ -143,4 +151,4 @@ class GVSL(nn.Module):
         else:
             flow = self.deformation(warp_affine(local_b, theta, self.conventions), local_a)
         warped_b = warp_moving(b, theta, flow, self.conventions)
-        return self.restore(local_a), warped_b, theta, flow
+        return local_a, warped_b, theta, flow
