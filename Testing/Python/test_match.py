@@ -326,6 +326,27 @@ def test_feature_similarity_is_one_at_the_same_point_of_an_identical_pair():
         result.feature_similarity((1000.0, 0.0, 0.0))
 
 
+def test_resampling_onto_the_frame_half_a_voxel_off_keeps_the_detail():
+    """Network and refinement images are resampled onto the frame's grid, which for the moving scan lies a fraction
+    of a voxel off its own: trilinear interpolation would average neighbours there (a pattern of 8-voxel period loses
+    7.6 % of its amplitude half a voxel off), blurring one scan of a pair and not the other."""
+    from gvsl.match.frame import on_grid
+
+    def pattern(size: int, offset_voxels: float) -> np.ndarray:
+        x = np.arange(size) + offset_voxels
+        wave = 0.5 + 0.4 * np.sin(2 * np.pi * x / 8)
+        return (wave[:, None, None] * wave[None, :, None] * wave[None, None, :]).astype(np.float32)
+
+    image = sitk.GetImageFromArray(pattern(32, 0.0))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
+    grid.SetSpacing((2.0, 2.0, 2.0))
+    grid.SetOrigin((1.0, 1.0, 1.0))  # half a voxel off along each axis
+    inside = (slice(4, -4),) * 3
+    error = np.abs(sitk.GetArrayFromImage(on_grid(image, grid)) - pattern(32, 0.5))[inside]
+    assert error.max() < 0.01  # trilinear: 0.06
+
+
 def test_large_volume_is_seen_whole_at_a_coarser_spacing():
     fixed, moving = axis_aligned_pair()
     config = MatchConfig(prepare=PrepareConfig(target_spacing=(2.5, 2.5, 2.5)), max_size_xyz=(32, 32, 32))
