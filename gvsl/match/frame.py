@@ -6,8 +6,8 @@ identity) gives a translation ``initial`` from fixed LPS points to moving LPS po
 image's physical space; its *grid* has identity direction and the network spacing, is aligned voxel for voxel
 with the fixed canonical grid, covers the fixed volume and the moving volume as placed by ``initial``, and has a
 multiple of 16 voxels per axis. Both network images live on that grid: the fixed image as it is, the moving image
-sampled at ``initial(x)`` for each grid point x (trilinear, 0 outside). So a network that returns the identity
-reproduces ``initial`` exactly, and everything it adds is relative to it.
+sampled at ``initial(x)`` for each grid point x (cubic B-spline, 0 outside: ``on_grid``). So a network that returns
+the identity reproduces ``initial`` exactly, and everything it adds is relative to it.
 
 The network spacing is the training spacing, or the scans' own resolution where that is coarser
 (``MatchConfig.coarsen_to_scans``). There is no sliding window: the affine head needs global context, so a frame
