@@ -151,7 +151,8 @@ def test_the_map_interpolated_from_the_nodes_is_the_affine_of_the_points_plus_di
     frame_map.zero_grad()
     linear, offset = frame_map.affine()
     scale, shift = level.to_sampling(nodes)
-    moved = (level.points_xyz() + frame_map.displacement(interpolation)) @ linear.T + offset
+    displacement = frame_map.interpolate(frame_map.control_displacement(), interpolation)
+    moved = (level.points_xyz() + displacement) @ linear.T + offset
     expected = (moved * scale + shift)[None]
     (expected * weights).sum().backward()
     assert torch.allclose(mine, expected, atol=1e-5)

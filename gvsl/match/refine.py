@@ -171,14 +171,15 @@ class FrameMap(torch.nn.Module):
         """u at the control grid's nodes, (3, n_d, n_h, n_w) in mm, channels (x, y, z)."""
         return self.radius * self.delta
 
-    def displacement(self, interpolation_dhw: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                     nodes: torch.Tensor | None = None) -> torch.Tensor:
-        """``nodes`` (3, n_d, n_h, n_w; default ``control_displacement()``, u in mm) interpolated by
-        ``interpolation_dhw`` (``interpolation``): (D, H, W, 3), channels last."""
+    @staticmethod
+    def interpolate(node_values: torch.Tensor, interpolation_dhw: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                    ) -> torch.Tensor:
+        """``node_values`` (3, n_d, n_h, n_w) interpolated by ``interpolation_dhw`` (``interpolation``) onto a
+        grid's voxels: (D, H, W, 3), channels last."""
         wd, wh, ww = interpolation_dhw
-        delta = torch.einsum("cijk,wk->ijwc", self.control_displacement() if nodes is None else nodes, ww)
-        delta = torch.einsum("ijwc,hj->ihwc", delta, wh)
-        return torch.einsum("ihwc,di->dhwc", delta, wd)
+        values = torch.einsum("cijk,wk->ijwc", node_values, ww)
+        values = torch.einsum("ijwc,hj->ihwc", values, wh)
+        return torch.einsum("ihwc,di->dhwc", values, wd)
 
     def map_at_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
         """y = A(x + u(x)) at the control grid's nodes, (3, n_d, n_h, n_w) in mm, from u there (``nodes``)."""
@@ -207,7 +208,7 @@ def sampling_coordinates(frame_map: FrameMap, nodes: torch.Tensor, grid: Regular
     matrix, and its gradient)."""
     scale, shift = grid.to_sampling(nodes)
     at_nodes = frame_map.map_at_nodes(nodes) * scale.view(3, 1, 1, 1) + shift.view(3, 1, 1, 1)
-    return frame_map.displacement(interpolation_dhw, at_nodes).unsqueeze(0)
+    return frame_map.interpolate(at_nodes, interpolation_dhw).unsqueeze(0)
 
 
 def supported_voxels(level: LevelImages, coordinates: torch.Tensor) -> torch.Tensor | None:
@@ -264,7 +265,8 @@ def refine(levels: list[LevelImages], affine_mm: np.ndarray, field_grid: sitk.Im
             for level in levels:
                 steps += refine_level(frame_map, level, config)
     with torch.no_grad():
-        field = frame_map.displacement(frame_map.interpolation(RegularGrid.of(field_grid))).cpu().double().numpy()
+        on_field_grid = frame_map.interpolation(RegularGrid.of(field_grid))
+        field = frame_map.interpolate(frame_map.control_displacement(), on_field_grid).cpu().double().numpy()
     refined = sitk.GetImageFromArray(field, isVector=True)
     refined.CopyInformation(field_grid)
     return frame_map.affine_mm(), refined, steps
