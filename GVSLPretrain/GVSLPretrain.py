@@ -52,7 +52,7 @@ class GVSLPretrain(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GVSL Pre-training")
-        self.parent.categories = ["GVSL"]
+        self.parent.categories = ["Registration"]
         self.parent.dependencies = []
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
         self.parent.helpText = _(

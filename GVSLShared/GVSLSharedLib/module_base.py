@@ -22,7 +22,7 @@ from . import dependencies, pipeline_check, runs
 POLL_INTERVAL_MS = 1000  # the widgets' timer: non-blocking checks of their background processes
 STOP_GRACE_S = 120.0
 # The user guide (the extension's README): EXTENSION_HOMEPAGE in CMakeLists.txt, which a test compares with this.
-USER_GUIDE_URL = "https://github.com/PLACEHOLDER-OWNER/SlicerGVSL#readme"
+USER_GUIDE_URL = "https://github.com/gvsl-slicer/SlicerGVSL#readme"
 
 
 def userGuideLink():

@@ -7,19 +7,17 @@ The CMake files are read, not run (``extension_build``). Slicer looks for a modu
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shutil
 import struct
 from pathlib import Path, PurePosixPath
 
 import pytest
-from extension_build import Copied, Extension, expand
+from extension_build import Copied, Extension
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTENSION_FIELDS = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
-CATALOGUE_FIELDS = ("$schema", "scm_url", "scm_revision", "build_dependencies", "category", "tier")
 
 
 def problems_of(root: Path) -> list[str]:
@@ -110,28 +108,6 @@ def test_extension_metadata():
     assert png_size(ROOT / "GVSL.png") == (128, 128)
 
 
-def test_icon_and_screenshot_urls_name_files_of_this_repository():
-    """The catalogue shows the icon and screenshots from the published repository: they must be committed here."""
-    top = Extension.read(ROOT).top
-    base = top.variables["GVSL_FILE_URL"][0] + "/"
-    urls = " ".join(top.variables["EXTENSION_ICONURL"] + top.variables["EXTENSION_SCREENSHOTURLS"]).split()
-    assert len(urls) >= 2
-    for url in urls:
-        assert url.startswith(base), url
-        path = ROOT / url[len(base):]
-        assert png_size(path)[0] >= 128, url
-
-
-def test_module_help_links_to_the_extension_homepage():
-    """The modules' help text points to the user guide at the homepage the catalogue shows."""
-    text = (ROOT / "GVSLShared" / "GVSLSharedLib" / "module_base.py").read_text(encoding="utf-8")
-    url = re.search(r'^USER_GUIDE_URL = "([^"]+)"', text, re.MULTILINE).group(1)
-    top = Extension.read(ROOT).top
-    assert url == expand(top.variables["EXTENSION_HOMEPAGE"], top.variables)[0]
-    for name in Extension.read(ROOT).modules:
-        assert "userGuideLink()" in (ROOT / name / f"{name}.py").read_text(encoding="utf-8"), name
-
-
 def imported_modules(path: Path) -> set[str]:
     """The top-level names of every module a Python file imports (anywhere in it)."""
     names = set()
@@ -163,14 +139,3 @@ def test_modules_are_siblings_sharing_one_installed_package():
         assert imports.isdisjoint({*extension.modules, *(f"{name}Lib" for name in extension.modules)}), script.name
         if script.name != "module_base.py":
             assert imports.isdisjoint({"qt", "ctk", "torch"}), f"{script.name} imports {imports}"
-
-
-def test_catalogue_entry_agrees_with_cmake():
-    entry = json.loads((ROOT / "GVSL.json").read_text(encoding="utf-8"))
-    top = Extension.read(ROOT).top
-    assert [name for name in CATALOGUE_FIELDS if name not in entry] == []
-    assert "PyTorch" in entry["build_dependencies"]
-    assert entry["category"] == " ".join(top.variables["EXTENSION_CATEGORY"])
-    assert entry["scm_url"].rstrip("/") == " ".join(top.variables["GVSL_REPOSITORY_URL"]).rstrip("/")
-    assert entry["build_subdirectory"] == "."
-    assert 1 <= entry["tier"] <= 5
