@@ -176,3 +176,19 @@ def gvsl_payload(model: GVSL, iteration: int, **extra: Any) -> dict[str, Any]:
     """Our checkpoint payload for ``model`` (add optimizer, scaler, rng, config via ``extra``)."""
     return checkpoint_payload(FORMAT, VERSION, model, iteration, conventions=model.conventions,
                               architecture=model.architecture, **extra)
+
+
+# gvsl demo's narrow widths: an untrained network's stage of a match stays a few seconds on a CPU
+UNTRAINED_CHANNELS = (4, 8, 16, 32, 64, 32, 16, 8, 4)
+UNTRAINED_ARCHITECTURE = "correlation"  # gvsl.train.config.DEFAULT_ARCHITECTURE: what new runs train
+
+
+def write_untrained_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save a GVSL network at its seeded initialisation (iteration 0) as our checkpoint; returns the path.
+
+    ``gvsl match`` uses it when no checkpoint is given: the refinement on the pair then does the matching (carrying
+    labels between brains it ends at the same Dice as from a pre-trained network; benchmarks/RESULTS.md).
+    """
+    torch.manual_seed(seed)
+    model = GVSL(channels=UNTRAINED_CHANNELS, architecture=UNTRAINED_ARCHITECTURE)
+    return save_checkpoint(path, gvsl_payload(model, 0))

@@ -1,9 +1,15 @@
-"""``gvsl match FIXED MOVING --checkpoint C --out DIR``: register two scans with a GVSL network."""
+"""``gvsl match FIXED MOVING [--checkpoint C] --out DIR``: register two scans with a GVSL network.
+
+Without ``--checkpoint`` an untrained network (``gvsl.checkpoints.write_untrained_checkpoint``, written into DIR as
+``UNTRAINED_NAME``) gives the start and the refinement on the pair does the matching.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from ..checkpoints import write_untrained_checkpoint
 from ..data import PrepareConfig
 from ..match import MatchOptions, match_files, write_outputs
 from ..train.config import parse_spacing
@@ -14,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = "a volume file (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM series"
     parser.add_argument("fixed", help=f"fixed scan: {source}; outputs are on its grid")
     parser.add_argument("moving", help=f"moving scan: {source}")
-    parser.add_argument("--checkpoint", required=True, help="GVSL checkpoint (ours or the published state dict)")
+    parser.add_argument("--checkpoint",
+                        help="GVSL checkpoint (ours or the published state dict); default: an untrained network, the "
+                             "refinement on the pair carrying the match (with --refine 0 it would be the untrained "
+                             "network's answer)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--labels", help="label map defined on the moving scan, to carry onto the fixed grid")
     for name in ("fixed", "moving"):
@@ -46,9 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "are seen whole at a coarser spacing")
 
 
+UNTRAINED_NAME = "untrained_network.pt"  # in --out, when no --checkpoint is given
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        match = match_files(args.fixed, args.moving, args.checkpoint, MatchOptions.from_arguments(args),
+        checkpoint = args.checkpoint or write_untrained_checkpoint(Path(args.out) / UNTRAINED_NAME)
+        match = match_files(args.fixed, args.moving, checkpoint, MatchOptions.from_arguments(args),
                             labels=args.labels)
         written = write_outputs(args.out, match.result, match.record, match.labels)
     except (ValueError, OSError, RuntimeError) as exc:
