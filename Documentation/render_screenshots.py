@@ -39,8 +39,7 @@ from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLPretrain"), str(ROOT / "GVSLSegment")]  # Qt-free logic
 from GVSLPretrainLib import probe  # noqa: E402
-from GVSLSegmentLib import results  # noqa: E402
-from GVSLSharedLib import match  # noqa: E402
+from GVSLSharedLib import label_maps, match  # noqa: E402
 
 SIZE = (640, 640)  # pixels of one view
 POINT_COLORS = {"fixed": (1.0, 0.9, 0.1), "matched": (0.1, 0.9, 1.0)}
@@ -215,8 +214,8 @@ def render_matches(renderer: Renderer, args: argparse.Namespace, out: Path) -> N
 
 def render_segmentation(renderer: Renderer, args: argparse.Namespace, out: Path) -> None:
     image = renderer.load_volume(args.segment_image, "segmented image")
-    label_image, table = results.read_label_map(args.segment_labels)
-    segmentation = results.import_label_map(renderer.scene, label_image, table, image, name="GVSL segmentation")
+    label_image, table = label_maps.read_label_map(args.segment_labels)
+    segmentation = label_maps.import_label_map(renderer.scene, label_image, table, image, name="GVSL segmentation")
     view = renderer.threed_view()
     view.reset_camera()
     view.reset_focal_point()

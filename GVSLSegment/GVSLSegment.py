@@ -15,7 +15,7 @@ import qt
 import slicer
 import vtk
 from GVSLSegmentLib import finetuning, pipeline_check, results, training_data
-from GVSLSharedLib import match, plots, runs, volumes
+from GVSLSharedLib import label_maps, match, plots, runs, volumes
 from GVSLSharedLib.module_base import (
     POLL_INTERVAL_MS,
     GVSLLogicBase,
@@ -312,7 +312,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             return
         with slicer.util.tryWithErrorDisplay("Could not show the segmentation.", waitCursor=True):
             p = self._parameterNode
-            output = results.import_label_map(slicer.mrmlScene, *results.read_label_map(job.labels, job.table),
+            output = label_maps.import_label_map(slicer.mrmlScene, *label_maps.read_label_map(job.labels, job.table),
                                               job.inputNode, p.outputSegmentation, job.outputName)
             p.outputSegmentation = output
             slicer.util.setSliceViewerLayers(background=job.inputNode, fit=True)
@@ -379,7 +379,7 @@ class GVSLSegmentLogic(GVSLLogicBase):
         command = match.match_command(inputPath, atlasPath, checkpoint, outDir, device or "auto", atlasLabels)
         process = runs.BackgroundProcess(command, folder / "match.log")
         return SimpleNamespace(process=process, labels=outDir / match.PROPAGATED_LABELS_NAME,
-                               table=training_data.label_table_path(atlasLabels))
+                               table=label_maps.label_table_path(atlasLabels))
 
 
 #
@@ -413,7 +413,7 @@ class GVSLSegmentTest(ScriptedLoadableModuleTest):
         labels = sitk.GetImageFromArray(array)
         table = {"labels": [{"value": 1, "name": "liver", "color": [0.8, 0.4, 0.2]},
                             {"value": 2, "name": "tumour", "color": [1.0, 1.0, 0.0]}]}
-        output = results.import_label_map(slicer.mrmlScene, labels, table, node)
+        output = label_maps.import_label_map(slicer.mrmlScene, labels, table, node)
         segmentation = output.GetSegmentation()
         self.assertEqual([segmentation.GetNthSegment(i).GetName() for i in range(2)], ["tumour", "liver"])
         self.assertTrue(segmentation.ContainsRepresentation("Closed surface"))

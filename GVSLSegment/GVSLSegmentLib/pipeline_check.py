@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from GVSLSharedLib import runs
+from GVSLSharedLib import label_maps, runs
 from GVSLSharedLib.pipeline_check import (
     DEVICE,
     PATCH,
@@ -28,8 +28,8 @@ from . import finetuning, results, training_data
 def load_case(scene, volume_path: os.PathLike, labels_path: os.PathLike, name: str) -> training_data.TrainingCase:
     """A volume node and its segmentation (segments named and coloured from the label map's table)."""
     volume = load_volume(scene, volume_path, name)
-    labels, table = results.read_label_map(labels_path)
-    return training_data.TrainingCase(volume, results.import_label_map(scene, labels, table, volume,
+    labels, table = label_maps.read_label_map(labels_path)
+    return training_data.TrainingCase(volume, label_maps.import_label_map(scene, labels, table, volume,
                                                                        name=f"{name} segmentation"))
 
 
@@ -58,7 +58,7 @@ def segment_in_scene(scene, volume_node, model: os.PathLike, folder: os.PathLike
     """``gvsl segment`` on a volume node as the module runs it; returns the imported segmentation node."""
     job = results.start_segmentation(volume_node, model, folder, DEVICE)
     run_to_end(job.process, "gvsl segment", tick)
-    return results.import_label_map(scene, *results.read_label_map(job.labels, job.table), volume_node)
+    return label_maps.import_label_map(scene, *label_maps.read_label_map(job.labels, job.table), volume_node)
 
 
 def check_finetune_and_segment(scene, folder: os.PathLike, tick: Tick = no_op) -> dict:

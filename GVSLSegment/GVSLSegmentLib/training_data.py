@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ from typing import Optional
 import SimpleITK as sitk
 import slicer
 import vtk
+from GVSLSharedLib.label_maps import color_table_node, label_table_path, working_nodes
 from GVSLSharedLib.volumes import image_from_volume_node, write_volume_node
 
 # Names of the export and of the label table format (gvsl.finetune.data, gvsl.labels; a test checks them).
@@ -34,7 +34,6 @@ IMAGES_DIR = "imagesTr"
 LABELS_DIR = "labelsTr"
 LABEL_TABLE_NAME = "labels.json"
 NNUNET_DATASET_NAME = "dataset.json"
-LABEL_TABLE_SUFFIX = ".labels.json"  # a label map's table: seg.nrrd -> seg.labels.json
 FILE_ENDING = ".nrrd"
 
 
@@ -86,35 +85,6 @@ def label_table_for_cases(cases: Sequence[TrainingCase]) -> dict:
                        for value, (name, color) in enumerate(segments, start=1)]}
 
 
-@contextmanager
-def working_nodes(scene) -> Iterator[None]:
-    """Remove the nodes added to ``scene`` inside the block (working label maps with the display and colour nodes
-    Slicer adds for them); singletons such as the subject hierarchy stay."""
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    try:
-        yield
-    finally:
-        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-        for node in added:
-            if node.GetID() not in before and not node.GetSingletonTag():
-                scene.RemoveNode(node)
-
-
-def color_table_node(scene, table: dict, name: str = "GVSL labels"):
-    """A colour table node holding the label table (index = value, with its name and colour; 0 is background).
-
-    Slicer uses it both ways: segments named like an entry are exported with its value, and a label map imported
-    with it gives segments with its names and colours.
-    """
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
-    node.SetTypeToUser()
-    node.SetNumberOfColors(max(entry["value"] for entry in table["labels"]) + 1)
-    node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    for entry in table["labels"]:
-        node.SetColor(entry["value"], entry["name"], *entry["color"], 1.0)
-    return node
-
-
 def export_label_map(scene, segmentation_node, volume_node, table: dict) -> sitk.Image:
     """The label map (UInt8/UInt16, values of ``table`` by segment name) of a segmentation on exactly the volume's
     grid (LPS geometry of ``image_from_volume_node``)."""
@@ -147,13 +117,6 @@ def write_label_table(table: dict, path: os.PathLike) -> Path:
     path = Path(path)
     path.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def label_table_path(label_map_path: os.PathLike) -> Path:
-    """Where a label map's table is (``seg.nrrd`` or ``seg.nii.gz`` → ``seg.labels.json``), as ``gvsl`` writes it."""
-    path = Path(label_map_path)
-    stem = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", "", path.name, flags=re.IGNORECASE)
-    return path.with_name(stem + LABEL_TABLE_SUFFIX)
 
 
 def write_label_map(scene, segmentation_node, volume_node, path: os.PathLike, table: Optional[dict] = None

@@ -197,8 +197,8 @@ def input_volume_in_a_study(scene):
 def test_label_map_import_gives_named_coloured_segments_with_geometry_and_closed_surfaces(scene, tmp_path):
     import slicer
     import vtk
-    from GVSLSegmentLib import results, training_data
-    from GVSLSharedLib import volumes
+    from GVSLSegmentLib import training_data
+    from GVSLSharedLib import label_maps, volumes
     node, study = input_volume_in_a_study(scene)
     grid = volumes.image_from_volume_node(node)
     labels = sitk.Resample(tissue_labels((1, 3)), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -210,7 +210,7 @@ def test_label_map_import_gives_named_coloured_segments_with_geometry_and_closed
     training_data.write_label_table(table, tmp_path / "segmentation.labels.json")
     nodes_before = scene.GetNumberOfNodes()
 
-    output = results.import_label_map(scene, *results.read_label_map(path), node, name="input segmentation")
+    output = label_maps.import_label_map(scene, *label_maps.read_label_map(path), node, name="input segmentation")
     assert scene.GetNumberOfNodes() == nodes_before + 2  # the segmentation and its display node
     segmentation = output.GetSegmentation()
     segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
@@ -240,27 +240,28 @@ def test_label_map_import_gives_named_coloured_segments_with_geometry_and_closed
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back) > 0, sitk.GetArrayFromImage(labels) > 0)
 
     grey_only = labels == 1
-    again = results.import_label_map(scene, grey_only, {"labels": table["labels"][:1]}, node, output)
+    again = label_maps.import_label_map(scene, grey_only, {"labels": table["labels"][:1]}, node, output)
     assert again is output and output.GetSegmentation().GetNumberOfSegments() == 1  # refilled, not added to
     with pytest.raises(ValueError, match=r"values \[3\] that its label table does not name"):
-        results.import_label_map(scene, labels, {"labels": table["labels"][:2]}, node)
+        label_maps.import_label_map(scene, labels, {"labels": table["labels"][:2]}, node)
 
 
 def test_a_segmentation_written_as_label_map_reads_back(scene, tmp_path):
-    from GVSLSegmentLib import results, training_data
+    from GVSLSegmentLib import training_data
+    from GVSLSharedLib import label_maps
 
     from gvsl.labels import sidecar_path
     case = two_cases(scene)[1]
     path = training_data.write_label_map(scene, case.segmentation_node, case.volume_node, tmp_path / "atlas.nrrd")
-    assert training_data.label_table_path(path) == sidecar_path(path) == tmp_path / "atlas.labels.json"
-    labels, table = results.read_label_map(path)
+    assert label_maps.label_table_path(path) == sidecar_path(path) == tmp_path / "atlas.labels.json"
+    labels, table = label_maps.read_label_map(path)
     assert [(e["value"], e["name"]) for e in table["labels"]] == [(1, WHITE), (2, GREY)]  # this case's own order
-    output = results.import_label_map(scene, labels, table, case.volume_node)
+    output = label_maps.import_label_map(scene, labels, table, case.volume_node)
     names = [output.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]
     assert names == [WHITE, GREY]
-    assert results.read_label_map(path, tmp_path / "atlas.labels.json")[1] == table
+    assert label_maps.read_label_map(path, tmp_path / "atlas.labels.json")[1] == table
     with pytest.raises(ValueError, match="no label table"):
-        results.read_label_map(tmp_path / "elsewhere.nrrd")
+        label_maps.read_label_map(tmp_path / "elsewhere.nrrd")
 
 
 # Commands, names and progress
@@ -268,7 +269,7 @@ def test_a_segmentation_written_as_label_map_reads_back(scene, tmp_path):
 
 def test_commands_and_names_agree_with_the_backend(tmp_path):
     from GVSLSegmentLib import training_data
-    from GVSLSharedLib import match
+    from GVSLSharedLib import label_maps, match
 
     from gvsl.cli import build_parser
     from gvsl.finetune import config, data
@@ -302,7 +303,7 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
     assert matched.labels == "atlas.nrrd"
     assert match.PROPAGATED_LABELS_NAME == match_outputs.LABELS_FILE
     assert finetuning.MODES == config.MODES and set(finetuning.PRETRAINED_MODES) == config.PRETRAINED_MODES
-    assert (training_data.LABEL_TABLE_NAME, training_data.NNUNET_DATASET_NAME, training_data.LABEL_TABLE_SUFFIX) == (
+    assert (training_data.LABEL_TABLE_NAME, training_data.NNUNET_DATASET_NAME, label_maps.LABEL_TABLE_SUFFIX) == (
         data.LABELS_NAME, data.NNUNET_DATASET, SUFFIX)
 
 
@@ -391,8 +392,8 @@ def test_real_segmentation_by_matching_carries_the_atlas_segments_onto_the_input
     ``gvsl match INPUT ATLAS --labels`` (the real command in-process; tiny untrained network, coarse grid), the
     propagated map imported on the input's grid with the atlas's names and colours."""
     import torch
-    from GVSLSegmentLib import results, training_data
-    from GVSLSharedLib import match, volumes
+    from GVSLSegmentLib import training_data
+    from GVSLSharedLib import label_maps, match, volumes
 
     from gvsl.checkpoints import gvsl_payload, save_checkpoint
     from gvsl.cli import main
@@ -406,10 +407,10 @@ def test_real_segmentation_by_matching_carries_the_atlas_segments_onto_the_input
     command = match.match_command(input_path, atlas_path, checkpoint, tmp_path / "out", "cpu", atlas_labels)
     assert main([*command[3:], "--spacing", "6", "6", "6", "--max-size", "32", "32", "32"]) == 0
 
-    labels, table = results.read_label_map(tmp_path / "out" / match.PROPAGATED_LABELS_NAME,
-                                           training_data.label_table_path(atlas_labels))
+    labels, table = label_maps.read_label_map(tmp_path / "out" / match.PROPAGATED_LABELS_NAME,
+                                           label_maps.label_table_path(atlas_labels))
     assert_same_geometry(labels, volumes.image_from_volume_node(target.volume_node), mm=1e-4)
-    output = results.import_label_map(scene, labels, table, target.volume_node)
+    output = label_maps.import_label_map(scene, labels, table, target.volume_node)
     np.testing.assert_array_equal(segment_grid_ijk_to_ras(output), ijk_to_ras(target.volume_node))  # snapped
     segmentation = output.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == [GREY, WHITE]
