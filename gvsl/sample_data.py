@@ -65,6 +65,11 @@ def synthetic_ct(mni: dict[str, sitk.Image]) -> sitk.Image:
 
 TISSUES = {1: "grey matter", 2: "white matter"}  # label value -> name in ``tissue_labels`` maps
 TISSUE_COLORS = {1: (0.9, 0.6, 0.5), 2: (0.95, 0.95, 0.8)}
+_ANATOMY = {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"}  # DICOM CID 7150
+TISSUE_TERMINOLOGY = {  # SNOMED CT codes of the tissues (DICOM CID 7153), as label tables give them (gvsl.labels)
+    1: {"category": _ANATOMY, "type": {"scheme": "SCT", "value": "389081007", "meaning": "Gray Matter"}},
+    2: {"category": _ANATOMY, "type": {"scheme": "SCT", "value": "389080008", "meaning": "White Matter"}},
+}
 
 
 def tissue_labels(mni: dict[str, sitk.Image]) -> sitk.Image:
@@ -103,13 +108,15 @@ def write_dicom_series(image: sitk.Image, out_dir: Path | str, *, modality: str,
                        study_description: str = "", series_number: int = 1, rescale_intercept: float = 0.0,
                        image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"), prefix: str = "IM",
                        first_instance: int = 1, patient_name: str = "Sample^Subject",
-                       birth_date: str = "19700101") -> list[Path]:
+                       birth_date: str = "19700101", frame_of_reference_uid: str | None = None) -> list[Path]:
     """Write a 3D image (physical values, e.g. HU for CT) as one CT/MR Image Storage file per slice.
 
     Slice k of the image (array index [k]) becomes file ``{prefix}{first_instance + k:05d}.dcm`` with
     ImagePositionPatient = the physical point of voxel (0, 0, k), ImageOrientationPatient = the first two
     direction columns, PixelSpacing = (row spacing, column spacing) = (spacing y, spacing x). Values are stored as
-    uint16 ``round(value - rescale_intercept)`` (slope 1). Returns the paths in slice order.
+    uint16 ``round(value - rescale_intercept)`` (slope 1). ``frame_of_reference_uid``: the patient coordinate
+    system the positions are in (FrameOfReferenceUID; a new one by default, series on one subject's grid share
+    one). Returns the paths in slice order.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +132,7 @@ def write_dicom_series(image: sitk.Image, out_dir: Path | str, *, modality: str,
         "Rows": stored.shape[1], "Columns": stored.shape[2], "SamplesPerPixel": 1,
         "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15,
         "PixelRepresentation": 0, "RescaleIntercept": rescale_intercept, "RescaleSlope": 1,
+        "FrameOfReferenceUID": frame_of_reference_uid or generate_uid(), "PositionReferenceIndicator": "",
     })
     paths = []
     for k in range(stored.shape[0]):
@@ -169,7 +177,7 @@ def write_sample_collection(out_dir: Path | str, *, n_subjects: int = 4, shape_s
     for n in range(n_subjects):
         grid = _subject_grid(mni["t1"], 1.0 / shape_scale, rng)
         warp = random_warp(grid, rng)
-        study_uid = generate_uid()
+        study_uid, frame_uid = generate_uid(), generate_uid()
         patient_id = f"GVSL-SAMPLE-{n + 1:03d}"
         for number, (modality, template) in enumerate(templates.items(), start=1):
             background = -1000.0 if modality == "CT" else 0.0
@@ -179,7 +187,8 @@ def write_sample_collection(out_dir: Path | str, *, n_subjects: int = 4, shape_s
             write_dicom_series(volume, out_dir / f"subject-{n + 1:02d}" / modality.lower(), modality=modality,
                                patient_id=patient_id, patient_name=f"Sample^Subject{n + 1}", study_uid=study_uid,
                                description=f"Sample {modality} head", study_description="GVSL sample head",
-                               series_number=number, rescale_intercept=-1024.0 if modality == "CT" else 0.0)
+                               series_number=number, rescale_intercept=-1024.0 if modality == "CT" else 0.0,
+                               frame_of_reference_uid=frame_uid)
     return out_dir
 
 
@@ -207,9 +216,9 @@ def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: flo
     """Write ``n_subjects`` warped copies of the MNI T1 head with their tissue label maps, as NRRD files.
 
     Layout: ``out_dir/volumes/head-NN.nrrd`` (T1, float32) and ``out_dir/labels/head-NN.nrrd`` (uint8,
-    ``tissue_labels``) with its label table beside it (``head-NN.labels.json``); each subject on its own
-    axis-aligned LPS grid of ``spacing`` mm, as in ``write_sample_collection``. Because each head's warp is known,
-    two heads' true correspondence is too: fixed point p matches the moving point q with
+    ``tissue_labels``) with its label table beside it (``head-NN.labels.json``, SNOMED CT codes included); each
+    subject on its own axis-aligned LPS grid of ``spacing`` mm, as in ``write_sample_collection``. Because each
+    head's warp is known, two heads' true correspondence is too: fixed point p matches the moving point q with
     ``moving.to_template(q) == fixed.to_template(p)``.
     """
     from gvsl.labels import make_label_table, sidecar_path, write_label_table
@@ -218,7 +227,7 @@ def write_sample_heads(out_dir: Path | str, *, n_subjects: int = 3, spacing: flo
     rng = np.random.default_rng(seed)
     mni = load_mni(spacing=min(2.0, spacing))
     labels = tissue_labels(mni)
-    table = make_label_table(TISSUES, TISSUES, TISSUE_COLORS)
+    table = make_label_table(TISSUES, TISSUES, TISSUE_COLORS, TISSUE_TERMINOLOGY)
     paths = []
     for n in range(n_subjects):
         grid = _subject_grid(mni["t1"], spacing, rng)
