@@ -18,7 +18,8 @@ COMMANDS = {
     "pretrain": "pre-train GVSL on unlabeled CT/MR (a DICOM folder, a folder of volumes, or a prepared cache)",
     "match": "Register two scans with a GVSL network: ITK transform, warped moving image, metrics, propagated labels.",
     "finetune": "fine-tune a pre-trained GVSL model into a segmentation model from labelled images",
-    "segment": "segment a CT/MR volume with a fine-tuned model (label map + label table, in the input's geometry)",
+    "segment": "segment a CT/MR volume with a fine-tuned model (label map + label table, in the input's geometry; "
+               "a DICOM SEG too for a DICOM series)",
     "demo": "run the whole pipeline on a small public sample (MNI152 heads as DICOM) in a few minutes on CPU",
 }
 

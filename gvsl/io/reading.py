@@ -31,6 +31,15 @@ def read_volume(series: SeriesInfo) -> sitk.Image:
     return image
 
 
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in the order ``read_image`` reads them (GDCM's: by position
+    along the slice normal), so slice k of the image is file k. ValueError when the folder holds none or several."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if len(series) != 1:
+        raise ValueError(f"{folder}: {len(series)} DICOM series in this folder; a folder holding one is needed")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
 def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
     """A volume file, or the one DICOM series in a folder, with ``pixel_type`` (``sitkUnknown``: the file's own).
 
@@ -40,11 +49,8 @@ def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> s
     path = Path(path)
     try:
         if path.is_dir():
-            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-            if len(series) != 1:
-                raise ValueError(f"{path}: {len(series)} DICOM series in this folder; a folder holding one is needed")
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(dicom_series_files(path))
             reader.SetOutputPixelType(pixel_type)
             return reader.Execute()
         if not path.is_file():
