@@ -1,10 +1,11 @@
 """Discovery: walk a folder tree, group DICOM files into series by Series Instance UID (never by folder), and
 decide for each series (and each volume file: NIfTI, NRRD, MHA/MHD) whether it forms a usable CT/MR volume.
 
-Only headers are read here (pydicom with ``stop_before_pixels``; SimpleITK ``ReadImageInformation`` for volume
-files), so scanning is cheap; the one exception is a volume file of an integer pixel type, whose voxels are read to
-tell a label map from a scan (see ``LABEL_MAP_MAX_VALUES``). Geometry is reported as SimpleITK would build it:
-(x, y, z) order, mm, LPS.
+Only headers are read from DICOM files (pydicom with ``stop_before_pixels``), so scanning them is cheap. A volume
+file is read whole: its compressed stream to its end and its byte count against its header (``gvsl.io.completeness``:
+a cut file is refused, not read as zeros), its voxels to tell a label map from a scan (integer pixel types, see
+``LABEL_MAP_MAX_VALUES``) and to count NaN/Inf (float types, see ``MAX_NON_FINITE_SHARE``). Geometry is reported as
+SimpleITK would build it: (x, y, z) order, mm, LPS.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
+from .completeness import IncompleteFileError, check_volume_file
 from .series import DICOM, VOLUME, Geometry, SeriesInfo, error_text, hash_id
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -37,9 +39,21 @@ NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "SEG", "PR", "KO
 LABEL_MAP_MAX_VALUES = 64
 _INTEGER_PIXEL_IDS = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
                       sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64}
+_FLOAT_PIXEL_IDS = {sitk.sitkFloat32, sitk.sitkFloat64}
+#: Pixel types whose voxels discovery reads: integers (label map or scan?) and floats (NaN/Inf?).
+_READ_PIXEL_IDS = _INTEGER_PIXEL_IDS | _FLOAT_PIXEL_IDS
+#: A float volume file with a larger share of NaN/Inf voxels is refused; a smaller share is repaired by ``prepare``
+#: (set to the value that normalises to 0, see ``gvsl.data.preprocess``) and reported in the scan's note.
+MAX_NON_FINITE_SHARE = 0.5
 #: Voxels in the strided sample that rules out a label map before counting every voxel's value (sorting ~1e6 values
 #: takes tens of ms; a CT volume has ~1e8).
 _SAMPLE_VOXELS = 1_000_000
+#: The data elements discovery reads (decoded once in ``_read_header``, where a damaged one is caught).
+_ELEMENTS_READ = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality", "SOPClassUID", "SeriesDescription",
+                  "StudyDescription", "ImageType", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+                  "BitsAllocated", "PhotometricInterpretation", "PixelSpacing", "ImagePositionPatient",
+                  "ImageOrientationPatient")
+_META_ELEMENTS_READ = ("TransferSyntaxUID", "MediaStorageSOPClassUID")
 
 
 @dataclass
@@ -89,8 +103,8 @@ def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool
     """Every candidate volume under ``root`` (a folder, walked recursively, or a single file).
 
     Returns usable and skipped records alike (``usable``/``reason``), sorted by patient, study and series. Files
-    that are neither DICOM nor volume files are ignored; DICOM files whose header cannot be parsed are reported one
-    record each.
+    that are neither DICOM nor volume files are ignored. A DICOM file whose header cannot be parsed makes the series
+    it names unusable; when it names none it is reported as a record of its own.
     """
     options = options or ScanOptions()
     root = Path(root)
@@ -98,21 +112,23 @@ def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool
         raise FileNotFoundError(f"no such file or folder: {root}")
     records: list[SeriesInfo] = []
     by_series: dict[str, list[_Header]] = defaultdict(list)
+    unreadable: dict[str, list[SeriesInfo]] = defaultdict(list)  # by the Series Instance UID they still show
     for path in tqdm(list(_walk(root)), desc="scan", unit="file", disable=not progress):
         if is_volume_file(path):
             records.append(_assess_volume(path, root, options))
             continue
         header = _read_header(path)
         if isinstance(header, SeriesInfo):
-            records.append(header)
+            unreadable[header.series_uid].append(header)
         elif header is not None and not _is_directory_record(header):
             by_series[str(header.get("SeriesInstanceUID", ""))].append(header)
     for header in by_series.pop("", []):
         record = SeriesInfo(key=hash_id(header.path), kind=DICOM, files=[header.path], size_bytes=header.size)
         records.append(record.skip("corrupt or incomplete DICOM header (no SeriesInstanceUID)"))
+    records += [r for uid, files in unreadable.items() if uid not in by_series for r in files]
     for uid, headers in by_series.items():
         try:
-            records.extend(_assess_dicom_series(uid, headers, options))
+            records.extend(_assess_dicom_series(uid, headers, options, unreadable.get(uid, [])))
         except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:  # malformed values, e.g. "1A"
             record = SeriesInfo(key=hash_id(uid), kind=DICOM, files=sorted(h.path for h in headers), series_uid=uid,
                                 size_bytes=sum(h.size for h in headers))
@@ -134,22 +150,53 @@ def _walk(root: Path) -> Iterator[str]:
 
 
 def _read_header(path: str) -> _Header | SeriesInfo | None:
-    """The file's header; a skipped record for a broken DICOM file; None for a file that is not DICOM."""
+    """The file's header; a skipped record for a broken DICOM file; None for a file that is not DICOM.
+
+    pydicom decodes an element's value when it is first read, so every element discovery reads is decoded here,
+    where a damaged one (wrong length, unknown VR, a UID that is no transfer syntax...) makes this one file
+    unreadable instead of stopping the scan later.
+    """
     try:
         with open(path, "rb") as fp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # malformed elements: judged below from what could be parsed
+            warnings.simplefilter("ignore")  # malformed values: judged with the rest of the series
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             remaining = os.fstat(fp.fileno()).st_size - fp.tell()
+            for name in _ELEMENTS_READ:
+                ds.get(name)
+            for name in _META_ELEMENTS_READ:
+                ds.file_meta.get(name)
+            truncated = _is_truncated(ds, remaining)
     except InvalidDicomError:
         return None
     except Exception as exc:  # any parser failure means an unreadable file, reported with its cause
-        return SeriesInfo(key=hash_id(path), kind=DICOM, files=[path], size_bytes=_size(path)).skip(
-            f"unreadable DICOM file ({type(exc).__name__}: {exc})")
-    return _Header(path=path, size=_size(path), ds=ds, truncated=_is_truncated(ds, remaining))
+        return SeriesInfo(key=hash_id(path), kind=DICOM, files=[path], series_uid=_series_uid_of(path),
+                          size_bytes=_size(path)).skip(f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})")
+    return _Header(path=path, size=_size(path), ds=ds, truncated=truncated)
+
+
+def _series_uid_of(path: str) -> str:
+    """The Series Instance UID of a file whose header as a whole cannot be parsed, when that one element can be
+    ("" when not)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            return str(ds.get("SeriesInstanceUID") or "")
+    except Exception:  # nothing can be recovered from this file: it stays a record of its own
+        return ""
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    """``error_text`` cut to ``limit`` characters (pydicom quotes whole damaged byte strings in its messages)."""
+    text = error_text(exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _is_truncated(ds: pydicom.Dataset, remaining: int) -> bool:
-    """Whether fewer bytes follow the header than uncompressed pixel data needs (plus 8 bytes of element header)."""
+    """Whether fewer bytes follow the header than uncompressed pixel data needs (plus 8 bytes of element header).
+
+    Raises ValueError when the transfer syntax is a UID that is not a transfer syntax.
+    """
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if "Rows" not in ds or syntax is None or syntax.is_compressed:
         return False
@@ -195,30 +242,50 @@ def _assess_volume(path: str, root: Path, options: ScanOptions) -> SeriesInfo:
         return info.skip(f"colour or vector image ({reader.GetNumberOfComponents()} components per voxel)")
     if min(size) < options.min_slices:
         return info.skip(f"too few slices ({min(size)} < {options.min_slices}): localizer or 2D stack")
+    try:
+        stored_non_finite = check_volume_file(reader)
+        image = reader.Execute() if reader.GetPixelID() in _READ_PIXEL_IDS else None
+    except IncompleteFileError as exc:
+        return info.skip(str(exc))
+    except (RuntimeError, OSError) as exc:
+        return info.skip(f"unreadable volume file ({error_text(exc)})")
+    if image is None:
+        return info
+    voxels = sitk.GetArrayViewFromImage(image)  # a view: valid while ``image`` lives
     if reader.GetPixelID() in _INTEGER_PIXEL_IDS:
-        try:
-            n_values = _few_distinct_values(reader.Execute(), LABEL_MAP_MAX_VALUES)
-        except RuntimeError as exc:
-            return info.skip(f"unreadable volume file ({error_text(exc)})")
+        n_values = _few_distinct_values(voxels, LABEL_MAP_MAX_VALUES)
         if n_values is not None:
             return info.skip(f"label map ({n_values} distinct integer values), not an image")
+        return info
+    if stored_non_finite is None:
+        share, repair = 1.0 - np.count_nonzero(np.isfinite(voxels)) / voxels.size, "prepare sets them to the " \
+            "background value"
+    else:
+        share, repair = stored_non_finite / voxels.size, "SimpleITK reads them as 0 from NIfTI"
+    if share > MAX_NON_FINITE_SHARE:
+        return info.skip(f"non-finite voxels: {100 * share:.1f} % (more than {100 * MAX_NON_FINITE_SHARE:.0f} % "
+                         "NaN/Inf: more hole than image)")
+    if share:
+        info.note = f"non-finite voxels: {100 * share:.1f} % (NaN/Inf; {repair})"
     return info
 
 
-def _few_distinct_values(image: sitk.Image, limit: int) -> int | None:
-    """The number of distinct voxel values of ``image`` when it is at most ``limit``, else None."""
-    values = sitk.GetArrayViewFromImage(image).ravel()
+def _few_distinct_values(values: np.ndarray, limit: int) -> int | None:
+    """The number of distinct values in ``values`` (any shape) when it is at most ``limit``, else None."""
+    values = values.ravel()
     if len(np.unique(values[:: max(1, values.size // _SAMPLE_VOXELS)])) > limit:
         return None
     n_values = len(np.unique(values))
     return n_values if n_values <= limit else None
 
 
-def _assess_dicom_series(uid: str, headers: list[_Header], options: ScanOptions) -> list[SeriesInfo]:
+def _assess_dicom_series(uid: str, headers: list[_Header], options: ScanOptions, unreadable: list[SeriesInfo]
+                         ) -> list[SeriesInfo]:
     """One record per series, or one per part when mixed orientations/sizes split it into stacks.
 
     Truncated files that only repeat a slice held by a readable file are left out of the record (and so never
-    given to the reader); its note names them.
+    given to the reader); its note names them. ``unreadable``: the series' files whose header cannot be parsed
+    (records from ``_read_header``); any makes the series unusable.
     """
     headers, duplicates = _drop_truncated_duplicates(headers)
     first = headers[0]
@@ -231,6 +298,12 @@ def _assess_dicom_series(uid: str, headers: list[_Header], options: ScanOptions)
                        f"{os.path.basename(twin.path)})" for bad, twin in duplicates),
         extra={"study_description": str(first.get("StudyDescription", ""))},
     )
+    if unreadable:
+        info.files = sorted(info.files + [r.files[0] for r in unreadable])
+        info.size_bytes += sum(r.size_bytes for r in unreadable)
+        first_bad = unreadable[0]
+        return [info.skip(f"unreadable file(s): {len(unreadable)} of {len(info.files)} ("
+                          f"{os.path.basename(first_bad.files[0])}: {first_bad.reason})")]
     reason = _series_problem(info, headers, options)
     if reason:
         return [info.skip(reason)]
@@ -338,14 +411,19 @@ def _assess_stack(info: SeriesInfo, headers: list[_Header], options: ScanOptions
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     positions = np.array([np.asarray(h.get("ImagePositionPatient"), float) for h in headers])
+    pixel_spacing = np.asarray(headers[0].get("PixelSpacing", [1.0, 1.0]), float)
+    if not (np.isfinite(positions).all() and np.isfinite(iop).all() and np.isfinite(pixel_spacing).all()):
+        return info.skip("non-finite ImagePositionPatient, ImageOrientationPatient or PixelSpacing")
+    if abs(np.linalg.norm(normal) - 1.0) > 0.01 or pixel_spacing.min() <= 0:
+        return info.skip(f"invalid geometry: ImageOrientationPatient {list(iop)} is not two orthogonal unit vectors "
+                         f"or PixelSpacing {list(pixel_spacing)} is not positive")
     order = np.argsort(positions @ normal)
     positions, headers = positions[order], [headers[i] for i in order]
     info.files = [h.path for h in headers]
-    pixel_spacing = [float(v) for v in headers[0].get("PixelSpacing", [1.0, 1.0])]
     gaps = np.diff(positions @ normal)
     gap = float(np.median(gaps)) if len(gaps) else 0.0
     info.geometry = Geometry((int(headers[0].get("Columns")), int(headers[0].get("Rows")), len(headers)),
-                             (pixel_spacing[1], pixel_spacing[0], gap), tuple(positions[0]),
+                             (float(pixel_spacing[1]), float(pixel_spacing[0]), gap), tuple(positions[0]),
                              tuple(np.stack([row, col, normal], axis=1).ravel()))
     if len(headers) < options.min_slices:
         return info.skip(f"too few slices ({len(headers)} < {options.min_slices}): localizer or 2D stack")

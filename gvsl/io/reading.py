@@ -7,6 +7,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .completeness import IncompleteFileError, check_volume_file
 from .series import SeriesInfo
 
 
@@ -15,10 +16,11 @@ def read_volume(series: SeriesInfo) -> sitk.Image:
 
     DICOM slices are read in the order discovery sorted them (by position along the slice normal), so the image's
     third axis points along the normal; a single file (volume file or enhanced multi-frame DICOM) is read whole.
-    Raises ``RuntimeError`` (from SimpleITK) when the files cannot be decoded.
+    Raises ``RuntimeError`` (from SimpleITK) when the files cannot be decoded, ``IncompleteFileError`` (a
+    ValueError) when a volume file holds fewer voxels than its header announces.
     """
     if len(series.files) == 1:
-        image = sitk.ReadImage(series.files[0], sitk.sitkFloat32)
+        image = _read_file(series.files[0], sitk.sitkFloat32)
     else:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(series.files)
@@ -43,8 +45,9 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
 def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
     """A volume file, or the one DICOM series in a folder, with ``pixel_type`` (``sitkUnknown``: the file's own).
 
-    Raises ValueError naming the path when it does not exist, when a folder holds no DICOM series or several, and
-    when SimpleITK cannot read it (with the last line of SimpleITK's reason).
+    Raises ValueError naming the path when it does not exist, when a folder holds no DICOM series or several, when
+    a volume file is incomplete (``gvsl.io.completeness``) and when SimpleITK cannot read it (with the last line of
+    SimpleITK's reason).
     """
     path = Path(path)
     try:
@@ -55,7 +58,19 @@ def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> s
             return reader.Execute()
         if not path.is_file():
             raise ValueError(f"{path} does not exist")
-        return sitk.ReadImage(str(path), pixel_type)
+        return _read_file(str(path), pixel_type)
+    except IncompleteFileError as exc:
+        raise ValueError(f"cannot read {path} as an image: {exc}") from exc
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read {path} as an image: {reason}") from exc
+
+
+def _read_file(path: str, pixel_type: int) -> sitk.Image:
+    """One image file with ``pixel_type``, once its voxel data are known to be complete (``check_volume_file``)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    check_volume_file(reader)
+    reader.SetOutputPixelType(pixel_type)
+    return reader.Execute()
