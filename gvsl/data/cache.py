@@ -17,9 +17,11 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic_files import is_partial, write_atomically, write_text_atomically
+from ..folder_lock import folder_lock
 
 if TYPE_CHECKING:  # reading a cache needs neither SimpleITK nor pydicom: preparing one imports them where used
     import SimpleITK as sitk
@@ -132,12 +135,34 @@ def from_storage(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
 
 
 def open_cache(cache_dir: Path | str) -> list[CacheEntry]:
-    """The usable entries of a cache, with ``path`` set; raises ``NoUsableDataError`` if there is none."""
+    """The usable entries of a cache, with ``path`` set; raises ``NoUsableDataError`` if there is none.
+
+    An entry whose array is missing or damaged (``array_problem``) is left out, with a line on standard error that
+    names it, so that training never stops on one bad file.
+    """
     cache_dir = Path(cache_dir)
-    entries = [e for e in _read_manifest(cache_dir)[1].values() if e.status == OK]
+    entries = []
+    for entry in _read_manifest(cache_dir)[1].values():
+        problem = array_problem(entry) if entry.status == OK else "skipped"
+        if not problem:
+            entries.append(entry)
+        elif entry.status == OK:
+            print(f"gvsl: cache entry {entry.key} left out: {problem}", file=sys.stderr, flush=True)
     if not entries:
         raise NoUsableDataError(f"cache {cache_dir} holds no usable volume (run `gvsl prepare` first)")
     return entries
+
+
+def array_problem(entry: CacheEntry) -> str:
+    """Why the array of a usable entry cannot be used ("" when its file holds a uint16 array of the manifest's
+    shape; only the .npy header is read)."""
+    try:
+        array = entry.stored()
+    except (OSError, ValueError, EOFError) as exc:
+        return f"cached array missing or damaged ({type(exc).__name__}: {exc})"
+    if list(array.shape) != entry.shape or array.dtype != STORAGE_DTYPE:
+        return f"cached array missing or damaged ({array.dtype} array of shape {list(array.shape)})"
+    return ""
 
 
 def is_cache(path: Path | str) -> bool:
@@ -154,15 +179,35 @@ def prepare_cache(source: Path | str, cache_dir: Path | str, *, config: PrepareC
     that are now skipped (including by the selection filters) lose their arrays; entries of series not in
     ``source`` (from earlier runs on other folders) are kept. Raises ``NoUsableDataError`` when nothing is usable and
     ``CacheWriteError`` when the cache cannot be written (the manifest then describes what was written).
+
+    Two runs on one cache at once do not interleave: the second waits for the first (``gvsl.folder_lock``).
     """
     if is_cache(source):
-        return _validate(Path(source))
-    from ..io import scan
+        with _update_lock(Path(source)):
+            return _validate(Path(source))
     from .preprocess import PrepareConfig
 
     config = config or PrepareConfig()
     cache_dir = Path(cache_dir)
     ensure_writable(cache_dir)
+    with _update_lock(cache_dir):
+        return _prepare(source, cache_dir, config, workers, progress)
+
+
+def _update_lock(cache_dir: Path) -> AbstractContextManager[None]:
+    """The cache's lock: a second ``prepare`` on one cache waits for the first (and then reuses its arrays)."""
+    def say_waiting() -> None:
+        print(f"gvsl: waiting for another process that is updating the cache {cache_dir}", file=sys.stderr,
+              flush=True)
+
+    return folder_lock(cache_dir, say_waiting)
+
+
+def _prepare(source: Path | str, cache_dir: Path, config: PrepareConfig, workers: int, progress: bool
+             ) -> PrepareSummary:
+    """``prepare_cache`` for a source that is not a cache, under the cache's lock."""
+    from ..io import scan
+
     settings = _settings(config)
     old_settings, old = _read_manifest(cache_dir) if is_cache(cache_dir) else (settings, {})
     if old_settings != settings:
@@ -368,16 +413,9 @@ def _validate(cache_dir: Path) -> PrepareSummary:
     """Check a cache's arrays against its manifest; entries whose array is missing or damaged become skipped."""
     settings, entries = _read_manifest(cache_dir)
     for entry in entries.values():
-        if entry.status != OK:
-            continue
-        try:
-            array = entry.stored()
-            problem = "" if list(array.shape) == entry.shape and array.dtype == STORAGE_DTYPE else \
-                f"{array.dtype} array of shape {list(array.shape)}"
-        except (OSError, ValueError) as exc:
-            problem = str(exc)
+        problem = array_problem(entry) if entry.status == OK else ""
         if problem:
-            entry.status, entry.reason = SKIPPED, f"cached array missing or damaged ({problem})"
+            entry.status, entry.reason = SKIPPED, problem
     if os.access(cache_dir, os.W_OK):
         _write_manifest(cache_dir, settings, entries)
     summary = PrepareSummary(used=sum(e.status == OK for e in entries.values()),
