@@ -144,6 +144,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         self.ui.resumeButton.connect("clicked(bool)", self.onResume)
         self.ui.useRunModelButton.connect("clicked(bool)", self.onUseRunModel)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.segmentDicomSegButton.connect("clicked(bool)", self.onSegmentToDicomSeg)
         self.ui.segmentByMatchingButton.connect("clicked(bool)", self.onSegmentByMatching)
 
         self.initializeParameterNode()
@@ -281,6 +282,19 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             self._startSegmentJob(self.logic.startSegmentation(p.inputVolume, model, p.device),
                                   f"{p.inputVolume.GetName()} segmentation")
 
+    def onSegmentToDicomSeg(self, _checked=None):
+        """Segment a volume loaded from the DICOM database as its series, and write a DICOM SEG that references it."""
+        with slicer.util.tryWithErrorDisplay(_("Could not segment into a DICOM SEG."), waitCursor=True):
+            p = self._parameterNode
+            model = pathOrNone(p.model)
+            if model is None or not p.inputVolume:
+                raise ValueError(_("Choose a model (a fine-tuning run folder or its checkpoint) and an input volume "
+                                   "loaded from the DICOM database."))
+            if not ensureBackend(self.logic):
+                return
+            self._startSegmentJob(self.logic.startDicomSegmentation(p.inputVolume, model, p.device),
+                                  f"{p.inputVolume.GetName()} segmentation")
+
     def onSegmentByMatching(self, _checked=None):
         with slicer.util.tryWithErrorDisplay("Could not segment by matching.", waitCursor=True):
             p = self._parameterNode
@@ -298,6 +312,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         job.inputNode, job.outputName = self._parameterNode.inputVolume, outputName
         self._segmentJob = job
         self.ui.segmentButton.enabled = self.ui.segmentByMatchingButton.enabled = False
+        self.ui.segmentDicomSegButton.enabled = False
         self.ui.segmentStatusLabel.text = "Segmenting…"
 
     def _pollSegment(self):
@@ -307,6 +322,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             return
         self._segmentJob = None
         self.ui.segmentButton.enabled = self.ui.segmentByMatchingButton.enabled = True
+        self.ui.segmentDicomSegButton.enabled = True
         if code != 0:
             self.ui.segmentStatusLabel.text = f"Segmentation failed ({code}): {job.process.new_output()[-2000:]}"
             return
@@ -318,6 +334,12 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             slicer.util.setSliceViewerLayers(background=job.inputNode, fit=True)
             count = output.GetSegmentation().GetNumberOfSegments()
             self.ui.segmentStatusLabel.text = f"{output.GetName()}: {count} segments (files in {job.labels.parent})."
+        if job.seg is not None:
+            from DICOMLib import DICOMUtils
+            added = DICOMUtils.importDicom(str(job.seg.parent), copyFiles=True)
+            where = _("added to the DICOM database") if added else _("not added to the DICOM database")
+            self.ui.segmentStatusLabel.text += "\n" + _("DICOM SEG: {path} ({where}).").format(path=job.seg,
+                                                                                              where=where)
 
     # Timer
 
@@ -365,8 +387,20 @@ class GVSLSegmentLogic(GVSLLogicBase):
 
     def startSegmentation(self, inputNode, model, device="auto"):
         """``gvsl segment`` on the volume in the background; returns the job: ``process``, ``labels`` (the label
-        map it writes) and ``table`` (its label table)."""
+        map it writes), ``table`` (its label table) and ``seg`` (None: no DICOM SEG)."""
         return results.start_segmentation(inputNode, model, self._workFolder("segment"), device)
+
+    def startDicomSegmentation(self, inputNode, model, device="auto", fileForInstance=None):
+        """``gvsl segment DICOM_SERIES --dicom-seg SEG`` for a volume loaded from Slicer's DICOM database: its series
+        is segmented and the job's ``seg`` is a DICOM SEG of the result that references it (otherwise the job is
+        ``startSegmentation``'s). ``fileForInstance``: SOP Instance UID → file, by default the database's."""
+        if fileForInstance is None:
+            database = slicer.dicomDatabase
+            if database is None or not database.isOpen:
+                raise ValueError(_("Open the DICOM database and load the volume from it."))
+            fileForInstance = database.fileForInstance
+        files = results.dicom_source_files(inputNode, fileForInstance)
+        return results.start_segmentation(inputNode, model, self._workFolder("segment"), device, dicom_files=files)
 
     def startSegmentationByMatching(self, inputNode, atlasNode, atlasSegmentationNode, checkpoint, device="auto"):
         """``gvsl match INPUT ATLAS --labels ATLAS_LABELS``: the atlas segmentation carried onto the input through
@@ -379,7 +413,7 @@ class GVSLSegmentLogic(GVSLLogicBase):
         command = match.match_command(inputPath, atlasPath, checkpoint, outDir, device or "auto", atlasLabels)
         process = runs.BackgroundProcess(command, folder / "match.log")
         return SimpleNamespace(process=process, labels=outDir / match.PROPAGATED_LABELS_NAME,
-                               table=label_maps.label_table_path(atlasLabels))
+                               table=label_maps.label_table_path(atlasLabels), seg=None)
 
 
 #

@@ -9,6 +9,7 @@ the labels) and ``val_dice_per_class`` (label name → Dice), which ``RunProgres
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from GVSLSharedLib.runs import RunProgress, gvsl_command
 
@@ -37,9 +38,12 @@ def finetune_command(data: os.PathLike, init: os.PathLike, run_dir: os.PathLike,
                         *(["--compare", COMPARED_MODE] if compare_with_scratch else []))
 
 
-def segment_command(image: os.PathLike, model: os.PathLike, out: os.PathLike, device: str = "auto") -> list[str]:
-    """``gvsl segment IMAGE --model RUN_OR_FILE --out LABELS``: the label map and ``LABELS``'s label table."""
-    return gvsl_command("segment", str(image), "--model", str(model), "--out", str(out), "--device", device)
+def segment_command(image: os.PathLike, model: os.PathLike, out: os.PathLike, device: str = "auto",
+                    dicom_seg: Optional[os.PathLike] = None) -> list[str]:
+    """``gvsl segment IMAGE --model RUN_OR_FILE --out LABELS``: the label map and ``LABELS``'s label table; with
+    ``dicom_seg`` (IMAGE a DICOM series folder) also ``--dicom-seg SEG``, a DICOM SEG that references the series."""
+    return gvsl_command("segment", str(image), "--model", str(model), "--out", str(out), "--device", device,
+                        *(["--dicom-seg", str(dicom_seg)] if dicom_seg is not None else []))
 
 
 def split_curves(curves: dict[str, list[tuple[int, float]]]) -> tuple[dict, dict]:

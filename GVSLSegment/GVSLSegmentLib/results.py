@@ -1,10 +1,17 @@
 """``gvsl segment`` on a volume node in the background; its label map becomes a segmentation node through
-``GVSLSharedLib.label_maps`` (which both modules use)."""
+``GVSLSharedLib.label_maps`` (which both modules use).
+
+A volume loaded from Slicer's DICOM database can be segmented as its DICOM series, and then ``gvsl segment`` also
+writes a DICOM SEG of the result that references that series (``--dicom-seg``).
+"""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 from GVSLSharedLib.label_maps import label_table_path
 from GVSLSharedLib.runs import BackgroundProcess
@@ -12,15 +19,50 @@ from GVSLSharedLib.volumes import write_volume_node
 
 from .finetuning import segment_command
 
+DICOM_INSTANCES_ATTRIBUTE = "DICOM.instanceUIDs"  # Slicer's DICOM readers list a volume's SOP Instance UIDs here
+DICOM_DIR = "dicom"  # in a segmentation job's folder: the copied source series
+SEG_NAME = "segmentation.seg.dcm"  # in a job's "seg" folder (a folder of its own, to import into the DICOM database)
 
-def start_segmentation(volume_node, model: os.PathLike, folder: os.PathLike, device: str = "auto") -> SimpleNamespace:
+
+def dicom_source_files(volume_node, file_for_instance: Callable[[str], str]) -> list[Path]:
+    """The DICOM files a volume was loaded from, one per SOP Instance UID of its ``DICOM.instanceUIDs`` attribute.
+
+    ``file_for_instance``: SOP Instance UID → file path, "" when unknown (Slicer's
+    ``slicer.dicomDatabase.fileForInstance``). ValueError naming the volume when it was not loaded from DICOM or
+    when a file is missing.
+    """
+    name = volume_node.GetName()
+    uids = (volume_node.GetAttribute(DICOM_INSTANCES_ATTRIBUTE) or "").split()
+    if not uids:
+        raise ValueError(f"the volume {name!r} was not loaded from the DICOM database; a DICOM SEG references the "
+                         "DICOM series it segments: load the series from the DICOM database")
+    files = [Path(file_for_instance(uid) or "") for uid in uids]
+    missing = [uid for uid, path in zip(uids, files) if not path.is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} of the {len(uids)} DICOM files of {name!r} are missing from the DICOM "
+                         f"database (first: instance {missing[0]})")
+    return files
+
+
+def start_segmentation(volume_node, model: os.PathLike, folder: os.PathLike, device: str = "auto",
+                       dicom_files: Optional[Sequence[os.PathLike]] = None) -> SimpleNamespace:
     """``gvsl segment`` on a volume node in the background, its input, log and output in ``folder``; returns the job:
-    ``process``, ``labels`` (the label map it writes) and ``table`` (that map's label table)."""
+    ``process``, ``labels`` (the label map it writes), ``table`` (that map's label table) and ``seg``.
+
+    Without ``dicom_files`` the node's voxels are segmented (written as ``input.nrrd``) and ``seg`` is None. With
+    them (``dicom_source_files``) the files are copied into ``folder/dicom`` and segmented as that series, and
+    ``seg`` is the DICOM SEG of the result, alone in ``folder/seg``.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    image, labels = folder / "input.nrrd", folder / "segmentation.nrrd"
-    write_volume_node(volume_node, image, "input volume")
-    process = BackgroundProcess(segment_command(image, model, labels, device or "auto"), folder / "segment.log")
-    return SimpleNamespace(process=process, labels=labels, table=label_table_path(labels))
-
-
+    labels, seg = folder / "segmentation.nrrd", None
+    if dicom_files is None:
+        image = folder / "input.nrrd"
+        write_volume_node(volume_node, image, "input volume")
+    else:
+        image, seg = folder / DICOM_DIR, folder / "seg" / SEG_NAME
+        image.mkdir()
+        for number, path in enumerate(dicom_files):  # numbered: files from several database folders may share names
+            shutil.copyfile(path, image / f"{number:05d}.dcm")
+    process = BackgroundProcess(segment_command(image, model, labels, device or "auto", seg), folder / "segment.log")
+    return SimpleNamespace(process=process, labels=labels, table=label_table_path(labels), seg=seg)

@@ -3,7 +3,8 @@
 A label table (``gvsl.labels``: ``{"labels": [{"value", "name", "color"}]}``) is written beside its map
 (``seg.nrrd`` → ``seg.labels.json``). ``import_label_map`` gives a segmentation one segment per entry (its name and
 colour; structures the map does not contain stay as empty segments), the input volume as reference geometry, a
-closed-surface representation (the 3D view) and a place next to the input volume in the subject hierarchy.
+closed-surface representation (the 3D view) and a place next to the input volume in the subject hierarchy; entries
+with codes give their segments that terminology (``terminology``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from .terminology import terminology_entry
 from .volumes import add_volume_node, image_from_volume_node
 
 LABEL_TABLE_SUFFIX = ".labels.json"  # a label map's table: seg.nrrd -> seg.labels.json (gvsl.labels; a test checks)
@@ -124,7 +126,10 @@ def import_label_map(scene, label_image: sitk.Image, table: dict, reference_volu
         if segment_id:
             segmentation.GetSegment(segment_id).SetColor(entry["color"])
         else:
-            segmentation.AddEmptySegment("", entry["name"], entry["color"])
+            segment_id = segmentation.AddEmptySegment("", entry["name"], entry["color"])
+        terminology = terminology_entry(entry)
+        if terminology:
+            segmentation.GetSegment(segment_id).SetTerminology(terminology)
     output_node.CreateDefaultDisplayNodes()
     output_node.CreateClosedSurfaceRepresentation()
     place_next_to(scene, output_node, reference_volume_node)
