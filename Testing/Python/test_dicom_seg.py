@@ -23,7 +23,7 @@ from gvsl.io import dicom_series_files, read_image
 from gvsl.labels import GENERIC_CATEGORY, GENERIC_TYPE, check_label_table, complete_label_table, make_label_table
 from gvsl.sample_data import TISSUE_TERMINOLOGY, TISSUES, load_mni, tissue_labels, write_dicom_series
 from gvsl.segment import SegmentationInfo, SegmentationNet, segmentation_payload
-from gvsl.segment.dicom_seg import write_dicom_seg
+from gvsl.segment.dicom_seg import slice_indices, write_dicom_seg
 
 hd = pytest.importorskip("highdicom", reason="DICOM SEG export needs highdicom (pip install 'gvsl[dicom-seg]')")
 
@@ -118,6 +118,10 @@ def test_seg_refuses_a_map_off_the_series_grid_and_unnamed_values(mni, series, t
     shifted.SetOrigin(tuple(np.asarray(labels.GetOrigin()) + 2.0))
     with pytest.raises(ValueError, match="not a slice of the label map's grid"):
         write_dicom_seg(shifted, TABLE, dicom_series_files(series), tmp_path / "off.dcm")
+    enhanced = pydicom.dcmread(dicom_series_files(series)[0])
+    enhanced.NumberOfFrames = 2  # as an enhanced (multi-frame) image would be
+    with pytest.raises(ValueError, match="needs a series of one file per slice"):
+        slice_indices(labels, [enhanced])
     with pytest.raises(ValueError, match=r"values \[4\] that its label table does not name"):
         write_dicom_seg(labels, {"labels": TABLE["labels"][:1]}, dicom_series_files(series), tmp_path / "x.dcm")
     assert not list(tmp_path.iterdir())

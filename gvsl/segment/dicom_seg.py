@@ -55,12 +55,16 @@ def slice_indices(label: sitk.Image, sources: Sequence[pydicom.Dataset]) -> list
 
     A source is a slice of the label map's grid when its ImagePositionPatient (LPS mm) is the physical point of
     voxel (0, 0, k), its ImageOrientationPatient the grid's first two direction columns and its Rows x Columns
-    the grid's (j, i) size. ValueError naming the first source that is not, and when two are the same slice.
+    the grid's (j, i) size. ValueError naming the first source that is not (a multi-frame image is not supported),
+    and when two are the same slice.
     """
     direction = np.asarray(label.GetDirection()).reshape(3, 3)
     size_i, size_j, size_k = label.GetSize()
     indices = []
     for ds in sources:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "ImagePositionPatient" not in ds:
+            raise ValueError(f"source image {ds.get('SOPInstanceUID', '?')} is not a single-frame slice with a "
+                             "position: DICOM SEG export needs a series of one file per slice")
         index = np.asarray(label.TransformPhysicalPointToContinuousIndex([float(v) for v in ds.ImagePositionPatient]))
         k = int(round(index[2]))
         on_grid = (np.all(np.abs(index - [0, 0, k]) < GRID_TOLERANCE_VOXELS) and 0 <= k < size_k
