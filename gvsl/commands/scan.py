@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(records: Sequence[SeriesInfo]) -> str:
-    """A readable table: one row per series, then the count of usable series."""
+    """A readable table: one row per series, then the count of usable series; control characters are escaped."""
     header = ("", "patient", "study", "series", "mod", "description", "files", "MB", "geometry", "reason")
     rows = [header] + [
         ("ok" if r.usable else "--", r.patient_id or "-", _tail(r.study_uid), _tail(r.series_uid) or r.files[0],
@@ -83,11 +83,18 @@ def format_table(records: Sequence[SeriesInfo]) -> str:
          r.geometry.describe() if r.geometry else "-", "; ".join(filter(None, [r.reason, r.note])))
         for r in records
     ]
+    rows = [tuple(_printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[c]) for row in rows) for c in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     usable = sum(r.usable for r in records)
     lines.append(f"{usable} usable of {len(records)} series")
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (DICOM text may hold escape sequences that would drive the terminal) shown
+    as ``\\xNN`` escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _tail(uid: str, n: int = 12) -> str:
