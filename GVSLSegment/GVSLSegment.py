@@ -5,6 +5,7 @@ processes, no Qt; shared with GVSLPretrain, which this module does not import) a
 fine-tuning, segmentation and matching run as ``gvsl`` processes with Slicer's Python. What both modules' classes have
 in common (run control, backend check, logic base, self-test runner) is ``GVSLSharedLib.module_base``.
 """
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -394,6 +395,9 @@ class GVSLSegmentLogic(GVSLLogicBase):
         """``gvsl segment DICOM_SERIES --dicom-seg SEG`` for a volume loaded from Slicer's DICOM database: its series
         is segmented and the job's ``seg`` is a DICOM SEG of the result that references it (otherwise the job is
         ``startSegmentation``'s). ``fileForInstance``: SOP Instance UID → file, by default the database's."""
+        if importlib.util.find_spec("highdicom") is None:  # gvsl segment runs with this Python
+            raise ValueError(_("DICOM SEG export needs the Python package highdicom (gvsl[dicom-seg]): install it "
+                               "from Slicer's Python console with slicer.util.pip_install('highdicom')."))
         if fileForInstance is None:
             database = slicer.dicomDatabase
             if database is None or not database.isOpen:
