@@ -17,10 +17,10 @@ from GVSLSharedLib.pipeline_check import (
     CheckFailed,
     Tick,
     check_pretrain_and_match,
-    load_volume,
     no_op,
     run_to_end,
 )
+from GVSLSharedLib.samples import load_volume
 
 from . import finetuning, results, training_data
 

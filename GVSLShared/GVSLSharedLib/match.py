@@ -1,6 +1,6 @@
 """Inspect matches in the scene: inputs for ``gvsl match``, its outputs, and the nodes that show a match.
 
-``gvsl match FIXED MOVING --checkpoint C --out DIR`` runs in the background on
+``gvsl match FIXED MOVING [--checkpoint C] --out DIR`` runs in the background on
 volumes written from the scene; this module reads DIR back into a
 ``MatchResult``-like object and builds the transform nodes, the warped moving
 volume and a checkerboard. Only ``.transform`` (fixed → moving, LPS),
@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
+from .jobs import Job
 from .runs import BackgroundProcess, gvsl_command
 from .similarity_job import SIMILARITY_NAME
 from .transforms import add_match_transform_nodes, show_transform
@@ -37,6 +38,7 @@ NETWORK_TRANSFORM_NAME = "transform_network.h5"  # with refinement: the network'
 WARPED_NAME = "moving_warped.nii.gz"  # the moving volume resampled into the fixed grid
 METRICS_NAME = "metrics.json"
 PROPAGATED_LABELS_NAME = "labels_propagated.nii.gz"  # with --labels: the moving label map on the fixed grid
+UNTRAINED_NAME = "untrained_network.pt"  # without --checkpoint: the network it used (gvsl.commands.match)
 
 
 def write_match_inputs(fixed_node, moving_node, folder: os.PathLike) -> tuple[Path, Path]:
@@ -57,14 +59,15 @@ AS_TRAINED = "as trained"
 
 def _match_arguments(fixed_path, moving_path, checkpoint, out_dir, device, initial_alignment=AS_TRAINED) -> list[str]:
     alignment = [] if initial_alignment in (None, AS_TRAINED) else ["--initial-alignment", initial_alignment]
-    return [str(fixed_path), str(moving_path), "--checkpoint", str(checkpoint), "--out", str(out_dir),
-            "--device", device, *alignment]
+    network = ["--checkpoint", str(checkpoint)] if checkpoint else []
+    return [str(fixed_path), str(moving_path), *network, "--out", str(out_dir), "--device", device, *alignment]
 
 
-def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,
+def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: Optional[os.PathLike],
                   out_dir: os.PathLike, device: str = "cpu", moving_labels: Optional[os.PathLike] = None,
                   refine: Optional[int] = None, initial_alignment: str = AS_TRAINED) -> list[str]:
     """The ``gvsl match`` command line (run with Slicer's Python) on a torch ``device`` (cpu, cuda, cuda:N, mps);
+    ``checkpoint`` None: an untrained network starts the match and the refinement on the pair carries it;
     ``moving_labels``: a label map on the moving volume, carried onto the fixed grid (``PROPAGATED_LABELS_NAME``);
     ``refine``: the most refinement steps per stage (None: the backend's default; 0: the network alone);
     ``initial_alignment``: "centres-of-mass", "physical" or ``AS_TRAINED``."""
@@ -74,19 +77,21 @@ def match_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint:
                                                    initial_alignment), *labels, *steps)
 
 
-def start_match(fixed_node, moving_node, checkpoint: os.PathLike, folder: os.PathLike, device: str = "auto",
-                refine: Optional[int] = None, initial_alignment: str = AS_TRAINED) -> SimpleNamespace:
+def start_match(fixed_node, moving_node, checkpoint: Optional[os.PathLike], folder: os.PathLike,
+                device: str = "auto", refine: Optional[int] = None, initial_alignment: str = AS_TRAINED,
+                moving_labels: Optional[os.PathLike] = None) -> Job:
     """``gvsl match`` on two volume nodes in the background, its inputs, log and outputs in ``folder``; returns the
-    job: ``process``, ``outDir`` (the output folder) and ``inputs`` (fixed path, moving path, checkpoint, device,
-    initial alignment: what ``similarity_command`` needs). ``device`` "auto" lets the backend pick CUDA, then Apple
-    MPS, then the CPU; ``refine`` and ``initial_alignment`` as for ``match_command``."""
+    job with ``outDir`` (the output folder) and ``inputs`` (fixed path, moving path, the network's checkpoint, device,
+    initial alignment: what ``similarity_command`` needs; without ``checkpoint``, the untrained network ``gvsl match``
+    writes into ``outDir``). ``device`` "auto" lets the backend pick CUDA, then Apple MPS, then the CPU; ``refine``,
+    ``initial_alignment`` and ``moving_labels`` as for ``match_command``."""
     folder = Path(folder)
     fixed_path, moving_path = write_match_inputs(fixed_node, moving_node, folder)
     out_dir = folder / "out"
-    inputs = (fixed_path, moving_path, checkpoint, device or "auto", initial_alignment)
-    command = match_command(*inputs[:3], out_dir, inputs[3], refine=refine, initial_alignment=initial_alignment)
-    process = BackgroundProcess(command, folder / "match.log")
-    return SimpleNamespace(process=process, outDir=out_dir, inputs=inputs)
+    command = match_command(fixed_path, moving_path, checkpoint, out_dir, device or "auto", moving_labels, refine,
+                            initial_alignment)
+    inputs = (fixed_path, moving_path, checkpoint or out_dir / UNTRAINED_NAME, device or "auto", initial_alignment)
+    return Job(BackgroundProcess(command, folder / "match.log"), folder, outDir=out_dir, inputs=inputs)
 
 
 def similarity_command(fixed_path: os.PathLike, moving_path: os.PathLike, checkpoint: os.PathLike,

@@ -8,16 +8,12 @@ module's own functions. A tiny network on a coarse grid keeps the whole check to
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import SimpleITK as sitk
-
-from . import match, runs
-from .sample_job import MISSING_SAMPLE_DATA
-from .volumes import add_volume_node
+from . import match, runs, samples
+from .samples import load_volume
 
 TINY_CHANNELS = "4,4,8,8,8,8,8,4,4"
 SPACING_MM = 4.0
@@ -61,25 +57,15 @@ def _log(process: runs.BackgroundProcess) -> str:
 
 
 def write_sample_heads(folder: os.PathLike, tick: Tick = no_op, subjects: int = 3) -> list[tuple[Path, Path]]:
-    """Sample heads and tissue label maps in ``folder`` (``sample_job.py``); returns (volume, labels) paths."""
-    folder = Path(folder)
-    job = Path(__file__).with_name("sample_job.py")
-    command = [sys.executable, str(job), "--out", str(folder), "--subjects", str(subjects),
-               "--spacing", str(SPACING_MM)]
-    process = runs.BackgroundProcess(command, folder / "sample.log")
+    """Sample heads and tissue label maps in ``folder`` (``samples.start_sample``); returns (volume, labels) paths."""
+    job = samples.start_sample(folder, samples.HEADS, subjects)
     try:
-        run_to_end(process, "writing the sample heads", tick)
+        run_to_end(job.process, "writing the sample heads", tick)
     except CheckFailed as exc:
-        if process.poll() == MISSING_SAMPLE_DATA:
-            raise SampleDataUnavailable(_log(process).strip().splitlines()[-1]) from exc
+        if samples.missing_sample_data(job.poll()):
+            raise SampleDataUnavailable(_log(job.process).strip().splitlines()[-1]) from exc
         raise
-    volumes = sorted((folder / "volumes").glob("*.nrrd"))
-    return [(path, folder / "labels" / path.name) for path in volumes]
-
-
-def load_volume(scene, path: os.PathLike, name: str):
-    """A scalar volume node from a file (its geometry kept exactly)."""
-    return add_volume_node(scene, sitk.ReadImage(str(path)), name)
+    return [(volume, labels) for volume, labels, _ in samples.sample_files(folder, samples.HEADS)]
 
 
 def pretrain(volumes_dir: os.PathLike, run_dir: os.PathLike, tick: Tick = no_op, iterations: int = 4) -> Path:

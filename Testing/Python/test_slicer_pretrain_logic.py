@@ -454,15 +454,6 @@ def test_database_selection_filters_and_links(tmp_path):
     assert (folder / "series_00001" / "00001_s3_1.dcm").read_bytes() == b"DICM"
 
 
-def test_slicer_provided_packages_are_never_installed():
-    assert dependencies.requirement_name("SimpleITK>=2.3") == "simpleitk"
-    assert dependencies.requirement_name("scikit_image[data]>=0.2; python_version>'3'") == "scikit-image"
-    missing = dependencies.missing_requirements(["numpy>=1", "SimpleITK>=2.3", "torch>=2", "vtk",
-                                                 "surely-not-installed-gvsl-test>=1; python_version>'3'",
-                                                 'ruff; extra == "test"'])
-    assert missing == ["surely-not-installed-gvsl-test>=1"]
-
-
 def test_similarity_job_peaks_at_the_same_point_of_the_same_scan(scene, tmp_path):
     import subprocess
 
