@@ -118,9 +118,11 @@ def test_sample_segment_dicom_seg_reads_back_with_the_voxels_names_and_terminolo
         assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
 
 
-def test_dicom_seg_needs_a_volume_from_the_dicom_database(scene, sample_series):
+def test_dicom_seg_needs_a_volume_from_the_dicom_database_and_empty_segments_keep_terminology(scene, sample_series):
     from GVSLSegmentLib import finetuning, results
     from GVSLSharedLib import volumes
+    from GVSLSharedLib.label_maps import import_label_map
+    from GVSLSharedLib.terminology import terminology_entry
 
     from gvsl.cli import build_parser
     node, file_for_instance = load_from_dicom_database(scene, sample_series)
@@ -131,6 +133,12 @@ def test_dicom_seg_needs_a_volume_from_the_dicom_database(scene, sample_series):
     plain = volumes.add_volume_node(scene, read_image(sample_series), "from a file")
     with pytest.raises(ValueError, match="'from a file' was not loaded from the DICOM database"):
         results.dicom_source_files(plain, file_for_instance)
+    empty = sitk.Image(volumes.image_from_volume_node(node).GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(volumes.image_from_volume_node(node))
+    output = import_label_map(scene, empty, TABLE, node)  # structures absent from the map: empty segments
+    terminologies = [output.GetSegmentation().GetNthSegment(i).GetTerminology() for i in range(2)]
+    assert terminologies == [terminology_entry(entry) for entry in TABLE["labels"]]
+    assert "SCT^389080008^White Matter" in terminologies[1]
     args = build_parser().parse_args(finetuning.segment_command("dicom", "run", "out.nrrd", "cpu", "s.dcm")[3:])
     assert (args.image, args.dicom_seg) == ("dicom", "s.dcm")
     assert build_parser().parse_args(finetuning.segment_command("in.nrrd", "run", "out.nrrd")[3:]).dicom_seg is None
