@@ -1,10 +1,12 @@
 """Logic of the GVSLSegment module that talks to MRML and runs the gvsl backend; imports no Qt and no torch.
 
 ``training_data`` ((volume, segmentation) cases → ``gvsl finetune``'s folder, segments matched by name),
-``results`` (label map + label table → segmentation node with names, colours, reference geometry, closed surface,
-subject hierarchy place), ``finetuning`` (``gvsl finetune``/``gvsl segment`` command lines, chart curves) and
-``pipeline_check`` (the self-test body: fine-tuning and segmentation of sample heads, as the module runs them).
-Volumes, run folders, processes, charts and ``gvsl match`` come from ``GVSLSharedLib``.
+``results`` (``gvsl segment`` on a volume node in the background; a volume from the DICOM database as its
+series, with a DICOM SEG that references it), ``finetuning`` (``gvsl finetune``/``gvsl segment`` command lines,
+chart curves) and ``pipeline_check`` (the self-test body: fine-tuning and segmentation of sample heads, as the
+module runs them).
+Volumes, label maps ↔ segmentation nodes (names, colours, terminology), run folders, processes, charts and
+``gvsl match`` come from ``GVSLSharedLib``.
 """
 import os
 import sys
