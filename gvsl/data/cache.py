@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -279,11 +280,10 @@ def _category(reason: str) -> str:
 
 def ensure_writable(cache_dir: Path) -> None:
     """Create ``cache_dir`` if needed; CacheWriteError unless a file can be written in it."""
-    probe = cache_dir / f".write-test-{os.getpid()}"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=cache_dir):  # nameless where the system allows: a kill leaves nothing
+            pass
     except OSError as exc:
         raise CacheWriteError(f"cache folder {cache_dir} is not writable: {exc.strerror or exc}") from exc
 
