@@ -13,15 +13,18 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from GVSLPretrainLib import dicom_selection, probe
-from GVSLSharedLib import match, pipeline_check, plots, runs, volumes
+from GVSLPretrainLib import dicom_selection, presets, probe
+from GVSLSharedLib import jobs, match, pipeline_check, plots, runs, samples, volumes
 from GVSLSharedLib.module_base import (
     POLL_INTERVAL_MS,
+    DeviceChoice,
     GVSLLogicBase,
+    JobControl,
     RunControlMixin,
     acknowledgementText,
     ensureBackend,
     pathOrNone,
+    registerSampleData,
     runPipelineCheck,
     sharedResourcePath,
     userGuideLink,
@@ -57,18 +60,24 @@ class GVSLPretrain(ScriptedLoadableModule):
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
         self.parent.helpText = _(
             "Pre-train a 3D network on your own unlabeled CT/MR collection with Geometric Visual Similarity Learning "
-            "and inspect the correspondences it learned. <b>Data</b>: choose series from the DICOM database or a "
-            "folder and scan them. <b>Pre-training</b>: runs <code>gvsl pretrain</code> in the background; the run "
-            "folder keeps its progress, so the module reconnects to it later. <b>Inspect matches</b>: matches a "
-            "moving volume to a fixed one with a checkpoint (after an initial alignment, then refined on the pair "
-            "itself unless the refinement steps are 0) and shows the transform, the warped volume and linked point "
-            "lists. <b>Metrics</b>: of the final match, and of the network's alone (<code>network ...</code>); "
-            "<code>ncc_after</code> above <code>ncc_before</code> means the warped volume agrees better with the "
-            "fixed one (local normalised cross-correlation, 0..1), which alone does not prove the points "
-            "correspond; <code>nonpositive_jacobian_percent</code> is the share of the field that folds (0 is "
-            "ideal)."
+            "and inspect the correspondences it learned. <b>Data</b>: choose series from the DICOM database or a folder"
+            " and scan them. <b>Pre-training</b>: runs <code>gvsl pretrain</code> in the background; the run folder "
+            "keeps its progress, so the module reconnects to it later; the quick look preset takes minutes. <b>Inspect "
+            "matches</b>: matches a moving volume to a fixed one with a checkpoint, or none (after an initial "
+            "alignment, then refined on the pair itself unless the refinement steps are 0) and shows the transform, the"
+            " warped volume and linked point lists. <b>Sample data</b>: two sample heads and a real brain with their "
+            "segmentations, to try it on. <b>Metrics</b>: of the final match, and of the network's alone (<code>network"
+            " ...</code>); <code>ncc_after</code> above <code>ncc_before</code> means the warped volume agrees better "
+            "with the fixed one (local normalised cross-correlation, 0..1), which alone does not prove the points "
+            "correspond; <code>nonpositive_jacobian_percent</code> is the share of the field that folds (0 is ideal)."
         ) + userGuideLink()
         self.parent.acknowledgementText = acknowledgementText()
+        slicer.app.connect("startupCompleted()", self.registerSampleData)
+
+    def registerSampleData(self):
+        """The GVSL samples in Slicer's Sample Data module (registered here only: they serve both modules)."""
+        registerSampleData(sharedResourcePath(os.path.dirname(__file__), "Icons/GVSLPretrain.png"),
+                           GVSLPretrainLogic().writeAndLoadSample)
 
 
 #
@@ -80,12 +89,14 @@ class GVSLPretrain(ScriptedLoadableModule):
 class GVSLPretrainParameterNode:
     """The module's settings, saved with the scene (names match SlicerParameterName in the .ui file).
 
-    The run settings start at ``gvsl pretrain``'s defaults (``gvsl.train.config.TrainConfig``; a test checks).
+    The run settings start at ``gvsl pretrain``'s defaults (``gvsl.train.config.TrainConfig``; a test checks), the
+    "full" preset; ``device`` is the device combo box's (filled from what torch reports, so not bound by name).
     """
 
     modalities: str = "CT MR"
     dataFolder: pathlib.Path
     runFolder: pathlib.Path
+    preset: Annotated[str, Choice(list(presets.PRESETS))] = presets.FULL
     iterations: Annotated[int, WithinRange(1, 10_000_000)] = 200_000
     patchSize: Annotated[int, WithinRange(16, 512)] = 128
     batchSize: Annotated[int, WithinRange(0, 256)] = 0  # runs.AUTO_BATCH: gvsl pretrain --batch auto
@@ -120,8 +131,9 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         self._timer = None
         self._similarityTimer = None  # waits for a dragged point to settle before computing its similarity map
         self._similarityPoint = None  # fixed RAS point whose similarity map is wanted
-        self._scanJob = None  # (process, json path)
-        self._matchJob = None  # SimpleNamespace(process, outDir, inputs)
+        self._sampleControl = self._scanControl = self._matchControl = None  # JobControl of each short job
+        self._deviceChoice = None
+        self._shownMatch = None  # the job of the match shown: its folder holds the similarity job's inputs
         self._matchInputs = None  # inputs of the match shown, for the similarity job
         self._matchNodes = None
         self._matchTransform = None  # SimpleITK fixed -> moving (LPS) of the match shown
@@ -147,6 +159,20 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        self._sampleControl = JobControl(_("Writing the sample"), [self.ui.loadSampleButton],
+                                         self.ui.cancelSampleButton, self.ui.scanSummaryLabel, self._showSample,
+                                         onChange=self.updateButtons)
+        self._scanControl = JobControl(_("Scanning"), [self.ui.scanButton], self.ui.cancelScanButton,
+                                       self.ui.scanSummaryLabel, self._showScan, onChange=self.updateButtons)
+        self._matchControl = JobControl(_("Matching"), [self.ui.computeMatchesButton], self.ui.cancelMatchButton,
+                                        self.ui.matchStatusLabel, self._showMatch, self.ui.matchProgressBar,
+                                        onChange=self.updateButtons)
+        self._deviceChoice = DeviceChoice(self.ui.deviceComboBox, self.logic, lambda: self._parameterNode)
+        for sample in samples.SAMPLES:
+            self.ui.sampleComboBox.addItem(sample.description, sample.kind)
+
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChosen)
         self.ui.databaseRadioButton.connect("toggled(bool)", self.updateDataSource)
         self.ui.refreshDatabaseButton.connect("clicked(bool)", self.onRefreshDatabase)
         self.ui.scanButton.connect("clicked(bool)", self.onScan)
@@ -165,19 +191,70 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         self.initializeParameterNode()
         self.updateDataSource()
         self.onRefreshDatabase()
+        self._deviceChoice.query()
         self._timer.start()
 
     def cleanup(self):
-        """Short jobs end with the widget; a pre-training run goes on and is reconnected to later."""
+        """Short jobs end with the widget (cancelled: their folders go); a pre-training run goes on and is
+        reconnected to later."""
         self._timer.stop()
         self._similarityTimer.stop()
-        for process in (self._scanJob and self._scanJob[0], self._matchJob and self._matchJob.process,
-                        self._similarityJob and self._similarityJob[0]):
-            if process is not None:
-                process.kill()
+        for control in (self._sampleControl, self._scanControl, self._matchControl):
+            control.cancel()
+        if self._similarityJob is not None:
+            self._similarityJob[0].kill()
+        if self._shownMatch is not None:
+            self._shownMatch.discard()
         if self._probe is not None:
             self._probe.close()
         self.removeObservers()
+
+    def initializeParameterNode(self):
+        RunControlMixin.initializeParameterNode(self)
+        self._deviceChoice.show(self._parameterNode.device)
+
+    def updateButtons(self):
+        """Each action's button is enabled only when its inputs are set and its job is not running."""
+        p = self._parameterNode
+        if p is None:
+            return
+        fromDatabase = self.ui.databaseRadioButton.checked
+        self.ui.scanButton.enabled = not self._scanControl.running and (
+            fromDatabase or pathOrNone(p.dataFolder) is not None)
+        self.ui.computeMatchesButton.enabled = not self._matchControl.running and bool(
+            p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
+        self.ui.propagateSegmentationButton.enabled = self._matchTransform is not None and bool(p.movingSegmentation)
+        self.ui.latestCheckpointButton.enabled = self._run is not None and self._run.exists()
+        self.ui.loadSampleButton.enabled = not self._sampleControl.running
+        self._updateRunButtons(inputsReady=fromDatabase or pathOrNone(p.dataFolder) is not None)
+
+    # Sample data
+
+    def onLoadSample(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
+            if not ensureBackend(self.logic):
+                return
+            self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
+
+    def _showSample(self, job):
+        """The sample's first volume as fixed, its atlas (with the segmentation) as moving."""
+        loaded = self.logic.loadSample(job)
+        p = self._parameterNode
+        p.fixedVolume, p.movingVolume, p.movingSegmentation = loaded.target, loaded.atlas, loaded.segmentation
+        slicer.util.setSliceViewerLayers(background=loaded.target, fit=True)
+        self.ui.scanSummaryLabel.text = _("Loaded {names}.").format(
+            names=", ".join(node.GetName() for node in (*loaded.volumes, loaded.segmentation)))
+
+    # Pre-training presets
+
+    def onPresetChosen(self, _index=None):
+        """Set the run settings of the chosen preset (read from the combo box: the parameter node may lag)."""
+        preset = presets.PRESETS.get(self.ui.presetComboBox.currentText)
+        if preset is None or self._parameterNode is None:
+            return
+        p = self._parameterNode
+        p.iterations, p.patchSize = preset.iterations, preset.patch
+        p.batchSize, p.learningRate = preset.batch, preset.lr
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
@@ -236,41 +313,30 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         if not self.ui.databaseRadioButton.checked:
             folder = pathOrNone(self._parameterNode.dataFolder)
             if folder is None:
-                raise ValueError("Choose the collection's folder.")
+                raise ValueError(_("Choose the collection's folder."))
             return folder
         uids = self._checkedSeriesUids()
         runFolder = pathOrNone(self._parameterNode.runFolder)
         if not uids or runFolder is None:
-            raise ValueError("Tick series in the DICOM database and choose the output folder (the selection is "
-                             "linked there).")
+            raise ValueError(_("Tick series in the DICOM database and choose the output folder (the selection is "
+                               "linked there)."))
         return self.logic.linkDatabaseSelection(slicer.dicomDatabase, uids, runFolder)
 
     def onScan(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Scanning failed.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Scanning failed."), waitCursor=True):
             dataPath = self._dataPath()
             if not ensureBackend(self.logic):
                 return
-            self._scanJob = self.logic.startScan(dataPath, self._modalities())
-            self.ui.scanSummaryLabel.text = "Scanning…"
-            self.ui.scanButton.enabled = False
+            self._scanControl.start(self.logic.startScan(dataPath, self._modalities()))
 
-    def _pollScan(self):
-        process, jsonPath = self._scanJob
-        code = process.poll()
-        if code is None:
-            return
-        self._scanJob = None
-        self.ui.scanButton.enabled = True
-        if code == 0:
-            summary = dicom_selection.summarize_scan(jsonPath.read_text(encoding="utf-8"))
-            self.ui.scanSummaryLabel.text = summary.describe()
-        else:
-            self.ui.scanSummaryLabel.text = f"gvsl scan failed ({code}): {process.new_output()[-2000:]}"
+    def _showScan(self, job):
+        self.ui.scanSummaryLabel.text = dicom_selection.summarize_scan(job.jsonPath.read_text(encoding="utf-8")
+                                                                       ).describe()
 
     # Pre-training
 
     def onStart(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not start pre-training.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start pre-training."), waitCursor=True):
             dataPath = self._dataPath()
             if not ensureBackend(self.logic):
                 return
@@ -278,11 +344,12 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             self._startedRun()
 
     def updateRunPanel(self):
-        progress = self._updateRunButtons()
+        self.updateButtons()
+        progress = self._run.progress if self._run is not None else None
         if progress is None:
             return
         self.ui.progressLabel.text = self._progressText(
-            progress, [f"{progress.it_per_s:.2f} it/s"] if progress.it_per_s else [])
+            progress, [_("{speed:.2f} it/s").format(speed=progress.it_per_s)] if progress.it_per_s else [])
         if progress.curves:
             self._showChartOnce(plots.update_loss_chart(slicer.mrmlScene, progress.curves))
 
@@ -291,58 +358,52 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
     def onUseLatestCheckpoint(self, _checked=None):
         checkpoints = self._run.checkpoints() if self._run is not None else []
         if not checkpoints:
-            slicer.util.warningDisplay("The output folder's run has no checkpoint yet.")
+            slicer.util.warningDisplay(_("The output folder's run has no checkpoint yet."))
             return
         self._parameterNode.checkpoint = checkpoints[-1]
 
     def onComputeMatches(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not compute matches.", waitCursor=True):
+        """Match the moving volume to the fixed one, with the checkpoint or, without one, an untrained network whose
+        answer the refinement on the pair carries."""
+        with slicer.util.tryWithErrorDisplay(_("Could not compute matches."), waitCursor=True):
             p = self._parameterNode
-            checkpoint = pathOrNone(p.checkpoint)
-            if checkpoint is None or not p.fixedVolume or not p.movingVolume:
-                raise ValueError("Choose a checkpoint, a fixed volume and a moving volume.")
+            if not p.fixedVolume or not p.movingVolume:
+                raise ValueError(_("Choose a fixed volume and a moving volume."))
             if not ensureBackend(self.logic):
                 return
-            self._matchJob = self.logic.startMatch(p.fixedVolume, p.movingVolume, checkpoint, p.device, p.refineSteps,
-                                                   p.initialAlignment)
-            self.ui.computeMatchesButton.enabled = False
-            self.ui.matchStatusLabel.text = "Matching…"
+            self._matchControl.start(self.logic.startMatch(p.fixedVolume, p.movingVolume, pathOrNone(p.checkpoint),
+                                                           p.device, p.refineSteps, p.initialAlignment))
 
-    def _pollMatch(self):
-        job = self._matchJob
-        code = job.process.poll()
-        if code is None:
-            return
-        self._matchJob = None
-        self.ui.computeMatchesButton.enabled = True
-        if code != 0:
-            self.ui.matchStatusLabel.text = f"gvsl match failed ({code}): {job.process.new_output()[-2000:]}"
-            return
-        with slicer.util.tryWithErrorDisplay("Could not show the match.", waitCursor=True):
-            p = self._parameterNode
-            result = match.load_match_outputs(job.outDir)
-            self._matchNodes = match.show_match(slicer.mrmlScene, result, p.fixedVolume)
-            self._matchTransform = result.transform
-            self._matchInputs = job.inputs
-            p.outputTransform = self._matchNodes["transforms"][-1]
-            self.ui.metricsLabel.text = match.describe_metrics(result.metrics)
-            self.ui.matchStatusLabel.text = f"Match in {job.outDir}."
-            if not p.fixedPoints:
-                p.fixedPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL fixed points")
-            if not p.movingPoints:
-                p.movingPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL matched points")
-            for points, views in ((p.fixedPoints, FIXED_VIEWS), (p.movingPoints, (f"vtkMRMLSliceNode{MOVING_VIEW}",))):
-                points.CreateDefaultDisplayNodes()
-                points.GetDisplayNode().SetViewNodeIDs(views)
-            slicer.modules.markups.logic().SetActiveList(p.fixedPoints)
-            self.updateSliceViews()
-            self.updateProbe()
+    def _showMatch(self, job):
+        """Show a finished match; returns True: its folder stays while it is shown (the probe reads its inputs)."""
+        p = self._parameterNode
+        result = match.load_match_outputs(job.outDir)
+        self._matchNodes = match.show_match(slicer.mrmlScene, result, p.fixedVolume)
+        self._matchTransform = result.transform
+        self._matchInputs = job.inputs
+        if self._shownMatch is not None:
+            self._shownMatch.discard()
+        self._shownMatch = job
+        p.outputTransform = self._matchNodes["transforms"][-1]
+        self.ui.metricsLabel.text = match.describe_metrics(result.metrics)
+        self.ui.matchStatusLabel.text = _("Match shown ({seconds:.0f} s).").format(seconds=job.elapsed_s())
+        if not p.fixedPoints:
+            p.fixedPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL fixed points")
+        if not p.movingPoints:
+            p.movingPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "GVSL matched points")
+        for points, views in ((p.fixedPoints, FIXED_VIEWS), (p.movingPoints, (f"vtkMRMLSliceNode{MOVING_VIEW}",))):
+            points.CreateDefaultDisplayNodes()
+            points.GetDisplayNode().SetViewNodeIDs(views)
+        slicer.modules.markups.logic().SetActiveList(p.fixedPoints)
+        self.updateSliceViews()
+        self.updateProbe()
+        return True
 
     def onPropagateSegmentation(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not propagate the segmentation.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not propagate the segmentation."), waitCursor=True):
             p = self._parameterNode
             if self._matchTransform is None or not p.movingSegmentation:
-                raise ValueError("Compute matches and choose the moving volume's segmentation first.")
+                raise ValueError(_("Compute matches and choose the moving volume's segmentation first."))
             match.propagate_segmentation(slicer.mrmlScene, p.movingSegmentation, p.movingVolume, p.fixedVolume,
                                          self._matchTransform, f"{p.movingSegmentation.GetName()} on "
                                          f"{p.fixedVolume.GetName()}")
@@ -380,16 +441,17 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         nodes = [selector.currentNode() for selector in (self.ui.fixedPointsSelector, self.ui.movingPointsSelector,
                                                           self.ui.outputTransformSelector)]
         if not all(nodes) or nodes[0] is nodes[1]:
-            self.ui.probeLabel.text = "Compute matches, then place points on the fixed volume."
+            self.ui.probeLabel.text = _("Compute matches, then place points on the fixed volume.")
             return
         self._probe = probe.LinkedPointLists(*nodes, self.onProbePoint)
-        self.ui.probeLabel.text = "Place or drag points on the fixed volume; their matches follow."
+        self.ui.probeLabel.text = _("Place or drag points on the fixed volume; their matches follow.")
 
     def onProbePoint(self, index, pointFixedRas, pointMovingRas):
         """Show where the point went, centre the moving view on it, and recompute the similarity map for it."""
         fixedText = ", ".join(f"{c:.1f}" for c in pointFixedRas)
         movingText = ", ".join(f"{c:.1f}" for c in pointMovingRas)
-        self.ui.probeLabel.text = f"Point {index + 1}: fixed RAS ({fixedText}) → moving RAS ({movingText}) mm"
+        self.ui.probeLabel.text = _("Point {number}: fixed RAS ({fixed}) → moving RAS ({moving}) mm").format(
+            number=index + 1, fixed=fixedText, moving=movingText)
         slicer.app.layoutManager().sliceWidget(MOVING_VIEW).mrmlSliceNode().JumpSliceByCentering(*pointMovingRas)
         if self._matchInputs is not None:
             self._similarityPoint = pointFixedRas
@@ -408,7 +470,8 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             return
         self._similarityJob = None
         if code != 0:
-            self.ui.probeLabel.text += f"\nFeature similarity failed: {process.new_output()[-500:]}"
+            self.ui.probeLabel.text += "\n" + _("Feature similarity failed: {output}").format(
+                output=process.new_output()[-500:])
             return
         match.show_overlay(slicer.mrmlScene, match.load_similarity(outDir), SIMILARITY_NAME)
         self.updateSliceViews()
@@ -416,14 +479,14 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
     # Timer
 
     def onPoll(self):
-        """Non-blocking check of the background jobs, once per timer tick."""
-        if self._scanJob is not None:
-            self._pollScan()
-        if self._matchJob is not None:
-            self._pollMatch()
+        """Non-blocking check of the background jobs, once per timer tick; the buttons follow their inputs."""
+        for control in (self._sampleControl, self._scanControl, self._matchControl):
+            control.poll()
+        self._deviceChoice.poll()
         if self._similarityJob is not None:
             self._pollSimilarity()
         self._pollRun()
+        self.updateButtons()
 
 
 #
@@ -445,33 +508,45 @@ class GVSLPretrainLogic(GVSLLogicBase):
         return dicom_selection.link_series_files(database, seriesUids, pathlib.Path(runFolder) / "dicom_selection")
 
     def startScan(self, dataPath, modalities):
-        """``gvsl scan --json`` in the background; returns (process, path of its JSON output)."""
-        folder = self._workFolder("scan")
+        """``gvsl scan --json`` in the background; returns the job (its ``jsonPath``: the scan's output)."""
+        folder = self.workFolder("scan")
         jsonPath = folder / "scan.json"
         process = runs.BackgroundProcess(runs.scan_command(dataPath, modalities), folder / "scan.log", jsonPath)
-        return process, jsonPath
+        return jobs.Job(process, folder, jsonPath=jsonPath)
+
+    def writeAndLoadSample(self, kind):
+        """Write the sample ``kind`` and load it, waiting with Slicer kept responsive (Slicer's Sample Data module);
+        returns the loaded volume and segmentation nodes."""
+        job = self.startSample(kind)
+        pipeline_check.run_to_end(job.process, _("writing the GVSL sample"), slicer.app.processEvents)
+        loaded = self.loadSample(job)
+        job.discard()
+        return [*loaded.volumes, loaded.segmentation]
 
     @staticmethod
     def startPretraining(parameterNode, dataPath):
+        """``gvsl pretrain`` of a new run with the panel's settings and its preset's recipe flags."""
         p = parameterNode
         runFolder = pathOrNone(p.runFolder)
         if runFolder is None:
-            raise ValueError("Choose the output folder.")
+            raise ValueError(_("Choose the output folder."))
         command = runs.pretrain_command(dataPath, runFolder, iterations=p.iterations, patch=p.patchSize,
                                         batch=p.batchSize, lr=p.learningRate, precision=p.precision,
-                                        device=p.device or "auto", init=pathOrNone(p.initCheckpoint))
+                                        device=p.device or "auto", init=pathOrNone(p.initCheckpoint),
+                                        flags=presets.PRESETS[p.preset].flags)
         return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
 
     def startMatch(self, fixedNode, movingNode, checkpoint, device="auto", refineSteps=None,
                    initialAlignment=match.AS_TRAINED):
-        """``gvsl match`` on the two volumes in the background; returns the job: ``process``, ``outDir`` and
-        ``inputs`` (what ``startSimilarity`` needs).
+        """``gvsl match`` on the two volumes in the background (``checkpoint`` None: an untrained network starts the
+        match and the refinement on the pair carries it); returns the job: ``process``, ``outDir`` and ``inputs``
+        (what ``startSimilarity`` needs).
 
         ``device`` as for pre-training; "auto" lets the backend pick CUDA, then Apple MPS, then the CPU.
         ``refineSteps``: the most refinement steps per stage on the pair (None: the backend's default, 0: the network
         alone); ``initialAlignment``: "centres-of-mass", "physical" or ``match.AS_TRAINED``.
         """
-        return match.start_match(fixedNode, movingNode, checkpoint, self._workFolder("match"), device, refineSteps,
+        return match.start_match(fixedNode, movingNode, checkpoint, self.workFolder("match"), device, refineSteps,
                                  initialAlignment)
 
     @staticmethod

@@ -9,17 +9,18 @@ import importlib.util
 import os
 import pathlib
 import shutil
-from types import SimpleNamespace
 from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from GVSLSegmentLib import finetuning, pipeline_check, results, training_data
-from GVSLSharedLib import label_maps, match, plots, runs, volumes
+from GVSLSharedLib import label_maps, plots, runs, samples, volumes
 from GVSLSharedLib.module_base import (
     POLL_INTERVAL_MS,
+    DeviceChoice,
     GVSLLogicBase,
+    JobControl,
     RunControlMixin,
     acknowledgementText,
     ensureBackend,
@@ -57,16 +58,17 @@ class GVSLSegment(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["GVSL for 3D Slicer developers"]
         self.parent.helpText = _(
-            "Fine-tune a pre-trained GVSL network into a segmentation model with few labelled cases, and segment "
-            "new scans. <b>Training data</b>: (volume, segmentation) pairs from the scene, whose segments are "
-            "matched by name, or a folder of labelled cases. <b>Fine-tune</b>: runs <code>gvsl finetune</code> "
-            "in the background; the run folder keeps its progress, so the module reconnects to it later. "
-            "<b>Compare with training from scratch</b>: also trains the same network from random weights on the "
-            "same cases, crops and budget, and reports which final model segments the held-out cases better. "
-            "<b>Segment</b>: runs the fine-tuned model on a volume, or carries an atlas segmentation onto it "
-            "through the matches a pre-trained network finds (no fine-tuning). <b>Validation Dice</b>: overlap of "
-            "the model's segmentation with the held-out cases' (0..1, higher is better), per label and mean; the "
-            "run keeps the best checkpoint."
+            "Fine-tune a pre-trained GVSL network into a segmentation model with few labelled cases, and segment new "
+            "scans. <b>Training data</b>: (volume, segmentation) pairs from the scene, whose segments are matched by "
+            "name, or a folder of labelled cases. <b>Fine-tune</b>: runs <code>gvsl finetune</code> in the background; "
+            "the run folder keeps its progress, so the module reconnects to it later. <b>Compare with training from "
+            "scratch</b>: also trains the same network from random weights on the same cases, crops and budget, and "
+            "reports which final model segments the held-out cases better. <b>Segment</b>: runs the fine-tuned model on"
+            " a volume, or carries an atlas segmentation onto it through a match (no training: a pre-trained "
+            "checkpoint, or none, the refinement on the pair carrying it). <b>Sample data</b>: two sample heads and a "
+            "real brain with their segmentations, to try it on. <b>Validation Dice</b>: overlap of the model's "
+            "segmentation with the held-out cases' (0..1, higher is better), per label and mean; the run keeps the best"
+            " checkpoint."
         ) + userGuideLink()
         self.parent.acknowledgementText = acknowledgementText()
 
@@ -87,6 +89,7 @@ class GVSLSegmentParameterNode:
     caseVolume: vtkMRMLScalarVolumeNode
     caseSegmentation: vtkMRMLSegmentationNode
     dataFolder: pathlib.Path
+    unlabelledFolder: pathlib.Path
     runFolder: pathlib.Path
     initCheckpoint: pathlib.Path
     mode: Annotated[str, Choice(list(finetuning.MODES))] = "finetune"
@@ -118,7 +121,8 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         RunControlMixin.__init__(self, LAST_RUN_SETTING, _("fine-tuning"))
         self.logic = None
         self._timer = None
-        self._segmentJob = None  # SimpleNamespace(process, labels, table, inputNode, outputName)
+        self._sampleControl = self._segmentControl = None  # JobControl of each short job
+        self._deviceChoice = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -136,6 +140,18 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
 
+        segmentButtons = [self.ui.segmentButton, self.ui.segmentDicomSegButton, self.ui.segmentByMatchingButton]
+        self._sampleControl = JobControl(_("Writing the sample"), [self.ui.loadSampleButton],
+                                         self.ui.cancelSampleButton, self.ui.segmentStatusLabel, self._showSample,
+                                         onChange=self.updateButtons)
+        self._segmentControl = JobControl(_("Segmenting"), segmentButtons, self.ui.cancelSegmentButton,
+                                          self.ui.segmentStatusLabel, self._showSegmentation,
+                                          self.ui.segmentProgressBar, onChange=self.updateButtons)
+        self._deviceChoice = DeviceChoice(self.ui.deviceComboBox, self.logic, lambda: self._parameterNode)
+        for sample in samples.SAMPLES:
+            self.ui.sampleComboBox.addItem(sample.description, sample.kind)
+
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.sceneRadioButton.connect("toggled(bool)", self.updateDataSource)
         self.ui.addCaseButton.connect("clicked(bool)", self.onAddCase)
         self.ui.removeCaseButton.connect("clicked(bool)", self.onRemoveCases)
@@ -150,14 +166,57 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
 
         self.initializeParameterNode()
         self.updateDataSource()
+        self._deviceChoice.query()
         self._timer.start()
 
     def cleanup(self):
-        """A segmentation job ends with the widget; a fine-tuning run goes on and is reconnected to later."""
+        """Short jobs end with the widget (cancelled: their folders go); a fine-tuning run goes on and is
+        reconnected to later."""
         self._timer.stop()
-        if self._segmentJob is not None:
-            self._segmentJob.process.kill()
+        for control in (self._sampleControl, self._segmentControl):
+            control.cancel()
         self.removeObservers()
+
+    def initializeParameterNode(self):
+        RunControlMixin.initializeParameterNode(self)
+        self._deviceChoice.show(self._parameterNode.device)
+
+    def updateButtons(self):
+        """Each action's button is enabled only when its inputs are set and its job is not running."""
+        p = self._parameterNode
+        if p is None:
+            return
+        segmenting = self._segmentControl.running
+        hasModel = pathOrNone(p.model) is not None and bool(p.inputVolume)
+        self.ui.segmentButton.enabled = self.ui.segmentDicomSegButton.enabled = not segmenting and hasModel
+        self.ui.segmentByMatchingButton.enabled = not segmenting and bool(
+            p.inputVolume and p.atlasVolume and p.atlasSegmentation and p.inputVolume != p.atlasVolume)
+        self.ui.useRunModelButton.enabled = self._run is not None and self._run.exists()
+        self.ui.loadSampleButton.enabled = not self._sampleControl.running
+        fromScene = self.ui.sceneRadioButton.checked
+        self._updateRunButtons(inputsReady=self.ui.casesTableWidget.rowCount > 0 if fromScene
+                               else pathOrNone(p.dataFolder) is not None)
+
+    # Sample data
+
+    def onLoadSample(self, _checked=None):
+        with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
+            if not ensureBackend(self.logic):
+                return
+            self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
+
+    def _showSample(self, job):
+        """The sample's atlas (volume and segmentation) as a training case and as the atlas, its first volume as the
+        input to segment."""
+        loaded = self.logic.loadSample(job)
+        p = self._parameterNode
+        p.inputVolume, p.atlasVolume, p.atlasSegmentation = loaded.target, loaded.atlas, loaded.segmentation
+        self.ui.caseVolumeSelector.setCurrentNode(loaded.atlas)
+        self.ui.caseSegmentationSelector.setCurrentNode(loaded.segmentation)
+        self.onAddCase()
+        slicer.util.setSliceViewerLayers(background=loaded.target, fit=True)
+        self.ui.segmentStatusLabel.text = _("Loaded {names}.").format(
+            names=", ".join(node.GetName() for node in (*loaded.volumes, loaded.segmentation)))
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
@@ -176,7 +235,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         """Add the chosen (volume, segmentation) pair as a row; each node shows by name, its ID kept with it."""
         volume, segmentation = self.ui.caseVolumeSelector.currentNode(), self.ui.caseSegmentationSelector.currentNode()
         if volume is None or segmentation is None:
-            slicer.util.warningDisplay("Choose a volume and the segmentation drawn on it.")
+            slicer.util.warningDisplay(_("Choose a volume and the segmentation drawn on it."))
             return
         table = self.ui.casesTableWidget
         row = table.rowCount
@@ -210,25 +269,26 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         if not self.ui.sceneRadioButton.checked:
             folder = pathOrNone(self._parameterNode.dataFolder)
             if folder is None:
-                raise ValueError("Choose the folder of labelled cases.")
+                raise ValueError(_("Choose the folder of labelled cases."))
             return folder
         table = self.logic.exportTrainingData(self._cases(), runFolder / TRAINING_DATA_DIR)
         names = ", ".join(entry["name"] for entry in table["labels"])
-        self.ui.logTextEdit.appendPlainText(f"Exported {self.ui.casesTableWidget.rowCount} cases; labels: {names}.")
+        self.ui.logTextEdit.appendPlainText(_("Exported {count} cases; labels: {names}.").format(
+            count=self.ui.casesTableWidget.rowCount, names=names))
         return runFolder / TRAINING_DATA_DIR
 
     # Fine-tuning
 
     def onStart(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start fine-tuning."), waitCursor=True):
             p = self._parameterNode
             runFolder = pathOrNone(p.runFolder)
             if runFolder is None:
-                raise ValueError("Choose the output folder.")
+                raise ValueError(_("Choose the output folder."))
             if p.mode in finetuning.PRETRAINED_MODES and pathOrNone(p.initCheckpoint) is None:
-                raise ValueError("Choose the pre-trained checkpoint (or the scratch mode).")
+                raise ValueError(_("Choose the pre-trained checkpoint (or the scratch mode)."))
             if p.compareWithScratch and p.mode == finetuning.COMPARED_MODE:
-                raise ValueError("Choose another mode to compare with training from scratch.")
+                raise ValueError(_("Choose another mode to compare with training from scratch."))
             dataPath = self._trainingData(runFolder)
             if not ensureBackend(self.logic):
                 return
@@ -236,7 +296,8 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             self._startedRun()
 
     def updateRunPanel(self):
-        progress = self._updateRunButtons()
+        self.updateButtons()
+        progress = self._run.progress if self._run is not None else None
         self.ui.comparisonResultsLabel.text = finetuning.comparison_text(progress) if progress is not None else ""
         if progress is None:
             return
@@ -250,9 +311,9 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         losses, dice = finetuning.split_curves(progress.curves)
         details = []
         if losses.get("loss"):
-            details.append(f"loss {losses['loss'][-1][1]:.4f}")
+            details.append(_("loss {value:.4f}").format(value=losses["loss"][-1][1]))
         if dice.get(finetuning.MEAN_DICE_NAME):
-            details.append(f"validation Dice {dice[finetuning.MEAN_DICE_NAME][-1][1]:.3f}")
+            details.append(_("validation Dice {value:.3f}").format(value=dice[finetuning.MEAN_DICE_NAME][-1][1]))
         self.ui.progressLabel.text = self._progressText(progress, details)
         if losses:
             chart = plots.update_loss_chart(slicer.mrmlScene, losses, CHART, y_title="loss / Dice")
@@ -267,17 +328,17 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         """The output folder's run as the model (``gvsl segment`` takes its best model); for a comparison, its first
         arm-run's (the chosen mode, first seed)."""
         if self._run is None or not self._run.exists():
-            slicer.util.warningDisplay("Choose the fine-tuning run's output folder first.")
+            slicer.util.warningDisplay(_("Choose the fine-tuning run's output folder first."))
             return
         armRuns = self._run.progress.arm_runs
         self._parameterNode.model = self._run.path / runs.ARMS_DIR / armRuns[0] if armRuns else self._run.path
 
     def onSegment(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not segment.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not segment."), waitCursor=True):
             p = self._parameterNode
             model = pathOrNone(p.model)
             if model is None or not p.inputVolume:
-                raise ValueError("Choose a model (a fine-tuning run folder or its checkpoint) and an input volume.")
+                raise ValueError(_("Choose a model (a fine-tuning run folder or its checkpoint) and an input volume."))
             if not ensureBackend(self.logic):
                 return
             self._startSegmentJob(self.logic.startSegmentation(p.inputVolume, model, p.device),
@@ -297,58 +358,50 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
                                   f"{p.inputVolume.GetName()} segmentation")
 
     def onSegmentByMatching(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay("Could not segment by matching.", waitCursor=True):
+        """Carry the atlas segmentation onto the input through a match: with the checkpoint or, without one, an
+        untrained network whose answer the refinement on the pair carries."""
+        with slicer.util.tryWithErrorDisplay(_("Could not segment by matching."), waitCursor=True):
             p = self._parameterNode
-            checkpoint = pathOrNone(p.matchCheckpoint)
-            if checkpoint is None or not p.inputVolume or not p.atlasVolume or not p.atlasSegmentation:
-                raise ValueError("Choose a pre-trained checkpoint, an input volume, and an atlas volume with its "
-                                 "segmentation.")
+            if not p.inputVolume or not p.atlasVolume or not p.atlasSegmentation:
+                raise ValueError(_("Choose an input volume, and an atlas volume with its segmentation."))
             if not ensureBackend(self.logic):
                 return
             job = self.logic.startSegmentationByMatching(p.inputVolume, p.atlasVolume, p.atlasSegmentation,
-                                                         checkpoint, p.device)
-            self._startSegmentJob(job, f"{p.atlasSegmentation.GetName()} on {p.inputVolume.GetName()}")
+                                                         pathOrNone(p.matchCheckpoint), p.device)
+            self._startSegmentJob(job, _("{atlas} on {input}").format(atlas=p.atlasSegmentation.GetName(),
+                                                                       input=p.inputVolume.GetName()))
 
     def _startSegmentJob(self, job, outputName):
-        job.inputNode, job.outputName = self._parameterNode.inputVolume, outputName
-        self._segmentJob = job
-        self.ui.segmentButton.enabled = self.ui.segmentByMatchingButton.enabled = False
-        self.ui.segmentDicomSegButton.enabled = False
-        self.ui.segmentStatusLabel.text = "Segmenting…"
+        job.outputName = outputName
+        self._segmentControl.start(job)
 
-    def _pollSegment(self):
-        job = self._segmentJob
-        code = job.process.poll()
-        if code is None:
-            return
-        self._segmentJob = None
-        self.ui.segmentButton.enabled = self.ui.segmentByMatchingButton.enabled = True
-        self.ui.segmentDicomSegButton.enabled = True
-        if code != 0:
-            self.ui.segmentStatusLabel.text = f"Segmentation failed ({code}): {job.process.new_output()[-2000:]}"
-            return
-        with slicer.util.tryWithErrorDisplay("Could not show the segmentation.", waitCursor=True):
-            p = self._parameterNode
-            output = label_maps.import_label_map(slicer.mrmlScene, *label_maps.read_label_map(job.labels, job.table),
-                                              job.inputNode, p.outputSegmentation, job.outputName)
-            p.outputSegmentation = output
-            slicer.util.setSliceViewerLayers(background=job.inputNode, fit=True)
-            count = output.GetSegmentation().GetNumberOfSegments()
-            self.ui.segmentStatusLabel.text = f"{output.GetName()}: {count} segments (files in {job.labels.parent})."
-        if job.seg is not None:
-            from DICOMLib import DICOMUtils
-            added = DICOMUtils.importDicom(str(job.seg.parent), copyFiles=True)
-            where = _("added to the DICOM database") if added else _("not added to the DICOM database")
-            self.ui.segmentStatusLabel.text += "\n" + _("DICOM SEG: {path} ({where}).").format(path=job.seg,
-                                                                                              where=where)
+    def _showSegmentation(self, job):
+        """The job's label map as the output segmentation; a DICOM SEG goes into the DICOM database (its folder is
+        kept, and named, when it could not be added)."""
+        p = self._parameterNode
+        output = results.segmentation_of_job(slicer.mrmlScene, job, p.outputSegmentation, job.outputName)
+        p.outputSegmentation = output
+        slicer.util.setSliceViewerLayers(background=job.inputNode, fit=True)
+        count = output.GetSegmentation().GetNumberOfSegments()
+        self.ui.segmentStatusLabel.text = _("{name}: {count} segments ({seconds:.0f} s).").format(
+            name=output.GetName(), count=count, seconds=job.elapsed_s())
+        if job.seg is None:
+            return False
+        from DICOMLib import DICOMUtils
+        added = DICOMUtils.importDicom(str(job.seg.parent), copyFiles=True)
+        where = _("added to the DICOM database") if added else _("not added to the DICOM database")
+        self.ui.segmentStatusLabel.text += "\n" + _("DICOM SEG: {path} ({where}).").format(path=job.seg, where=where)
+        return not added
 
     # Timer
 
     def onPoll(self):
-        """Non-blocking check of the background jobs, once per timer tick."""
-        if self._segmentJob is not None:
-            self._pollSegment()
+        """Non-blocking check of the background jobs, once per timer tick; the buttons follow their inputs."""
+        for control in (self._sampleControl, self._segmentControl):
+            control.poll()
+        self._deviceChoice.poll()
         self._pollRun()
+        self.updateButtons()
 
 
 #
@@ -383,13 +436,14 @@ class GVSLSegmentLogic(GVSLLogicBase):
                                               iterations=p.iterations, patch=p.patchSize, batch=p.batchSize,
                                               lr=p.learningRate, val_every=p.validationInterval,
                                               precision=p.precision, device=p.device or "auto",
-                                              compare_with_scratch=p.compareWithScratch)
+                                              compare_with_scratch=p.compareWithScratch,
+                                              unlabelled=pathOrNone(p.unlabelledFolder))
         return runs.BackgroundProcess(command, runFolder / runs.PROCESS_LOG_NAME)
 
     def startSegmentation(self, inputNode, model, device="auto"):
         """``gvsl segment`` on the volume in the background; returns the job: ``process``, ``labels`` (the label
         map it writes), ``table`` (its label table) and ``seg`` (None: no DICOM SEG)."""
-        return results.start_segmentation(inputNode, model, self._workFolder("segment"), device)
+        return results.start_segmentation(inputNode, model, self.workFolder("segment"), device)
 
     def startDicomSegmentation(self, inputNode, model, device="auto", fileForInstance=None):
         """``gvsl segment DICOM_SERIES --dicom-seg SEG`` for a volume loaded from Slicer's DICOM database: its series
@@ -404,20 +458,14 @@ class GVSLSegmentLogic(GVSLLogicBase):
                 raise ValueError(_("Open the DICOM database and load the volume from it."))
             fileForInstance = database.fileForInstance
         files = results.dicom_source_files(inputNode, fileForInstance)
-        return results.start_segmentation(inputNode, model, self._workFolder("segment"), device, dicom_files=files)
+        return results.start_segmentation(inputNode, model, self.workFolder("segment"), device, dicom_files=files)
 
     def startSegmentationByMatching(self, inputNode, atlasNode, atlasSegmentationNode, checkpoint, device="auto"):
         """``gvsl match INPUT ATLAS --labels ATLAS_LABELS``: the atlas segmentation carried onto the input through
-        the learned matches; returns the job as ``startSegmentation`` does (the table is the atlas's)."""
-        folder = self._workFolder("atlas")
-        inputPath, atlasPath = match.write_match_inputs(inputNode, atlasNode, folder)
-        atlasLabels = training_data.write_label_map(slicer.mrmlScene, atlasSegmentationNode, atlasNode,
-                                                    folder / "atlas_labels.nrrd")
-        outDir = folder / "out"
-        command = match.match_command(inputPath, atlasPath, checkpoint, outDir, device or "auto", atlasLabels)
-        process = runs.BackgroundProcess(command, folder / "match.log")
-        return SimpleNamespace(process=process, labels=outDir / match.PROPAGATED_LABELS_NAME,
-                               table=label_maps.label_table_path(atlasLabels), seg=None)
+        the match (``checkpoint`` None: an untrained network starts it, the refinement on the pair carries it);
+        returns the job as ``startSegmentation`` does (the table is the atlas's)."""
+        return results.start_segmentation_by_matching(slicer.mrmlScene, inputNode, atlasNode, atlasSegmentationNode,
+                                                      checkpoint, self.workFolder("atlas"), device)
 
 
 #

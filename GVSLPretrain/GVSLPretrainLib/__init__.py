@@ -1,6 +1,7 @@
 """Logic of the GVSLPretrain module that talks to MRML; imports no Qt and no torch.
 
-``dicom_selection`` (series from the DICOM database, ``gvsl scan`` summary) and ``probe`` (linked point lists).
+``dicom_selection`` (series from the DICOM database, ``gvsl scan`` summary), ``probe`` (linked point lists) and
+``presets`` (the pre-training presets: full, quick look).
 Volumes, transforms, run folders, processes, charts, ``gvsl match``, the backend's installation and the self-test
 body come from ``GVSLSharedLib``, which both modules share.
 """

@@ -16,6 +16,7 @@ from GVSLSharedLib.runs import RunProgress, gvsl_command
 MODES = ("finetune", "linear", "scratch", "random-linear")  # gvsl.finetune.config.MODES
 PRETRAINED_MODES = ("finetune", "linear")  # gvsl.finetune.config.PRETRAINED_MODES: the modes that take --init
 COMPARED_MODE = "scratch"  # what the module's comparison checkbox adds (--compare scratch)
+COLLECTION_ARMS = ("matching", "collection")  # and with an unlabelled collection (gvsl.commands.finetune.EXTRA_ARMS)
 MEAN_DICE_CURVE = "val_dice"
 CLASS_DICE_PREFIX = "val_dice_per_class/"
 MEAN_DICE_NAME = "Dice (mean)"  # the mean validation Dice curve as ``split_curves`` names it
@@ -23,10 +24,13 @@ MEAN_DICE_NAME = "Dice (mean)"  # the mean validation Dice curve as ``split_curv
 
 def finetune_command(data: os.PathLike, init: os.PathLike, run_dir: os.PathLike, *, mode: str, iterations: int,
                      patch: int, batch: int, lr: float, val_every: int, precision: str, device: str,
-                     compare_with_scratch: bool = False) -> list[str]:
+                     compare_with_scratch: bool = False, unlabelled: Optional[os.PathLike] = None) -> list[str]:
     """``gvsl finetune DATA --init CHECKPOINT --out RUN_DIR ...`` for a new run (``init`` is ignored by the modes
-    that start from random weights); ``compare_with_scratch`` adds ``--compare scratch`` (the same network also
-    trained from scratch on the same cases, crops and budget; RUN_DIR then holds a comparison)."""
+    that start from random weights). ``unlabelled``: a folder of unlabelled scans, each labelled case matched onto
+    each of them and the network trained on the propagated labels too (``--unlabelled``). ``compare_with_scratch``
+    adds ``--compare scratch`` (the same network also trained from scratch on the same cases, crops and budget; RUN_DIR
+    then holds a comparison), and with ``unlabelled`` also ``matching`` and ``collection`` (``COLLECTION_ARMS``: the
+    labelled cases carried by matching alone, and the run trained without the collection's labels)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if compare_with_scratch and mode == COMPARED_MODE:
@@ -34,8 +38,10 @@ def finetune_command(data: os.PathLike, init: os.PathLike, run_dir: os.PathLike,
     args = ["finetune", str(data), "--out", str(run_dir), "--mode", mode, "--iterations", str(iterations),
             "--patch", str(patch), "--batch", str(batch), "--lr", repr(float(lr)), "--val-every", str(val_every),
             "--precision", precision, "--device", device, "--no-progress"]
+    arms = [COMPARED_MODE, *(COLLECTION_ARMS if unlabelled else ())]
     return gvsl_command(*args, *(["--init", str(init)] if mode in PRETRAINED_MODES else []),
-                        *(["--compare", COMPARED_MODE] if compare_with_scratch else []))
+                        *(["--unlabelled", str(unlabelled)] if unlabelled else []),
+                        *(["--compare", ",".join(arms)] if compare_with_scratch else []))
 
 
 def segment_command(image: os.PathLike, model: os.PathLike, out: os.PathLike, device: str = "auto",

@@ -6,21 +6,23 @@ installation, work folders, resuming a run) and ``runPipelineCheck`` (a self-tes
 Unlike the rest of ``GVSLSharedLib`` this file imports Qt and Slicer's scripted-module classes: only the modules
 import it. Each module passes its own settings key and ``gvsl`` command; nothing here defaults to either module's.
 """
+import importlib.util
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
-import time
 
 import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import dependencies, pipeline_check, runs
+from . import dependencies, devices, jobs, pipeline_check, runs, samples
 
 POLL_INTERVAL_MS = 1000  # the widgets' timer: non-blocking checks of their background processes
 STOP_GRACE_S = 120.0
+WORK_ROOT_NAME = "GVSL"  # the jobs' work folders, in Slicer's temporary folder
 # The user guide (the extension's README): EXTENSION_HOMEPAGE in CMakeLists.txt, which a test compares with this.
 USER_GUIDE_URL = "https://github.com/gvsl-slicer/SlicerGVSL#readme"
 
@@ -62,30 +64,164 @@ def sharedResourcePath(moduleDir, filename):
 
 
 def ensureBackend(logic):
-    """torch (PyTorch extension) and the gvsl backend, installed on this user action after confirmation; True when
-    both are there."""
+    """torch (PyTorch extension) and the gvsl backend at the versions it needs, installed on this user action after
+    one confirmation that lists everything (nothing is written before it); asks to restart Slicer when a package its
+    process has loaded was replaced. True when the backend can run."""
     try:
-        import PyTorchUtils
-    except ImportError:
-        slicer.util.errorDisplay(_("GVSL needs the PyTorch extension: install it with the Extensions Manager."))
-        return False
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=True) is None:
-        return False
-    try:
-        missing = logic.missingBackendPackages()
+        plan = logic.installPlan()
     except RuntimeError as exc:  # the extension was installed without its backend folder
         slicer.util.errorDisplay(str(exc))
         return False
-    if not missing:
-        return True
-    if not slicer.util.confirmOkCancelDisplay(
-            _("GVSL will install these Python packages into Slicer's Python (Slicer's own numpy, SimpleITK "
-              "and VTK are kept):") + "\n\n" + "\n".join(missing)):
+    if plan.unfixable:
+        slicer.util.errorDisplay(
+            _("This Slicer's own Python packages are outside the versions GVSL needs; use a newer Slicer:") + "\n\n"
+            + "\n".join(problem.describe() for problem in plan.unfixable))
         return False
+    lines = plan.confirmation_lines()
+    if not lines:
+        return True
+    if plan.torch is not None and importlib.util.find_spec("PyTorchUtils") is None:
+        slicer.util.errorDisplay(_("GVSL needs the PyTorch extension: install it with the Extensions Manager."))
+        return False
+    if not slicer.util.confirmOkCancelDisplay(
+            _("GVSL will install these Python packages into Slicer's Python (Slicer's own numpy, SimpleITK and VTK "
+              "are kept):") + "\n\n" + "\n".join(lines)):
+        return False
+    restart = plan.restart_needed(sys.modules)
     with slicer.util.tryWithErrorDisplay(_("Installing the GVSL backend failed."), waitCursor=True):
-        logic.installBackend()
+        logic.installBackend(plan)
+    if restart and slicer.util.confirmOkCancelDisplay(
+            _("Slicer must restart to use the new versions of {packages}. Restart now?").format(
+                packages=", ".join(restart))):
+        slicer.util.restart()
     return True
+
+
+class JobControl:
+    """One kind of short background job in a panel (``jobs.Job``): its start buttons disabled and its Cancel button
+    enabled while it runs, an indeterminate progress bar and the elapsed time in its status label, polled by the
+    widget's timer. ``onSuccess(job)`` shows the outputs; the work folder is removed then, unless it returns True
+    (the outputs are still needed); a failed job's folder is kept and named in the label."""
+
+    def __init__(self, what, startButtons, cancelButton, statusLabel, onSuccess, progressBar=None,
+                 onChange=None):
+        self.what = what
+        self.startButtons = list(startButtons)
+        self.cancelButton = cancelButton
+        self.statusLabel = statusLabel
+        self.progressBar = progressBar
+        self.onSuccess = onSuccess
+        self.onChange = onChange  # called when the job starts or ends (e.g. to update the widget's buttons)
+        self.job = None
+        self.cancelButton.connect("clicked(bool)", self.cancel)
+        if progressBar is not None:
+            progressBar.visible = False
+
+    @property
+    def running(self):
+        return self.job is not None
+
+    def start(self, job):
+        self.job = job
+        self._show(True)
+        self.statusLabel.text = job.running_text(self.what)
+
+    def poll(self):
+        if self.job is None:
+            return
+        job = self.job
+        code = job.poll()
+        if code is None:
+            self.statusLabel.text = job.running_text(self.what)
+            return
+        self.job = None
+        self._show(False)
+        if code != 0:
+            self.statusLabel.text = job.failure(self.what, code)
+            return
+        keep = False
+        with slicer.util.tryWithErrorDisplay(_("Could not show the result of {what}.").format(what=self.what),
+                                             waitCursor=True):
+            keep = self.onSuccess(job)
+        if not keep:
+            job.discard()
+
+    def cancel(self, _checked=None):
+        if self.job is None:
+            return
+        self.job.cancel()
+        self.job = None
+        self._show(False)
+        self.statusLabel.text = _("{what} cancelled.").format(what=self.what)
+
+    def _show(self, running):
+        for button in self.startButtons:
+            button.enabled = not running
+        self.cancelButton.enabled = running
+        if self.progressBar is not None:
+            self.progressBar.visible = running
+        if self.onChange is not None:
+            self.onChange()
+
+
+class DeviceChoice:
+    """The device combo box: "auto" and the CPU at first, then what torch reports (asked in its own process, never in
+    Slicer's) once torch is installed; its choice is the parameter node's ``device``."""
+
+    def __init__(self, comboBox, logic, parameterNode):
+        self.comboBox = comboBox
+        self.logic = logic
+        self.parameterNode = parameterNode  # a callable returning the current parameter node
+        self.job = None
+        self._fill(devices.BASIC_CHOICES)
+        comboBox.connect("currentIndexChanged(int)", self.onChosen)
+
+    def query(self):
+        """Ask torch for the devices in the background (when it is installed and no query is running)."""
+        if self.job is None and dependencies.installed_version(dependencies.TORCH) is not None:
+            self.job = devices.start_device_query(self.logic.workFolder("devices"))
+
+    def poll(self):
+        if self.job is None or self.job.poll() is None:
+            return
+        job, self.job = self.job, None
+        if job.poll() == 0:
+            self._fill(devices.device_choices(job.answer.read_text(encoding="utf-8")))
+        job.discard()
+
+    def show(self, device):
+        """Select ``device`` (added when torch has not reported it, e.g. a saved scene's)."""
+        index = self.comboBox.findData(device or devices.AUTO)
+        if index < 0:
+            self.comboBox.addItem(device, device)
+            index = self.comboBox.count - 1
+        self.comboBox.currentIndex = index
+
+    def onChosen(self, index):
+        node = self.parameterNode()
+        if node is not None and index >= 0:
+            node.device = self.comboBox.itemData(index)
+
+    def _fill(self, choices):
+        node = self.parameterNode()
+        wanted = node.device if node is not None else devices.AUTO
+        self.comboBox.blockSignals(True)
+        self.comboBox.clear()
+        for value, text in choices:
+            self.comboBox.addItem(text, value)
+        self.comboBox.blockSignals(False)
+        self.show(wanted)
+
+
+def registerSampleData(iconPath, samplesToLoad):
+    """Offer the GVSL samples in Slicer's Sample Data module (category "GVSL"); each entry writes its sample with the
+    backend and loads it (``samplesToLoad(kind)``, blocking with Slicer kept responsive)."""
+    import SampleData
+
+    for sample in samples.SAMPLES:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="GVSL", sampleName=sample.name, uris=[], fileNames=[], nodeNames=[],
+            thumbnailFileName=iconPath, customDownloader=lambda _source, kind=sample.kind: samplesToLoad(kind))
 
 
 class RunControlMixin:
@@ -192,13 +328,14 @@ class RunControlMixin:
         if changed:
             self.updateRunPanel()
 
-    def _updateRunButtons(self):
-        """Enable the run buttons and the progress bar; returns the run's progress, or None without a run."""
+    def _updateRunButtons(self, inputsReady=True):
+        """Enable the run buttons (Start only when ``inputsReady``: the widget's training data is chosen) and the
+        progress bar; returns the run's progress, or None without a run."""
         run = self._run
         progress = run.progress if run is not None else runs.RunProgress()
         running = self._trainProcess is not None or progress.state == "running"
         hasRun = run is not None and run.exists()
-        self.ui.startButton.enabled = run is not None and not hasRun and not running
+        self.ui.startButton.enabled = inputsReady and run is not None and not hasRun and not running
         self.ui.stopButton.enabled = running
         self.ui.resumeButton.enabled = hasRun and not running and progress.state != "finished" and bool(
             run.checkpoints())
@@ -249,14 +386,28 @@ class GVSLLogicBase(ScriptedLoadableModuleLogic):
         return pathlib.Path(__file__).parents[1]
 
     @staticmethod
-    def missingBackendPackages():
-        """What still has to be installed (empty when ``gvsl`` and its requirements are there)."""
-        return dependencies.install_plan(GVSLLogicBase._moduleDir()).packages
+    def installPlan():
+        """What the backend still needs (``dependencies.InstallPlan``), found without importing or writing anything."""
+        return dependencies.install_plan(GVSLLogicBase._moduleDir())
 
     @staticmethod
-    def installBackend():
-        """pip-install what ``dependencies.install_plan`` lists, with Slicer's own packages pinned."""
-        plan = dependencies.install_plan(GVSLLogicBase._moduleDir())
+    def backendProblems():
+        """What is missing or out of range, a line each (empty when the backend can run)."""
+        plan = GVSLLogicBase.installPlan()
+        return [problem.describe() for problem in plan.problems] + ([plan.backend] if plan.backend else [])
+
+    @staticmethod
+    def installBackend(plan):
+        """Install what ``plan`` lists: torch through the PyTorch extension with its version range, then the other
+        requirements with pip, Slicer's own packages pinned (the pins file is written only now)."""
+        if plan.torch is not None:
+            import PyTorchUtils
+
+            installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=dependencies.version_range(plan.torch.requirement))
+            if installed is None:
+                raise RuntimeError(_("The PyTorch extension could not install {requirement}.").format(
+                    requirement=plan.torch.requirement))
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
             constraints.write(dependencies.pins_of_provided())
         try:
@@ -266,10 +417,18 @@ class GVSLLogicBase(ScriptedLoadableModuleLogic):
             os.remove(constraints.name)
 
     @staticmethod
-    def _workFolder(kind):
-        folder = pathlib.Path(slicer.app.temporaryPath) / "GVSL" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    def workFolder(kind):
+        """A new work folder for one job (``jobs.new_work_folder``) under Slicer's temporary folder."""
+        return jobs.new_work_folder(pathlib.Path(slicer.app.temporaryPath) / WORK_ROOT_NAME, kind)
+
+    def startSample(self, kind):
+        """Write the sample ``kind`` (``samples.SAMPLES``) in the background; returns the job."""
+        return samples.start_sample(self.workFolder("sample"), kind)
+
+    @staticmethod
+    def loadSample(job):
+        """Put a written sample into the scene (``samples.load_sample``)."""
+        return samples.load_sample(slicer.mrmlScene, job.folder, job.kind)
 
     def resumeRun(self, runFolder):
         """``gvsl COMMAND --resume RUN_DIR`` in the background (COMMAND: ``runCommand``)."""
@@ -289,11 +448,11 @@ def runPipelineCheck(testCase, check, name):
     The work folder is ``<Slicer temporary folder>/GVSL/self-test-<name>`` (emptied first); the GUI stays
     responsive while the background processes run.
     """
-    missing = GVSLLogicBase.missingBackendPackages()
+    missing = GVSLLogicBase.backendProblems()
     if missing:
         testCase.skipTest(f"the GVSL backend is not installed (missing: {', '.join(missing)}); "
                           "install it from the module's panel first")
-    folder = pathlib.Path(slicer.app.temporaryPath) / "GVSL" / f"self-test-{name}"
+    folder = pathlib.Path(slicer.app.temporaryPath) / WORK_ROOT_NAME / f"self-test-{name}"
     shutil.rmtree(folder, ignore_errors=True)
     try:
         return check(slicer.mrmlScene, folder, slicer.app.processEvents)

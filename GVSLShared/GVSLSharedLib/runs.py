@@ -28,6 +28,7 @@ CHECKPOINT_DIR = "checkpoints"  # gvsl.train.state.CHECKPOINT_DIR
 CONFIG_NAME = "config.json"
 ARMS_DIR = "arms"  # gvsl.finetune.compare.ARMS_DIR
 COMPARISON_START, ARM_START, ARM_END = "comparison_start", "arm_start", "arm_end"  # gvsl.finetune.compare's events
+PSEUDO_LABELS = "pseudo_labels"  # fine-tuning with --unlabelled: {"done": K, "total": N, "scan": NAME} per scan matched
 PROCESS_LOG_NAME = "slicer-process.log"  # output of the process the module started, in the run folder
 FINAL_EVENTS = ("end", "error")
 NOT_LOSSES = frozenset({"event", "time", "iteration", "iterations", "lr", "it_per_s", "eta_s", "peak_memory_bytes",
@@ -43,14 +44,15 @@ AUTO_BATCH = 0  # a batch of 0 in the module stands for ``gvsl pretrain --batch 
 
 
 def pretrain_command(data: os.PathLike, run_dir: os.PathLike, *, iterations: int, patch: int, batch: int, lr: float,
-                     precision: str, device: str, init: Optional[os.PathLike] = None) -> list[str]:
+                     precision: str, device: str, init: Optional[os.PathLike] = None,
+                     flags: Sequence[str] = ()) -> list[str]:
     """``gvsl pretrain DATA --out RUN_DIR ...`` for a new run (``batch``: pairs per iteration, ``AUTO_BATCH`` for
-    ``auto``; ``init``: a checkpoint to start from)."""
+    ``auto``; ``init``: a checkpoint to start from; ``flags``: further options, e.g. a preset's recipe)."""
     args = ["pretrain", str(data), "--out", str(run_dir), "--iterations", str(iterations), "--patch", str(patch),
             "--batch", "auto" if batch == AUTO_BATCH else str(batch), "--lr", repr(float(lr)), "--precision", precision,
             "--device", device,
             "--no-progress"]
-    return gvsl_command(*args, *(["--init", str(init)] if init else []))
+    return gvsl_command(*args, *(["--init", str(init)] if init else []), *flags)
 
 
 def resume_command(run_dir: os.PathLike, command: str = "pretrain") -> list[str]:
@@ -143,6 +145,10 @@ class RunProgress:
             untouched = len(self.arm_runs) - len(self.arm_results) - 1  # arm-runs after this one
             if arm is not None and untouched > 0 and self.eta_s is not None and self.it_per_s:
                 self.eta_s += untouched * (self.iterations or 0) / self.it_per_s
+        elif kind == PSEUDO_LABELS:
+            self.state = "running"
+            self.message = f"matching {record.get('done', 0)}/{record.get('total', '?')} scans" + (
+                f" ({record['scan']})" if record.get("scan") else "")
         elif kind == ARM_END:
             self.arm_results[arm] = record
         elif kind == "checkpoint":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "GVSLShared"))
 
 from GVSLSharedLib import dependencies, runs  # noqa: E402  (imports no slicer)
 
-# What GVSLLogicBase.missingBackendPackages and installBackend compute, with the module folder as in Slicer.
+# What GVSLLogicBase.installPlan and installBackend compute, with the module folder as in Slicer.
 PLAN_SCRIPT = """
 import importlib.util, json, sys
 from pathlib import Path

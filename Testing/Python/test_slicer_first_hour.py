@@ -124,3 +124,49 @@ def test_work_folders_are_unique_and_a_failed_job_names_its_kept_folder(tmp_path
         time.sleep(0.05)
     message = failing.failure("gvsl match", failing.poll())
     assert str(folders[0]) in message and "no good" in message and folders[0].is_dir()
+
+
+def test_quick_look_preset_is_the_backends_quick_recipe_and_full_its_defaults():
+    sys.path.insert(0, str(ROOT / "GVSLPretrain"))
+    from GVSLPretrainLib import presets
+    from GVSLSharedLib import runs
+
+    from gvsl.cli import build_parser
+    from gvsl.pretrain.recipe import QUICK_RECIPE
+    from gvsl.train.config import TrainConfig
+
+    full, quick = presets.PRESETS[presets.FULL], presets.PRESETS[presets.QUICK_LOOK]
+    defaults = TrainConfig()
+    assert (full.iterations, (full.patch,) * 3, full.batch, full.lr, full.flags) == (
+        defaults.iterations, defaults.patch, runs.AUTO_BATCH, defaults.lr, ())
+    command = runs.pretrain_command("data", "run", iterations=quick.iterations, patch=quick.patch, batch=quick.batch,
+                                    lr=quick.lr, precision="auto", device="cpu", flags=quick.flags)
+    args = build_parser().parse_args(command[3:])
+    given = {name: getattr(args, name) for name in QUICK_RECIPE}
+    assert TrainConfig(**{**given, "batch": int(given["batch"])}) == TrainConfig(**QUICK_RECIPE)
+    assert quick.iterations <= 1000  # minutes on a CPU (gvsl demo: about 70 iterations a minute on 2 cores)
+
+
+def test_unlabelled_matching_shows_as_progress_and_comparison_rows_as_they_come():
+    sys.path.insert(0, str(ROOT / "GVSLSegment"))
+    from GVSLSegmentLib import finetuning
+    from GVSLSharedLib import runs
+
+    progress = runs.RunProgress()
+    progress.add({"event": "start", "device": "cpu", "iterations": 100})
+    progress.add({"event": "pseudo_labels", "done": 2, "total": 5, "scan": "case-07"})
+    assert progress.message == "matching 2/5 scans (case-07)" and progress.state == "running"
+    comparison = runs.RunProgress()
+    comparison.add({"event": "comparison_start", "arm_runs": ["finetune-seed0", "matching-seed0"]})
+    assert finetuning.comparison_text(comparison) == ""
+    comparison.add({"event": "arm_end", "arm": "matching-seed0", "test_mean_dice": 0.7})
+    assert finetuning.comparison_text(comparison) == "matching-seed0: held-out Dice 0.700"
+    assert comparison.fraction == 0.5
+    command = finetuning.finetune_command("data", "init.pt", "run", mode="finetune", iterations=10, patch=32, batch=1,
+                                          lr=1e-4, val_every=5, precision="auto", device="cpu",
+                                          compare_with_scratch=True, unlabelled="scans")
+    assert command[command.index("--unlabelled") + 1] == "scans"
+    assert command[command.index("--compare") + 1] == "scratch,matching,collection"
+    alone = finetuning.finetune_command("data", "init.pt", "run", mode="finetune", iterations=10, patch=32, batch=1,
+                                        lr=1e-4, val_every=5, precision="auto", device="cpu")
+    assert "--unlabelled" not in alone and "--compare" not in alone

@@ -139,7 +139,7 @@ def test_self_tests_skip_and_say_why_without_the_backend(slicer_application, mon
 
     import GVSLPretrain
     import GVSLSegment
-    monkeypatch.setattr(module_base.GVSLLogicBase, "missingBackendPackages", staticmethod(lambda: ["gvsl"]))
+    monkeypatch.setattr(module_base.GVSLLogicBase, "backendProblems", staticmethod(lambda: ["gvsl"]))
     for case, test in ((GVSLPretrain.GVSLPretrainTest, "test_pretrain_and_match"),
                        (GVSLSegment.GVSLSegmentTest, "test_finetune_and_segment")):
         result = unittest.TestResult()
@@ -164,3 +164,42 @@ def test_resume_runs_each_modules_command(slicer_application, tmp_path):
         process.process.wait(timeout=120)
         assert process.poll() == 1
         assert f"gvsl {command}: error:" in (folder / runs.PROCESS_LOG_NAME).read_text()
+
+
+def test_each_module_logic_loads_the_sample_and_matches_without_a_checkpoint(slicer_application, tmp_path):
+    """The modules' own Logic classes, as their panels call them: Load sample (heads), then GVSLPretrain's Compute
+    matches and GVSLSegment's Segment by matching with no checkpoint; the atlas's tissues arrive on the other head as
+    a segmentation with the atlas's segment names and colours; each job's work folder is its own and goes once its
+    outputs are in the scene."""
+    from GVSLSegmentLib import results
+    from GVSLSharedLib import match, pipeline_check, samples
+
+    import GVSLPretrain
+    import GVSLSegment
+    from gvsl.sample_data import TISSUES
+
+    def colours(node):
+        segmentation = node.GetSegmentation()
+        return {segmentation.GetNthSegment(i).GetName(): tuple(segmentation.GetNthSegment(i).GetColor())
+                for i in range(segmentation.GetNumberOfSegments())}
+
+    pretrain, segment = GVSLPretrain.GVSLPretrainLogic(), GVSLSegment.GVSLSegmentLogic()
+    job = segment.startSample(samples.HEADS)
+    pipeline_check.run_to_end(job.process, "writing the sample")
+    loaded = segment.loadSample(job)
+    job.discard()
+    assert set(colours(loaded.segmentation)) == set(TISSUES.values())
+
+    matched = pretrain.startMatch(loaded.target, loaded.atlas, None, "cpu")
+    carried = segment.startSegmentationByMatching(loaded.target, loaded.atlas, loaded.segmentation, None, "cpu")
+    assert matched.folder != carried.folder and matched.folder.parent == carried.folder.parent
+    for running in (matched, carried):
+        pipeline_check.run_to_end(running.process, "gvsl match")
+    shown = match.load_match_outputs(matched.outDir)
+    propagated = match.propagate_segmentation(slicer_application.mrmlScene, loaded.segmentation, loaded.atlas,
+                                              loaded.target, shown.transform)
+    output = results.segmentation_of_job(slicer_application.mrmlScene, carried, name="carried")
+    assert colours(propagated) == colours(output) == colours(loaded.segmentation)
+    for finished in (matched, carried):
+        finished.discard()
+    assert list(matched.folder.parent.iterdir()) == []

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLPretrain")]
 
 from GVSLPretrainLib import dicom_selection  # noqa: E402  (imports no slicer)
-from GVSLSharedLib import dependencies, runs  # noqa: E402  (imports no slicer)
+from GVSLSharedLib import runs  # noqa: E402  (imports no slicer)
 
 
 def oblique_image(size=(7, 6, 5), pixel=sitk.sitkFloat32, seed=0) -> sitk.Image:
