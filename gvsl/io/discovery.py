@@ -54,6 +54,9 @@ _ELEMENTS_READ = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modalit
                   "BitsAllocated", "PhotometricInterpretation", "PixelSpacing", "ImagePositionPatient",
                   "ImageOrientationPatient")
 _META_ELEMENTS_READ = ("TransferSyntaxUID", "MediaStorageSOPClassUID")
+#: How much of a file without a readable SeriesInstanceUID is searched for the UID of a series (its header).
+_ORPHAN_BYTES = 1 << 16
+_UID_TEXT = re.compile(rb"[0-9]+(?:\.[0-9]+)+")
 
 
 @dataclass
@@ -103,8 +106,9 @@ def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool
     """Every candidate volume under ``root`` (a folder, walked recursively, or a single file).
 
     Returns usable and skipped records alike (``usable``/``reason``), sorted by patient, study and series. Files
-    that are neither DICOM nor volume files are ignored. A DICOM file whose header cannot be parsed makes the series
-    it names unusable; when it names none it is reported as a record of its own.
+    that are neither DICOM nor volume files are ignored. A DICOM file whose header cannot be parsed, or that lacks a
+    SeriesInstanceUID, makes the series it names (or whose UID its bytes hold) unusable; when it names none it is
+    reported as a record of its own.
     """
     options = options or ScanOptions()
     root = Path(root)
@@ -122,9 +126,12 @@ def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool
             unreadable[header.series_uid].append(header)
         elif header is not None and not _is_directory_record(header):
             by_series[str(header.get("SeriesInstanceUID", ""))].append(header)
-    for header in by_series.pop("", []):
-        record = SeriesInfo(key=hash_id(header.path), kind=DICOM, files=[header.path], size_bytes=header.size)
-        records.append(record.skip("corrupt or incomplete DICOM header (no SeriesInstanceUID)"))
+    orphans = unreadable.pop("", []) + [
+        SeriesInfo(key=hash_id(h.path), kind=DICOM, files=[h.path], size_bytes=h.size).skip(
+            "corrupt or incomplete DICOM header (no SeriesInstanceUID)") for h in by_series.pop("", [])]
+    for orphan in orphans:
+        orphan.series_uid = _series_named_in(orphan.files[0], by_series.keys())
+        unreadable[orphan.series_uid].append(orphan)
     records += [r for uid, files in unreadable.items() if uid not in by_series for r in files]
     for uid, headers in by_series.items():
         try:
@@ -172,6 +179,18 @@ def _read_header(path: str) -> _Header | SeriesInfo | None:
         return SeriesInfo(key=hash_id(path), kind=DICOM, files=[path], series_uid=_series_uid_of(path),
                           size_bytes=_size(path)).skip(f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})")
     return _Header(path=path, size=_size(path), ds=ds, truncated=truncated)
+
+
+def _series_named_in(path: str, series_uids: Iterable[str]) -> str:
+    """The one UID of ``series_uids`` written in the first bytes of ``path`` ("" when none or several are): a
+    file whose SeriesInstanceUID element is damaged (its tag or length bytes) still holds the UID's characters."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_ORPHAN_BYTES)
+    except OSError:
+        return ""
+    found = {uid.decode("ascii") for uid in _UID_TEXT.findall(head)} & set(series_uids)
+    return found.pop() if len(found) == 1 else ""
 
 
 def _series_uid_of(path: str) -> str:
