@@ -172,7 +172,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             self.ui.sampleComboBox.addItem(sample.description, sample.kind)
 
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
-        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChosen)
+        self.ui.presetComboBox.connect("activated(int)", self.onPresetChosen)
         self.ui.databaseRadioButton.connect("toggled(bool)", self.updateDataSource)
         self.ui.refreshDatabaseButton.connect("clicked(bool)", self.onRefreshDatabase)
         self.ui.scanButton.connect("clicked(bool)", self.onScan)
