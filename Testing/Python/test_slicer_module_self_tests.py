@@ -203,3 +203,90 @@ def test_each_module_logic_loads_the_sample_and_matches_without_a_checkpoint(sli
     for finished in (matched, carried):
         finished.discard()
     assert list(matched.folder.parent.iterdir()) == []
+
+
+class FakeWidget(types.SimpleNamespace):
+    """A Qt widget as the panels use it: properties as attributes, ``connect(signal, slot)``."""
+
+    def connect(self, signal, slot):
+        self.slots = {**getattr(self, "slots", {}), signal: slot}
+
+
+class FakeComboBox(FakeWidget):
+    def __init__(self):
+        super().__init__(items=[], currentIndex=-1)
+
+    count = property(lambda self: len(self.items))
+
+    def addItem(self, text, data):
+        self.items.append((text, data))
+
+    def clear(self):
+        self.items.clear()
+
+    def findData(self, data):
+        return next((i for i, (_, value) in enumerate(self.items) if value == data), -1)
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def blockSignals(self, block):
+        pass
+
+
+def test_a_panels_job_control_shows_progress_cancels_and_keeps_only_failed_folders(slicer_application, tmp_path,
+                                                                                    monkeypatch):
+    """What the panels' buttons do with a short job: Start disables its buttons and enables Cancel with a busy bar;
+    Cancel ends the process tree at once and removes the folder; a success shows the outputs and removes the folder; a
+    failure keeps it and names it."""
+    from GVSLSharedLib import jobs, module_base, runs
+
+    for cursor in ("setOverrideCursor", "restoreOverrideCursor"):  # the wait cursor while outputs are shown
+        monkeypatch.setattr(slicer_application.app, cursor, lambda *args: None, raising=False)
+
+    start, cancel, label, bar = FakeWidget(enabled=True), FakeWidget(enabled=False), FakeWidget(text=""), FakeWidget()
+    shown = []
+    control = module_base.JobControl("Matching", [start], cancel, label, lambda job: shown.append(job), bar)
+    assert bar.visible is False and "clicked(bool)" in cancel.slots
+
+    def job(code: str):
+        folder = jobs.new_work_folder(tmp_path, "match")
+        return jobs.Job(runs.BackgroundProcess([sys.executable, "-c", code], folder / "job.log"), folder)
+
+    running = job("import time; time.sleep(60)")
+    control.start(running)
+    assert (start.enabled, cancel.enabled, bar.visible, control.running) == (False, True, True, True)
+    assert label.text.startswith("Matching… ")
+    cancel.slots["clicked(bool)"](False)
+    assert running.poll() is not None and not running.folder.exists()
+    assert (start.enabled, cancel.enabled, bar.visible, label.text) == (True, False, False, "Matching cancelled.")
+
+    for code, succeeds in (("print('ok')", True), ("raise SystemExit('broken input')", False)):
+        finished = job(code)
+        control.start(finished)
+        while control.running:
+            control.poll()
+        assert finished.folder.exists() != succeeds
+        assert (shown[-1:] == [finished]) == succeeds
+    assert str(finished.folder) in label.text and "broken input" in label.text
+
+
+def test_the_device_choice_lists_what_torch_reports_and_sets_the_parameter(slicer_application, tmp_path):
+    from GVSLSharedLib import devices, module_base
+
+    node = types.SimpleNamespace(device="cuda:1")
+    logic = types.SimpleNamespace(workFolder=lambda kind: tmp_path / kind)
+    combo = FakeComboBox()
+    choice = module_base.DeviceChoice(combo, logic, lambda: node)
+    assert [value for _, value in combo.items] == ["auto", "cpu", "cuda:1"]  # a saved choice stays shown
+    choice.query()
+    while choice.job is not None:
+        choice.poll()
+    import torch
+
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    assert [value for _, value in combo.items][:2 + len(gpus)] == ["auto", "cpu", *gpus]
+    assert not (tmp_path / "devices").exists()
+    combo.slots["currentIndexChanged(int)"](combo.findData("cpu"))
+    assert node.device == "cpu"
+    assert devices.device_choices('{"cuda": ["H100"], "mps": false}')[2] == ("cuda:0", "GPU 0: H100")
