@@ -19,7 +19,7 @@ from nibabel.testing import data_path as nibabel_data_path
 
 from gvsl.cli import main
 from gvsl.data import open_cache
-from gvsl.io import read_image, scan
+from gvsl.io import read_image, read_volume, scan
 from gvsl.io.completeness import IncompleteFileError, check_complete
 
 SEED = int(os.environ.get("GVSL_FUZZ_SEED", "0"))
@@ -84,21 +84,29 @@ def test_a_cut_volume_file_is_refused_not_read_as_zeros(tmp_path, name, compress
         read_image(path)
 
 
-def test_nifti_nan_and_inf_are_counted_in_the_file_not_after_simpleitk_zeroes_them(tmp_path):
+def test_nifti_nan_and_inf_are_found_in_the_file_though_simpleitk_reads_them_as_0(tmp_path):
     values = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(nibabel_data_path) / "anatomical.nii"),
                                                    sitk.sitkFloat32))
     values[:2] = np.nan
     values[2, :3] = np.inf
-    sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "holes.nii.gz"))
-    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "holes.nii.gz")))).all()
-    expected = 2 * values[0].size + 3 * values.shape[2]
-    with open(tmp_path / "holes.nii.gz", "rb") as file:
-        raw = gzip.decompress(file.read())
-    assert check_complete(tmp_path / "holes.nii.gz", len(raw) - 352) == expected
-    [record] = scan(tmp_path)
-    assert record.usable and record.note.startswith(f"non-finite voxels: {100 * expected / values.size:.1f} %")
+    path = tmp_path / "holes.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # SimpleITK: 0 there
+    payload = len(gzip.decompress(path.read_bytes())) - 352  # after the 348-byte header and its 4-byte extension
+    positions = check_complete(path, payload)
+    np.testing.assert_array_equal(positions, np.flatnonzero(~np.isfinite(values)))
     with pytest.raises(IncompleteFileError):
-        check_complete(tmp_path / "holes.nii.gz", len(raw))
+        check_complete(path, payload + 4)
+    [record] = scan(tmp_path)
+    read = sitk.GetArrayFromImage(read_volume(record))
+    np.testing.assert_array_equal(np.isfinite(read), np.isfinite(values))
+    np.testing.assert_array_equal(read[np.isfinite(values)], values[np.isfinite(values)])
+    share = 100 * positions.size / values.size
+    assert record.usable and record.note.startswith(f"non-finite voxels: {share:.1f} %"), record.note
+    assert main(["prepare", str(tmp_path), "--cache", str(tmp_path / "cache"), "--spacing", "2", "--no-progress",
+                 "--volume-modality", "MR"]) == 0
+    [entry] = open_cache(tmp_path / "cache")
+    assert entry.note.endswith(f"; {positions.size} NaN/Inf voxels set to 0") and np.isfinite(entry.array()).all()
 
 
 def test_scan_table_escapes_control_characters_of_dicom_text(tmp_path, capsys):

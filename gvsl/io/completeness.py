@@ -42,19 +42,20 @@ def payload_bytes(reader: sitk.ImageFileReader) -> int | None:
     return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * component
 
 
-def check_volume_file(reader: sitk.ImageFileReader) -> int | None:
+def check_volume_file(reader: sitk.ImageFileReader) -> np.ndarray | None:
     """``check_complete`` for the file of ``reader``, once ``reader.ReadImageInformation()`` has read its header."""
     expected = payload_bytes(reader)
     return None if expected is None else check_complete(reader.GetFileName(), expected)
 
 
-def check_complete(path: str | os.PathLike, expected_bytes: int) -> int | None:
+def check_complete(path: str | os.PathLike, expected_bytes: int) -> np.ndarray | None:
     """Raise ``IncompleteFileError`` unless the volume file at ``path`` holds ``expected_bytes`` bytes of voxel data
     (size x components x bytes per component, from its header). Formats other than NIfTI, NRRD and MetaImage, and
     text encodings of NRRD, are not checked; a file that cannot be opened raises OSError.
 
-    Returns the number of NaN/Inf voxels of a NIfTI file of float type, counted in its bytes because SimpleITK reads
-    them as 0; None for other files.
+    Returns, for a NIfTI file of float type, the positions of its NaN/Inf values in the order the file stores them
+    (x fastest: for one component per voxel, indices into SimpleITK's [k, j, i] array raveled), found in its bytes
+    because SimpleITK reads them as 0; None for other files.
     """
     path = Path(path)
     name = path.name.lower()
@@ -67,9 +68,9 @@ def check_complete(path: str | os.PathLike, expected_bytes: int) -> int | None:
     return None
 
 
-def _check_nifti(path: Path, expected_bytes: int) -> int | None:
+def _check_nifti(path: Path, expected_bytes: int) -> np.ndarray | None:
     """A .nii or .nii.gz: the header (348 bytes, NIfTI-1, or 540, NIfTI-2) then the voxels from ``vox_offset``;
-    returns the NaN/Inf count for float voxels."""
+    returns the positions of NaN/Inf values for float voxels."""
     compressed = path.name.lower().endswith(".gz")
     with open(path, "rb") as file:
         if compressed:
@@ -82,7 +83,7 @@ def _check_nifti(path: Path, expected_bytes: int) -> int | None:
         counter = _NonFiniteCounter(offset, dtype, expected_bytes) if dtype is not None else None
         available = _stream_length(file, zlib.decompressobj(_GZIP_OR_ZLIB) if compressed else None, counter)
     _compare(available - offset, expected_bytes)
-    return counter.count if counter is not None else None
+    return counter.positions() if counter is not None else None
 
 
 def _nifti_layout(head: bytes) -> tuple[int, np.dtype | None]:
@@ -103,12 +104,12 @@ def _nifti_layout(head: bytes) -> tuple[int, np.dtype | None]:
 
 
 class _NonFiniteCounter:
-    """Counts NaN/Inf among the ``dtype`` values in the ``length`` bytes that start ``offset`` bytes into a stream
-    fed piece by piece."""
+    """Finds the NaN/Inf values among the ``dtype`` values in the ``length`` bytes that start ``offset`` bytes into a
+    stream fed piece by piece."""
 
     def __init__(self, offset: int, dtype: np.dtype, length: int) -> None:
         self.skip, self.dtype, self.left = offset, dtype, length
-        self.pending, self.count = b"", 0
+        self.pending, self.seen, self.found = b"", 0, []
 
     def feed(self, data: bytes) -> None:
         cut = min(self.skip, len(data))
@@ -117,8 +118,13 @@ class _NonFiniteCounter:
         self.left -= len(data) - len(self.pending)
         whole = len(data) - len(data) % self.dtype.itemsize
         values = np.frombuffer(data[:whole], self.dtype)
-        self.count += values.size - int(np.count_nonzero(np.isfinite(values)))
+        self.found.append(self.seen + np.flatnonzero(~np.isfinite(values)))
+        self.seen += values.size
         self.pending = data[whole:]
+
+    def positions(self) -> np.ndarray:
+        """Indices (int64) of the NaN/Inf values fed so far, in stream order."""
+        return np.concatenate(self.found) if self.found else np.zeros(0, np.int64)
 
 
 def _check_keyed_header(path: Path, expected_bytes: int, fields: Callable[[dict[str, str]], tuple[str, str, int]],

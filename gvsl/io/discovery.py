@@ -276,16 +276,14 @@ def _assess_volume(path: str, root: Path, options: ScanOptions) -> SeriesInfo:
         if n_values is not None:
             return info.skip(f"label map ({n_values} distinct integer values), not an image")
         return info
-    if stored_non_finite is None:
-        share, repair = 1.0 - np.count_nonzero(np.isfinite(voxels)) / voxels.size, "prepare sets them to the " \
-            "background value"
-    else:
-        share, repair = stored_non_finite / voxels.size, "SimpleITK reads them as 0 from NIfTI"
+    non_finite = voxels.size - np.count_nonzero(np.isfinite(voxels)) if stored_non_finite is None else \
+        stored_non_finite.size  # NIfTI: SimpleITK has read them as 0, their positions come from the file
+    share = non_finite / voxels.size
     if share > MAX_NON_FINITE_SHARE:
         return info.skip(f"non-finite voxels: {100 * share:.1f} % (more than {100 * MAX_NON_FINITE_SHARE:.0f} % "
                          "NaN/Inf: more hole than image)")
     if share:
-        info.note = f"non-finite voxels: {100 * share:.1f} % (NaN/Inf; {repair})"
+        info.note = f"non-finite voxels: {100 * share:.1f} % (NaN/Inf; prepare sets them to the background value)"
     return info
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .completeness import IncompleteFileError, check_volume_file
@@ -16,11 +17,12 @@ def read_volume(series: SeriesInfo) -> sitk.Image:
 
     DICOM slices are read in the order discovery sorted them (by position along the slice normal), so the image's
     third axis points along the normal; a single file (volume file or enhanced multi-frame DICOM) is read whole.
-    Raises ``RuntimeError`` (from SimpleITK) when the files cannot be decoded, ``IncompleteFileError`` (a
-    ValueError) when a volume file holds fewer voxels than its header announces.
+    NaN/Inf voxels are NaN (also in a NIfTI file, which SimpleITK reads with 0 there): preprocessing counts them
+    and sets them to the background value. Raises ``RuntimeError`` (from SimpleITK) when the files cannot be
+    decoded, ``IncompleteFileError`` (a ValueError) when a volume file holds fewer voxels than its header announces.
     """
     if len(series.files) == 1:
-        image = _read_file(series.files[0], sitk.sitkFloat32)
+        image = _restore_non_finite(*_read_file(series.files[0], sitk.sitkFloat32))
     else:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(series.files)
@@ -58,7 +60,7 @@ def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> s
             return reader.Execute()
         if not path.is_file():
             raise ValueError(f"{path} does not exist")
-        return _read_file(str(path), pixel_type)
+        return _read_file(str(path), pixel_type)[0]
     except IncompleteFileError as exc:
         raise ValueError(f"cannot read {path} as an image: {exc}") from exc
     except RuntimeError as exc:
@@ -66,11 +68,23 @@ def read_image(path: str | os.PathLike, pixel_type: int = sitk.sitkUnknown) -> s
         raise ValueError(f"cannot read {path} as an image: {reason}") from exc
 
 
-def _read_file(path: str, pixel_type: int) -> sitk.Image:
-    """One image file with ``pixel_type``, once its voxel data are known to be complete (``check_volume_file``)."""
+def _read_file(path: str, pixel_type: int) -> tuple[sitk.Image, np.ndarray | None]:
+    """One image file with ``pixel_type``, once its voxel data are known to be complete (``check_volume_file``), and
+    the positions of the NaN/Inf values of a float NIfTI file, which SimpleITK reads as 0 (else None)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.ReadImageInformation()
-    check_volume_file(reader)
+    non_finite = check_volume_file(reader)
     reader.SetOutputPixelType(pixel_type)
-    return reader.Execute()
+    return reader.Execute(), non_finite
+
+
+def _restore_non_finite(image: sitk.Image, positions: np.ndarray | None) -> sitk.Image:
+    """``image`` with NaN at ``positions`` (indices into its raveled [k, j, i] array), where SimpleITK put 0."""
+    if positions is None or not positions.size or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    values = sitk.GetArrayFromImage(image)
+    values.reshape(-1)[positions] = np.nan
+    restored = sitk.GetImageFromArray(values)
+    restored.CopyInformation(image)
+    return restored
