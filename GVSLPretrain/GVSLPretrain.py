@@ -76,8 +76,7 @@ class GVSLPretrain(ScriptedLoadableModule):
 
     def registerSampleData(self):
         """The GVSL samples in Slicer's Sample Data module (registered here only: they serve both modules)."""
-        registerSampleData(sharedResourcePath(os.path.dirname(__file__), "Icons/GVSLPretrain.png"),
-                           GVSLPretrainLogic().writeAndLoadSample)
+        registerSampleData(sharedResourcePath(os.path.dirname(__file__), "Icons/GVSLPretrain.png"), GVSLPretrainLogic())
 
 
 #
@@ -232,7 +231,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
 
     def onLoadSample(self, _checked=None):
         with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
-            if not ensureBackend(self.logic):
+            if not ensureBackend(self.logic, samples.SAMPLE_REQUIREMENTS):
                 return
             self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
 
@@ -513,15 +512,6 @@ class GVSLPretrainLogic(GVSLLogicBase):
         jsonPath = folder / "scan.json"
         process = runs.BackgroundProcess(runs.scan_command(dataPath, modalities), folder / "scan.log", jsonPath)
         return jobs.Job(process, folder, jsonPath=jsonPath)
-
-    def writeAndLoadSample(self, kind):
-        """Write the sample ``kind`` and load it, waiting with Slicer kept responsive (Slicer's Sample Data module);
-        returns the loaded volume and segmentation nodes."""
-        job = self.startSample(kind)
-        pipeline_check.run_to_end(job.process, _("writing the GVSL sample"), slicer.app.processEvents)
-        loaded = self.loadSample(job)
-        job.discard()
-        return [*loaded.volumes, loaded.segmentation]
 
     @staticmethod
     def startPretraining(parameterNode, dataPath):

@@ -201,7 +201,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     def onLoadSample(self, _checked=None):
         with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
-            if not ensureBackend(self.logic):
+            if not ensureBackend(self.logic, samples.SAMPLE_REQUIREMENTS):
                 return
             self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
 

@@ -163,8 +163,9 @@ class InstallPlan:
         return steps
 
 
-def install_plan(module_dir: Path) -> InstallPlan:
-    """What the backend still needs, for a module file in ``module_dir``.
+def install_plan(module_dir: Path, extra: Iterable[str] = ()) -> InstallPlan:
+    """What the backend still needs, for a module file in ``module_dir``, with the ``extra`` requirements of the
+    action asking (e.g. the sample data's, ``samples.SAMPLE_REQUIREMENTS``).
 
     The requirements are those of the ``gvsl`` that ``python -m gvsl`` runs: the importable one (the extension's
     copy beside the modules, or a pip-installed one), else the one of the source tree holding the module folder,
@@ -181,7 +182,7 @@ def install_plan(module_dir: Path) -> InstallPlan:
             raise RuntimeError(f"The GVSL backend ({BACKEND_PACKAGE}/) is missing beside the module in {module_dir}: "
                                "reinstall the GVSL extension.")
         package, backend = source / BACKEND_PACKAGE, str(source)
-    return InstallPlan(backend, requirement_problems(read_requirements(package / REQUIREMENTS_NAME)))
+    return InstallPlan(backend, requirement_problems([*read_requirements(package / REQUIREMENTS_NAME), *extra]))
 
 
 def pins_of_provided() -> str:

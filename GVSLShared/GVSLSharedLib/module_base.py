@@ -63,12 +63,13 @@ def sharedResourcePath(moduleDir, filename):
 #
 
 
-def ensureBackend(logic):
-    """torch (PyTorch extension) and the gvsl backend at the versions it needs, installed on this user action after
-    one confirmation that lists everything (nothing is written before it); asks to restart Slicer when a package its
-    process has loaded was replaced. True when the backend can run."""
+def ensureBackend(logic, extra=()):
+    """torch (PyTorch extension) and the gvsl backend at the versions it needs, with the ``extra`` requirements of the
+    action (e.g. the sample data's), installed on this user action after one confirmation that lists everything
+    (nothing is written before it); asks to restart Slicer when a package its process has loaded was replaced. True
+    when the backend can run."""
     try:
-        plan = logic.installPlan()
+        plan = logic.installPlan(extra)
     except RuntimeError as exc:  # the extension was installed without its backend folder
         slicer.util.errorDisplay(str(exc))
         return False
@@ -213,15 +214,18 @@ class DeviceChoice:
         self.show(wanted)
 
 
-def registerSampleData(iconPath, samplesToLoad):
-    """Offer the GVSL samples in Slicer's Sample Data module (category "GVSL"); each entry writes its sample with the
-    backend and loads it (``samplesToLoad(kind)``, blocking with Slicer kept responsive)."""
+def registerSampleData(iconPath, logic):
+    """Offer the GVSL samples in Slicer's Sample Data module (category "GVSL"): each entry checks the backend and the
+    sample data's packages (``ensureBackend``), then writes its sample and loads it (``logic.writeAndLoadSample``)."""
     import SampleData
+
+    def load(kind):
+        return logic.writeAndLoadSample(kind) if ensureBackend(logic, samples.SAMPLE_REQUIREMENTS) else []
 
     for sample in samples.SAMPLES:
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category="GVSL", sampleName=sample.name, uris=[], fileNames=[], nodeNames=[],
-            thumbnailFileName=iconPath, customDownloader=lambda _source, kind=sample.kind: samplesToLoad(kind))
+            thumbnailFileName=iconPath, customDownloader=lambda _source, kind=sample.kind: load(kind))
 
 
 class RunControlMixin:
@@ -386,9 +390,10 @@ class GVSLLogicBase(ScriptedLoadableModuleLogic):
         return pathlib.Path(__file__).parents[1]
 
     @staticmethod
-    def installPlan():
-        """What the backend still needs (``dependencies.InstallPlan``), found without importing or writing anything."""
-        return dependencies.install_plan(GVSLLogicBase._moduleDir())
+    def installPlan(extra=()):
+        """What the backend (and the ``extra`` requirements) still need (``dependencies.InstallPlan``), found without
+        importing or writing anything."""
+        return dependencies.install_plan(GVSLLogicBase._moduleDir(), extra)
 
     @staticmethod
     def backendProblems():
@@ -429,6 +434,15 @@ class GVSLLogicBase(ScriptedLoadableModuleLogic):
     def loadSample(job):
         """Put a written sample into the scene (``samples.load_sample``)."""
         return samples.load_sample(slicer.mrmlScene, job.folder, job.kind)
+
+    def writeAndLoadSample(self, kind):
+        """Write the sample ``kind`` and load it, waiting with Slicer kept responsive (for Slicer's Sample Data
+        module); returns the loaded volume and segmentation nodes."""
+        job = self.startSample(kind)
+        pipeline_check.run_to_end(job.process, _("writing the GVSL sample"), slicer.app.processEvents)
+        loaded = self.loadSample(job)
+        job.discard()
+        return [*loaded.volumes, loaded.segmentation]
 
     def resumeRun(self, runFolder):
         """``gvsl COMMAND --resume RUN_DIR`` in the background (COMMAND: ``runCommand``)."""

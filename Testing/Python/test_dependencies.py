@@ -56,3 +56,11 @@ def test_the_plan_is_made_without_importing_torch_or_writing_files(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip().endswith('"torch": false, "lines": []}') or '"torch": false' in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sample_datas_requirements_are_the_sample_extra():
+    import tomllib
+    from GVSLSharedLib import samples
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert list(samples.SAMPLE_REQUIREMENTS) == extras["sample"]

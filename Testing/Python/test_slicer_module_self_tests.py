@@ -290,3 +290,45 @@ def test_the_device_choice_lists_what_torch_reports_and_sets_the_parameter(slice
     combo.slots["currentIndexChanged(int)"](combo.findData("cpu"))
     assert node.device == "cpu"
     assert devices.device_choices('{"cuda": ["H100"], "mps": false}')[2] == ("cuda:0", "GPU 0: H100")
+
+
+def test_the_backend_is_installed_after_one_confirmation_and_a_restart_is_asked_when_needed(slicer_application,
+                                                                                          monkeypatch):
+    """ensureBackend: Slicer's own package out of range stops with an error and installs nothing; otherwise one
+    dialog lists everything and nothing is installed before it is accepted; a replaced package that Slicer's process
+    has loaded brings the restart question."""
+    from GVSLSharedLib import dependencies, module_base
+
+    asked, errors, installed, restarted = [], [], [], []
+    answers = iter([False, True, True])
+    monkeypatch.setattr(slicer_application.util, "confirmOkCancelDisplay",
+                        lambda text: asked.append(text) or next(answers))
+    monkeypatch.setattr(slicer_application.util, "errorDisplay", lambda text: errors.append(text))
+    monkeypatch.setattr(slicer_application.util, "restart", lambda: restarted.append(True), raising=False)
+    for cursor in ("setOverrideCursor", "restoreOverrideCursor"):
+        monkeypatch.setattr(slicer_application.app, cursor, lambda *args: None, raising=False)
+    plans = {"slicer": dependencies.InstallPlan(None, [dependencies.Problem("SimpleITK>=9", "2.5.7")]),
+             "pip": dependencies.InstallPlan(None, [dependencies.Problem("monai>=9", "1.6.1"),
+                                                    dependencies.Problem("pydicom>=2.4", None)])}
+    logic = types.SimpleNamespace(installBackend=installed.append)
+    logic.installPlan = lambda extra: plans[logic.case]
+    monkeypatch.setattr(dependencies.InstallPlan, "restart_needed", lambda self, loaded: ["monai"])
+
+    logic.case = "slicer"
+    assert module_base.ensureBackend(logic) is False
+    assert "SimpleITK>=9 (installed: 2.5.7)" in errors[-1] and asked == [] and installed == []
+    logic.case = "pip"
+    assert module_base.ensureBackend(logic) is False  # declined: nothing installed
+    assert "monai>=9 (installed: 1.6.1)\npydicom>=2.4 (not installed)" in asked[-1] and installed == []
+    assert module_base.ensureBackend(logic) is True
+    assert installed == [plans["pip"]] and "restart" in asked[-1] and restarted == [True]
+
+
+def test_the_sample_data_module_entry_writes_loads_and_leaves_no_folder(slicer_application, tmp_path):
+    from GVSLSharedLib import samples
+
+    import GVSLPretrain
+    nodes = GVSLPretrain.GVSLPretrainLogic().writeAndLoadSample(samples.BRAIN)
+    assert [node.GetClassName() for node in nodes] == ["vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"]
+    assert nodes[1].GetSegmentation().GetNumberOfSegments() == 14
+    assert list((tmp_path / "GVSL").iterdir()) == []
