@@ -96,6 +96,44 @@ def test_two_prepares_on_one_cache_at_once(volumes, tmp_path):
     assert assert_cache_complete(cache) == 8 and len(open_cache(cache)) == 8
 
 
+def spawned_workers(parent: int) -> list[int]:
+    """Process ids of the multiprocessing workers (``spawn_main`` in their command line) whose parent is ``parent``
+    (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
+def test_prepare_worker_killed_gives_a_message_and_the_next_run_finishes(volumes, tmp_path):
+    """A worker that dies (the kernel's out-of-memory killer, a native crash in a reader) ends ``prepare`` with a
+    message, not a traceback; what was finished is kept and the next run completes."""
+    cache, rng = tmp_path / "cache", np.random.default_rng(SEED)
+    process = subprocess.Popen([*prepare_command(volumes, cache), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    while not (workers := spawned_workers(process.pid)):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.5))
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    if process.returncode == 0:  # the worker had finished its last series: nothing was lost
+        pytest.skip("the killed worker was already idle")
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert "gvsl prepare: a worker process ended abruptly" in err and "run again to continue" in err, err
+    assert_cache_complete(cache)
+    done = subprocess.run(prepare_command(volumes, cache), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "8 series used" in done.stdout, done.stderr
+    assert assert_cache_complete(cache) == 8
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory) -> Path:
     return make_tiny_cache(tmp_path_factory.mktemp("tiny"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import CacheWriteError, NoUsableDataError, PrepareConfig, prepare_cache
+from ..data import CacheWriteError, NoUsableDataError, PrepareConfig, WorkerDiedError, prepare_cache
 from ..train.config import parse_spacing
 from .scan import add_selection_arguments, selection_from_args
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = prepare_cache(args.path, args.cache, config=config, workers=args.workers,
                                 progress=not args.no_progress)
-    except (NoUsableDataError, CacheWriteError, FileNotFoundError) as exc:
+    except (NoUsableDataError, CacheWriteError, WorkerDiedError, FileNotFoundError) as exc:
         print(f"gvsl prepare: {exc}", file=sys.stderr)
         return 1
     print(summary.format())

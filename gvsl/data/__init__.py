@@ -11,7 +11,7 @@ from typing import Any
 # pydicom (a GPU machine may lack them), preparing one needs both, and preprocessing workers need no torch.
 _MODULES = {
     **dict.fromkeys(("CacheEntry", "CacheWriteError", "NoUsableDataError", "PrepareSummary", "cache_preprocessing",
-                     "from_storage", "is_cache", "open_cache", "prepare_cache"), "cache"),
+                     "WorkerDiedError", "from_storage", "is_cache", "open_cache", "prepare_cache"), "cache"),
     **dict.fromkeys(("Normalisation", "PrepareConfig", "Preprocessed", "canonical_grid", "preprocess_image"),
                     "preprocess"),
     "PairDataset": "pairs",

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -58,6 +59,11 @@ class NoUsableDataError(ValueError):
 
 class CacheWriteError(OSError):
     """The cache folder cannot be written (read-only, full disk, ...); what was written before is intact."""
+
+
+class WorkerDiedError(ChildProcessError):
+    """A worker process of ``prepare`` ended abruptly (killed, out of memory, a native crash in a reader); what was
+    finished before is in the cache."""
 
 
 @dataclass
@@ -292,11 +298,12 @@ def _process_all(todo: list[tuple[SeriesInfo, str]], cache_dir: Path, config: Pr
                  entries: dict[str, CacheEntry], workers: int, progress: bool) -> None:
     """Preprocess ``todo`` (in ``workers`` processes, or here), updating ``entries`` and the manifest as arrays land."""
     bar = tqdm(total=len(todo), desc="prepare", unit="series", disable=not progress)
-    settings, last_write = _settings(config), time.monotonic()
+    settings, last_write, finished = _settings(config), time.monotonic(), 0
 
     def done(entry: CacheEntry) -> None:
-        nonlocal last_write
+        nonlocal last_write, finished
         entries[entry.key] = entry
+        finished += 1
         bar.update()
         if time.monotonic() - last_write > _MANIFEST_INTERVAL_S:
             _write_manifest(cache_dir, settings, entries)
@@ -316,6 +323,12 @@ def _process_all(todo: list[tuple[SeriesInfo, str]], cache_dir: Path, config: Pr
                     for f in futures:
                         f.cancel()
                     raise
+    except BrokenProcessPool as exc:
+        _write_manifest(cache_dir, settings, entries)
+        raise WorkerDiedError(
+            f"a worker process ended abruptly (killed, out of memory, or a native crash in a reader) after "
+            f"{finished} of {len(todo)} series; they are kept in {cache_dir}: run again to continue "
+            "(with --workers 0 a crash shows the series being read)") from exc
     except (CacheWriteError, KeyboardInterrupt):
         _write_manifest(cache_dir, settings, entries)
         raise
