@@ -190,7 +190,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         self.initializeParameterNode()
         self.updateDataSource()
         self.onRefreshDatabase()
-        self._deviceChoice.query()
         self._timer.start()
 
     def cleanup(self):
@@ -200,6 +199,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         self._similarityTimer.stop()
         for control in (self._sampleControl, self._scanControl, self._matchControl):
             control.cancel()
+        self._deviceChoice.cancel()
         if self._similarityJob is not None:
             self._similarityJob[0].kill()
         if self._shownMatch is not None:
@@ -481,6 +481,7 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         """Non-blocking check of the background jobs, once per timer tick; the buttons follow their inputs."""
         for control in (self._sampleControl, self._scanControl, self._matchControl):
             control.poll()
+        self._deviceChoice.query()
         self._deviceChoice.poll()
         if self._similarityJob is not None:
             self._pollSimilarity()

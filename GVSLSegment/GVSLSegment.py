@@ -166,7 +166,6 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
 
         self.initializeParameterNode()
         self.updateDataSource()
-        self._deviceChoice.query()
         self._timer.start()
 
     def cleanup(self):
@@ -175,6 +174,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         self._timer.stop()
         for control in (self._sampleControl, self._segmentControl):
             control.cancel()
+        self._deviceChoice.cancel()
         self.removeObservers()
 
     def initializeParameterNode(self):
@@ -399,6 +399,7 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         """Non-blocking check of the background jobs, once per timer tick; the buttons follow their inputs."""
         for control in (self._sampleControl, self._segmentControl):
             control.poll()
+        self._deviceChoice.query()
         self._deviceChoice.poll()
         self._pollRun()
         self.updateButtons()

@@ -174,21 +174,30 @@ class DeviceChoice:
         self.logic = logic
         self.parameterNode = parameterNode  # a callable returning the current parameter node
         self.job = None
+        self.answered = False  # torch has reported its devices
         self._fill(devices.BASIC_CHOICES)
         comboBox.connect("currentIndexChanged(int)", self.onChosen)
 
     def query(self):
-        """Ask torch for the devices in the background (when it is installed and no query is running)."""
-        if self.job is None and dependencies.installed_version(dependencies.TORCH) is not None:
+        """Ask torch for the devices in the background, once it is installed (called from the widget's timer, so
+        torch installed later by the backend check is asked too); one query at a time, none once answered."""
+        if not self.answered and self.job is None and dependencies.installed_version(dependencies.TORCH) is not None:
             self.job = devices.start_device_query(self.logic.workFolder("devices"))
 
     def poll(self):
         if self.job is None or self.job.poll() is None:
             return
         job, self.job = self.job, None
+        self.answered = True  # a failed query (a broken torch) is not repeated every second
         if job.poll() == 0:
             self._fill(devices.device_choices(job.answer.read_text(encoding="utf-8")))
         job.discard()
+
+    def cancel(self):
+        """End a running query (the widget is closing); its folder goes."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
 
     def show(self, device):
         """Select ``device`` (added when torch has not reported it, e.g. a saved scene's)."""

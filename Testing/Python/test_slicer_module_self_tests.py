@@ -282,6 +282,8 @@ def test_the_device_choice_lists_what_torch_reports_and_sets_the_parameter(slice
     choice.query()
     while choice.job is not None:
         choice.poll()
+    choice.query()
+    assert choice.answered and choice.job is None  # asked once
     import torch
 
     gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
