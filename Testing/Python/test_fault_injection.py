@@ -185,3 +185,19 @@ def test_full_disk_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypa
     monkeypatch.setattr(torch, "save", real_save)  # space freed: the run continues from iteration 1
     assert main(["pretrain", "--resume", str(run_dir)]) == 0
     assert [n for n, _ in list_checkpoints(run_dir)][-1] == 3
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change(tiny_cache, tmp_path, capsys):
+    """Weights made NaN (as divergence leaves them) give a NaN loss at the next step: the run stops with a message
+    and writes no checkpoint from them."""
+    run_dir = tmp_path / "run"
+    assert main(["pretrain", str(tiny_cache), "--out", str(run_dir), "--iterations", "1", *TINY_FLAGS]) == 0
+    [(_, path)] = list_checkpoints(run_dir)
+    payload = load_checkpoint(path)
+    next(iter(payload["model"].values())).fill_(float("nan"))
+    torch.save(payload, path)
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run_dir), "--iterations", "2"]) == 1
+    error = capsys.readouterr().err
+    assert "the loss is not finite (loss nan" in error and "Traceback" not in error, error
+    assert [n for n, _ in list_checkpoints(run_dir)] == [1]

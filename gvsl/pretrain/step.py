@@ -68,6 +68,10 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
     return len(blocks)
 
 
+class NonFiniteLossError(ValueError):
+    """The loss of a step is NaN or infinite (the weights were left as they were)."""
+
+
 @dataclass
 class StepOutput:
     """Detached scalar losses; ``views`` = (A, B, warped B, restored A) of the first pair, (D, H, W), if asked."""
@@ -122,6 +126,13 @@ class TrainStep:
         affine_warped_b = warp_affine(b, theta, self.conventions) if self.weights.ncc_affine else None
         synthetic_affine = None if synthetic is None else affine_supervision_loss(theta, synthetic, self.conventions)
         losses = gvsl_losses(restored_a, warped_b, flow_ba, clean_a, self.weights, affine_warped_b, synthetic_affine)
+        # The crops are finite (cached as uint16), so a NaN/Inf loss means the weights diverged: stop before they
+        # are updated and saved. Under float16 the loss scaler skips such steps itself and lowers its scale.
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(losses["loss"])):
+            raise NonFiniteLossError(
+                "the loss is not finite (" + ", ".join(f"{k} {float(v.detach()):g}" for k, v in losses.items()) + "): "
+                "training diverged; the weights were not updated and the last checkpoint is intact: resume from it "
+                "with a lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
