@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from tiny_cache import make_tiny_cache
 from gvsl.atomic_files import is_partial
 from gvsl.checkpoints import load_checkpoint
 from gvsl.cli import main
-from gvsl.data import open_cache
+from gvsl.data import PairDataset, open_cache
 from gvsl.sample_data import load_mni
 from gvsl.train.events import read_events
 from gvsl.train.state import CHECKPOINT_DIR, list_checkpoints
@@ -201,3 +202,18 @@ def test_a_non_finite_loss_stops_before_the_weights_change(tiny_cache, tmp_path,
     error = capsys.readouterr().err
     assert "the loss is not finite (loss nan" in error and "Traceback" not in error, error
     assert [n for n, _ in list_checkpoints(run_dir)] == [1]
+
+
+def test_a_cache_array_damaged_after_prepare_is_left_out_at_training_time(tiny_cache, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    entries = open_cache(cache)
+    damaged = entries[0]
+    (cache / damaged.file).write_bytes((cache / damaged.file).read_bytes()[:1000])  # cut, as a failing disk leaves it
+    capsys.readouterr()
+    dataset = PairDataset(cache, patch_size=(16, 16, 16))
+    assert sorted(e.key for e in dataset.entries) == sorted(e.key for e in entries[1:])
+    assert f"cache entry {damaged.key} left out: cached array missing or damaged" in capsys.readouterr().err
+    a, b = next(iter(dataset))
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert main(["pretrain", str(cache), "--out", str(tmp_path / "run"), "--iterations", "1", *TINY_FLAGS]) == 0
