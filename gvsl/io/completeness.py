@@ -3,8 +3,8 @@
 SimpleITK reads a NIfTI whose gzip stream was cut, or a cut NRRD, as a full volume padded with zeros, without an
 error: a copy interrupted half-way would be cached as a usable scan. So the voxel data are found from the header
 (NIfTI-1/2 ``vox_offset``; NRRD ``encoding``, ``data file``, ``byte skip``; MetaImage ``ElementDataFile``,
-``CompressedData``, ``HeaderSize``), a compressed stream is decompressed to its end marker, and the byte count is
-compared with size x bytes per voxel.
+``CompressedData``, ``HeaderSize``), a compressed stream (one gzip/zlib/bzip2 stream) is decompressed to its end
+marker, and the byte count is compared with size x bytes per voxel.
 """
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ def _check_nifti(path: Path, expected_bytes: int) -> np.ndarray | None:
             head = file.read(540)
             file.seek(0)
         offset, dtype = _nifti_layout(head)
-        counter = _NonFiniteCounter(offset, dtype, expected_bytes) if dtype is not None else None
-        available = _stream_length(file, zlib.decompressobj(_GZIP_OR_ZLIB) if compressed else None, counter)
+        found = _NonFiniteValues(offset, dtype, expected_bytes) if dtype is not None else None
+        available = _stream_length(file, zlib.decompressobj(_GZIP_OR_ZLIB) if compressed else None, found)
     _compare(available - offset, expected_bytes)
-    return counter.positions() if counter is not None else None
+    return found.positions() if found is not None else None
 
 
 def _nifti_layout(head: bytes) -> tuple[int, np.dtype | None]:
@@ -103,7 +103,7 @@ def _nifti_layout(head: bytes) -> tuple[int, np.dtype | None]:
     return int(offset), (np.dtype(order + floats[datatype]) if datatype in floats else None)
 
 
-class _NonFiniteCounter:
+class _NonFiniteValues:
     """Finds the NaN/Inf values among the ``dtype`` values in the ``length`` bytes that start ``offset`` bytes into a
     stream fed piece by piece."""
 
@@ -184,18 +184,18 @@ class _Decompressor(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
 
-def _stream_length(file: BinaryIO, decompressor: _Decompressor | None, counter: _NonFiniteCounter | None = None
+def _stream_length(file: BinaryIO, decompressor: _Decompressor | None, found: _NonFiniteValues | None = None
                    ) -> int:
     """Bytes that reading ``file`` from its position gives, decompressed by ``decompressor`` when given, each piece
-    fed to ``counter``; IncompleteFileError if a compressed stream is cut before its end marker or corrupt."""
+    fed to ``found``; IncompleteFileError if a compressed stream is cut before its end marker or corrupt."""
     total = 0
     try:
         while (chunk := file.read(_CHUNK)) and not (decompressor and decompressor.eof):
             data = decompressor.decompress(chunk) if decompressor else chunk
             total += len(data)
-            if counter is not None:
-                counter.feed(data)
-    except (zlib.error, OSError, EOFError) as exc:
+            if found is not None:
+                found.feed(data)
+    except (zlib.error, OSError, EOFError) as exc:  # bz2 raises OSError for invalid data
         raise IncompleteFileError(f"corrupt compressed data ({exc})") from exc
     if decompressor is not None and not decompressor.eof:
         raise IncompleteFileError("truncated file: the compressed voxel data end before their end marker")
