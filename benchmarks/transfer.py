@@ -40,13 +40,16 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from gvsl.finetune.fusion import vote
 from gvsl.pretrain.recipe import CORRESPONDENCE_RECIPE, recipe_flags
 from gvsl.synth.donors import OPEN_DONORS
 
@@ -169,23 +172,6 @@ def finetune(out: Path, tests: Sequence[str], budgets: Sequence[int], seeds: int
 ATLAS_METHODS = ("SimpleITK affine", "gvsl network (--refine 0)", "gvsl match")
 
 
-def vote(label_maps: Sequence[np.ndarray], values: Sequence[int], sigma_voxels: float = 1.0) -> np.ndarray:
-    """Fuse label maps of one grid (each (D, H, W) of ``values`` and 0) by majority vote, background included; a tie
-    goes to the value whose indicator, smoothed by a Gaussian of ``sigma_voxels`` and averaged over the maps, is
-    largest there (the neighbourhood decides where two maps disagree). One map is returned as it is."""
-    from scipy import ndimage
-
-    if len(label_maps) == 1:
-        return label_maps[0]
-    choices = [0, *values]
-    tie_break = 0.5 / len(label_maps)  # below one vote: it only orders values with equal votes
-    scores = []
-    for value in choices:
-        share = np.mean([labels == value for labels in label_maps], axis=0, dtype=np.float32)
-        scores.append(share + tie_break * ndimage.gaussian_filter(share, sigma_voxels))  # linear: = mean of smoothed
-    return np.asarray(choices, dtype=label_maps[0].dtype)[np.argmax(np.stack(scores), axis=0)]
-
-
 def atlas(out: Path, tests: Sequence[str], budgets: Sequence[int], recipe: str = "gvsl") -> None:
     import SimpleITK as sitk
 
@@ -219,6 +205,100 @@ def atlas(out: Path, tests: Sequence[str], budgets: Sequence[int], recipe: str =
         path = out / "atlas" / f"test-{test}.json"
         path.write_text(json.dumps(result, indent=1))
         print(f"wrote {path}", flush=True)
+
+
+UNLABELLED_DRAWS = 2  # generator draws of each open donor in a test donor's unlabelled folder
+MATCH_CHECKPOINT_ITERATIONS = 60  # the collection's matching checkpoint: a short pre-training on the folder
+
+
+def unlabelled_folder(out: Path, test: str) -> Path:
+    """``OUT/unlabelled/test-<D>``: copies of the test donor's own scan (as a user's collection holds the scans they
+    will segment) and ``UNLABELLED_DRAWS`` corpus draws of every open donor (other contrasts and warps)."""
+    folder = out / "unlabelled" / f"test-{test}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [out / "donors" / "images" / f"{test}.nii.gz"] + [
+        out / "corpus" / "synth" / "images" / f"{donor}-{k + 1:02d}.nii.gz"
+        for donor in OPEN_DONORS for k in range(UNLABELLED_DRAWS)]
+    for source in sources:
+        if not (folder / source.name).is_file():
+            shutil.copyfile(source, folder / source.name)
+    return folder
+
+
+def nnunet_folder(path: Path, donors_folder: Path, donors: Sequence[str]) -> Path:
+    """An nnU-Net style DATA folder (imagesTr/<donor>_0000.nii.gz, labelsTr/<donor>.nii.gz, labels.json) of
+    ``donors``' cases: the shape the issue's acceptance check runs."""
+    for sub in ("imagesTr", "labelsTr"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    for donor in donors:
+        shutil.copyfile(donors_folder / "images" / f"{donor}.nii.gz", path / "imagesTr" / f"{donor}_0000.nii.gz")
+        shutil.copyfile(donors_folder / "labels" / f"{donor}.nii.gz", path / "labelsTr" / f"{donor}.nii.gz")
+    shutil.copyfile(donors_folder / "labels.json", path / "labels.json")
+    return path
+
+
+def timed_run(command: Sequence[str]) -> float:
+    """``run(command)`` and its wall-clock seconds."""
+    started = time.perf_counter()
+    run(command)
+    return time.perf_counter() - started
+
+
+def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iterations: int, modes: Sequence[str]
+               ) -> None:
+    """For each test donor: its unlabelled folder and a ``MATCH_CHECKPOINT_ITERATIONS``-iteration pre-training on it
+    (the checkpoint CK); for each label budget and mode ("finetune": from CK; "scratch"), ``gvsl finetune DATA --init
+    CK --unlabelled DIR`` exactly as the issue's acceptance check, then ``gvsl segment`` of the test donor's scan,
+    scored against its labels, beside matching alone (the run's own matches onto that scan, fused by ``vote``).
+    Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``."""
+    import SimpleITK as sitk
+
+    from gvsl.finetune.heldout import class_dice
+
+    donors = out / "donors"
+    values = [entry["value"] for entry in json.loads((donors / "labels.json").read_text())["labels"]]
+    for test in tests:
+        folder = unlabelled_folder(out, test)
+        base = out / "collection" / f"test-{test}"
+        pretrained = base / "ck"
+        if not list((pretrained / "checkpoints").glob("iter_*.pt")):
+            run([sys.executable, "-m", "gvsl", "pretrain", str(folder), "--out", str(pretrained), "--iterations",
+                 str(MATCH_CHECKPOINT_ITERATIONS), "--device", "cpu", *PRETRAIN_FLAGS, *RECIPES["gvsl"],
+                 "--checkpoint-every", str(MATCH_CHECKPOINT_ITERATIONS)])
+        checkpoint = sorted((pretrained / "checkpoints").glob("iter_*.pt"))[-1]
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(donors / "labels" / f"{test}.nii.gz")))
+        for budget in budgets:
+            labelled = roles(test).training[:budget]
+            data = nnunet_folder(base / f"data-{budget}", donors, labelled)
+            for mode in modes:
+                work = base / f"{mode}-budget-{budget}"
+                result_file = work / "result.json"
+                if result_file.is_file():
+                    continue
+                run_folder, segmentation = work / "run", work / f"segmentation-{test}.nii.gz"
+                shutil.rmtree(run_folder, ignore_errors=True)
+                train_seconds = timed_run([
+                    sys.executable, "-m", "gvsl", "finetune", str(data), "--init", str(checkpoint), "--unlabelled",
+                    str(folder), "--out", str(run_folder), "--iterations", str(iterations), "--patch", str(PATCH),
+                    "--batch", "2", "--lr", "3e-3", "--spacing", str(SPACING_MM), "--val-every", str(iterations),
+                    "--seed", "0", "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu",
+                    *(["--mode", "scratch", "--match-checkpoint", str(checkpoint)] if mode == "scratch" else [])])
+                segment_seconds = timed_run([
+                    sys.executable, "-m", "gvsl", "segment", str(donors / "images" / f"{test}.nii.gz"), "--model",
+                    str(run_folder), "--out", str(segmentation), "--device", "cpu"])
+                matches = sorted((run_folder / "collection" / "matches" / test).glob("*.labels.nii.gz"))
+                carried = [sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in matches]
+                scores = {"collection": class_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(segmentation))), truth,
+                                                   values),
+                          "matching": class_dice(vote(carried, values), truth, values)}
+                result = {"test": test, "labelled": list(labelled), "mode": mode, "checkpoint": str(checkpoint),
+                          "unlabelled_scans": len(list(folder.glob("*.nii.gz"))), "train_seconds": train_seconds,
+                          "segment_seconds": segment_seconds,
+                          **{f"{name}_mean_dice": float(np.mean([d for d in dice if d is not None]))
+                             for name, dice in scores.items()},
+                          "dice": scores}
+                result_file.write_text(json.dumps(result, indent=1))
+                print(json.dumps({k: v for k, v in result.items() if k != "dice"}), flush=True)
 
 
 def paired(summary: dict, arm: str, reference: str) -> list[float]:
@@ -256,6 +336,14 @@ def table(out: Path) -> str:
             if arm in summary["results"] and reference in summary["results"]:
                 differences.append(f"| {test} | {budget} | {arm} - {reference} | "
                                    f"{mean_sd(paired(summary, arm, reference))} |")
+    for path in sorted((out / "collection").glob("test-*/*-budget-*/result.json")):
+        result = json.loads(path.read_text())
+        budget = len(result["labelled"])
+        for name in ("matching", "collection"):
+            arm = f"{name} ({result['mode']})" if name == "collection" else "matching (the run's matches, fused)"
+            seconds = f"{result['train_seconds']:.0f}" if name == "collection" else "–"
+            rows.append(f"| {result['test']} | {budget} | {arm} | {result[name + '_mean_dice']:.3f} | "
+                        f"{'1500' if name == 'collection' else '–'} | {seconds} |")
     for path in sorted((out / "atlas").glob("test-*.json")):
         result = json.loads(path.read_text())
         for budget, entry in result["budgets"].items():
@@ -266,7 +354,7 @@ def table(out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("data", "pretrain", "finetune", "atlas", "table", "all"))
+    parser.add_argument("step", choices=("data", "pretrain", "finetune", "atlas", "collection", "table", "all"))
     parser.add_argument("out", type=Path, help="working folder (generated data, runs, results)")
     parser.add_argument("--recipes", default="gvsl,restoration", help="pre-training recipes (default gvsl,restoration)")
     parser.add_argument("--pretrain-iterations", type=int, default=3500)
@@ -276,6 +364,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="1,2", help="labelled donors per comparison (default 1,2)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per comparison (default 3)")
     parser.add_argument("--iterations", type=int, default=1500, help="fine-tuning iterations of every arm")
+    parser.add_argument("--collection-modes", default="finetune",
+                        help="collection step: train from the short pre-training (finetune) and/or scratch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -297,6 +387,9 @@ def main() -> None:
                  args.iterations, recipes, args.device)
     if "atlas" in steps:
         atlas(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")])
+    if args.step == "collection":
+        collection(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")], args.iterations,
+                   args.collection_modes.split(","))
     if "table" in steps:
         print(table(args.out))
 
