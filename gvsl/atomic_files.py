@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -66,3 +69,24 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_image_atomically(path: str | os.PathLike, image: sitk.Image) -> Path:
+    """Write a SimpleITK image whole or not at all: into a temporary folder beside ``path`` under its own name (the
+    suffix chooses the format), then renamed onto ``path``. Raises as ``write_atomically`` does (RuntimeError from
+    SimpleITK for an image it cannot write)."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    path = Path(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent))
+    try:
+        sitk.WriteImage(image, str(folder / path.name), useCompression=True)
+        with open(folder / path.name, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    _fsync_folder(path.parent)
+    return path

@@ -165,7 +165,7 @@ def test_validation_data_stay_out_of_training(compared, data):
         start = next(e for e in read_events(compared["out"] / ARMS_DIR / run / "events.jsonl") if e["event"] == "start")
         assert (start["train_cases"], start["val_cases"]) == (["mni_a", "mni_b"], ["val-mni_a"])
         split = json.loads((compared["out"] / ARMS_DIR / run / "split.json").read_text())
-        assert split == {"train": ["mni_a", "mni_b"], "val": ["val-mni_a"]}
+        assert split == {"train": ["mni_a", "mni_b"], "val": ["val-mni_a"], "collection": []}
     with pytest.raises(ValueError, match="validation case mni_a .* is also training case mni_a"):
         find_split_cases(data["train"], data["train"])
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gvsl.finetune.compare import Arm
 
 COMPARISON_NAME = "comparison.json"  # gvsl.finetune.compare.COMPARISON_NAME (that module imports torch)
+EXTRA_ARMS = ("matching", "collection")  # --compare arms that are not modes (gvsl.finetune.compare)
 
 EPILOG = """\
 DATA: an nnU-Net folder (imagesTr/CASE_0000.nii.gz + labelsTr/CASE.nii.gz, names from dataset.json), a CSV
@@ -30,11 +31,21 @@ held-out cases (--val-data, else --val-fraction of DATA; a single case is reused
 holds the best model, RUN_DIR/checkpoints the last ones. Stop with Ctrl-C, SIGTERM or RUN_DIR/STOP; continue
 with --resume RUN_DIR. Several GPUs: torchrun --nproc_per_node=N -m gvsl finetune ...
 
+Your unlabelled collection (--unlabelled DIR): every labelled case is matched onto every usable scan of DIR (as
+gvsl match: network and refinement; kept in RUN_DIR/collection, so a run started again reuses them), the carried
+label maps are fused by vote into pseudo-labels (voxels where they disagree are left out of the loss), and each
+labelled case warped onto each scan (with the scan's intensity histogram) is a further exact training pair. Crops
+come equally from the labelled cases, the pseudo-labelled scans and the warped pairs. DIR may hold the very scans you
+will segment later.
+
 Does pre-training pay on my data? --compare scratch[,linear,random-linear] trains the --mode arm and each listed
 mode, each with --seeds seeds, on the same cases, crops and budget (RUN_DIR/arms/ARM-seedK, one cache), scores
 each final model on the held-out cases (--test-data, else the validation cases) by segmenting them whole, and
 writes RUN_DIR/comparison.json (Dice per label, mean and sd over seeds, learning curves, a verdict against scratch)
-and RUN_DIR/comparison.png. One process; stop as above; --resume RUN_DIR continues it."""
+and RUN_DIR/comparison.png. One process; stop as above; --resume RUN_DIR continues it. Does my unlabelled collection
+pay? --unlabelled DIR --compare scratch,matching,collection adds two rows: matching (no training: the labelled cases'
+labels carried onto each held-out case by gvsl match and fused) and collection (the --mode arm trained with DIR as
+above); the --mode arm itself trains on the labelled cases alone."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,11 +85,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pre-training)")
     parser.add_argument("--modality", choices=("auto", "CT", "MR"), default=s, help="intensity normalisation")
     parser.add_argument("--seed", type=int, default=s, help="seed of weights, crops and augmentation (default 0)")
+    parser.add_argument("--unlabelled", default=s, metavar="DIR",
+                        help="a folder of unlabelled scans (DICOM, NIfTI, NRRD: what gvsl scan reads): every labelled "
+                             "case is matched onto each, and training also uses the carried labels (see below)")
+    parser.add_argument("--match-checkpoint", default=s, metavar="CHECKPOINT",
+                        help="the GVSL network that matches the labelled cases onto --unlabelled's scans (default "
+                             "--init; without either, an untrained network: the refinement carries the match)")
     boolean = argparse.BooleanOptionalAction
     parser.add_argument("--augment", action=boolean, default=s, help="spatial and intensity augmentation (on)")
     parser.add_argument("--compare", metavar="MODE[,MODE...]",
                         help="also train these modes on the same cases, crops, seeds and budget and compare held-out "
-                             "Dice (scratch, linear, random-linear, finetune; see below)")
+                             "Dice (scratch, linear, random-linear, finetune; matching and collection with "
+                             "--unlabelled; see below)")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="with --compare: train every arm with seeds --seed .. --seed+N-1 (default 1)")
     parser.add_argument("--test-data", metavar="DATA",
@@ -88,22 +106,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def comparison_arms(config: FinetuneConfig, compare: str) -> list[Arm]:
-    """The arms of ``--compare MODE,...``: the run's own mode first, then each listed mode, named by their mode;
-    the pre-trained modes start from ``--init``. ValueError for an unknown or repeated mode, or a missing --init."""
-    from gvsl.finetune.compare import Arm
+    """The arms of ``--compare MODE,...``: the run's own mode first (trained on the labelled cases alone), then each
+    listed one, named by it: a mode; ``matching`` (no training: the labels carried by matching, with
+    ``--match-checkpoint`` or ``--init``); ``collection`` (the run's mode trained with ``--unlabelled``). The
+    pre-trained modes start from ``--init``. ValueError for an unknown or repeated mode, a missing --init, or
+    ``collection`` without --unlabelled."""
+    from gvsl.finetune.compare import MATCHING_MODE, Arm
 
-    modes = [config.mode, *(mode.strip() for mode in compare.split(",") if mode.strip())]
-    unknown = [mode for mode in modes if mode not in MODES]
+    names = [config.mode, *(mode.strip() for mode in compare.split(",") if mode.strip())]
+    unknown = [name for name in names if name not in (*MODES, *EXTRA_ARMS)]
     if unknown:
-        raise ValueError(f"--compare {compare}: {', '.join(unknown)} is not a mode; the modes are {', '.join(MODES)}")
-    if len(set(modes)) != len(modes):
+        raise ValueError(f"--compare {compare}: {', '.join(unknown)} is not a mode; the modes are "
+                         f"{', '.join((*MODES, *EXTRA_ARMS))}")
+    if len(set(names)) != len(names):
         raise ValueError(f"--compare {compare} with --mode {config.mode}: each mode is trained once")
-    if len(modes) < 2:
+    if len(names) < 2:
         raise ValueError("--compare needs at least one mode to compare with, e.g. --compare scratch")
-    needing = [mode for mode in modes if mode in PRETRAINED_MODES]
+    needing = [name for name in names if name in PRETRAINED_MODES]
     if needing and config.init is None:
         raise ValueError(f"{', '.join(needing)} starts from the pre-trained model: give --init CHECKPOINT")
-    return [Arm(mode, mode, config.init if mode in PRETRAINED_MODES else None) for mode in modes]
+    if "collection" in names and config.unlabelled is None:
+        raise ValueError("the collection arm trains with your unlabelled scans: give --unlabelled DIR")
+    init = config.init if config.mode in PRETRAINED_MODES else None
+    arms = []
+    for name in names:
+        if name == MATCHING_MODE:
+            arms.append(Arm(name, MATCHING_MODE, config.match_checkpoint or config.init))
+        elif name == "collection":
+            arms.append(Arm(name, config.mode, init, config.unlabelled))
+        else:
+            arms.append(Arm(name, name, config.init if name in PRETRAINED_MODES else None))
+    return arms
 
 
 def comparison_note(args: argparse.Namespace) -> str:

@@ -43,10 +43,17 @@ def reuse_note(args: argparse.Namespace) -> str:
 
 
 def note_printer(command: str) -> Callable[[dict], None]:
-    """An event listener that prints the ``warnings`` of a run's start event as plain lines on stderr."""
+    """An event listener that prints, as plain lines on stderr, the ``warnings`` of a run's start event, the
+    progress of matching an unlabelled collection (``pseudo_labels``) and the scans it left out."""
     def print_notes(event: dict) -> None:
-        for note in event.get("warnings", []) if event.get("event") == "start" else []:
+        kind = event.get("event")
+        notes = event.get("warnings", []) if kind == "start" else event.get("notes", []) if kind == "collection_notes" \
+            else []
+        for note in notes:
             print(f"gvsl {command}: note: {note}", file=sys.stderr)
+        if kind == "pseudo_labels":
+            print(f"gvsl {command}: matching {event['done']}/{event['total']} scans"
+                  + (f" ({event['scan']} done)" if event.get("scan") else ""), file=sys.stderr, flush=True)
     return print_notes
 
 

@@ -45,19 +45,24 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from gvsl.atomic_files import write_text_atomically
+from gvsl.finetune.cache import read_label
 from gvsl.finetune.comparison_chart import ArmCurves, write_comparison_chart
 from gvsl.finetune.config import MODES, PRETRAINED_MODES, FinetuneConfig
 from gvsl.finetune.data import Case, find_cases, find_split_cases
-from gvsl.finetune.engine import run_finetune
+from gvsl.finetune.engine import choose_label_table, run_finetune
 from gvsl.finetune.heldout import held_out_dice
+from gvsl.finetune.matching_arm import matching_dice
 from gvsl.finetune.model import backbone_state
+from gvsl.labels import label_values
 from gvsl.networks import DEFAULT_CHANNELS
 from gvsl.segment.model import load_segmentation_model
 from gvsl.train.config import CONFIG_NAME, read_config_file, save_config
@@ -74,6 +79,8 @@ ARMS_DIR = "arms"
 FORMAT = "gvsl-finetune-comparison"
 VERSION = 1
 REFERENCE_MODE = "scratch"
+MATCHING_MODE = "matching"
+MATCHING_DIR = "matching"
 FORWARDED = {"start": "arm_start", "end": "arm_train_end", "error": "arm_error"}  # an arm-run's event -> OUT's
 SUMMARY_FIELDS = ("data", "val_data", "iterations", "batch", "patch", "channels", "lr", "schedule", "weight_decay",
                   "foreground", "augment", "val_every", "val_windows", "spacing", "device", "precision")
@@ -82,12 +89,15 @@ _FOLDER_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class Arm:
-    """One way of training the network: ``name`` (folder-safe), ``mode`` (one of ``MODES``), ``init`` (the checkpoint
-    for "finetune"/"linear"; None for "scratch"/"random-linear")."""
+    """One way of training the network: ``name`` (folder-safe), ``mode`` (one of ``MODES``, or ``MATCHING_MODE``:
+    no training, labels carried by matching), ``init`` (the checkpoint for "finetune"/"linear", the matching network
+    for "matching" or None; None for "scratch"/"random-linear"), ``unlabelled`` (a folder of unlabelled scans to
+    train on too: ``--unlabelled``)."""
 
     name: str
     mode: str
     init: Optional[str]
+    unlabelled: Optional[str] = None
 
 
 def arm_run_name(arm: str, seed: int) -> str:
@@ -106,11 +116,12 @@ def check_plan(arms: Sequence[Arm], seeds: Sequence[int]) -> None:
     for arm in arms:
         if not _FOLDER_SAFE.match(arm.name):
             raise ValueError(f"arm name {arm.name!r} cannot name a folder (letters, digits, '_', '.', '-')")
-        if arm.mode not in MODES:
-            raise ValueError(f"arm {arm.name}: {arm.mode!r} is not a mode; the modes are {', '.join(MODES)}")
+        if arm.mode not in (*MODES, MATCHING_MODE):
+            raise ValueError(f"arm {arm.name}: {arm.mode!r} is not a mode; the modes are {', '.join(MODES)}, "
+                             f"{MATCHING_MODE}")
         if arm.mode in PRETRAINED_MODES and not arm.init:
             raise ValueError(f"arm {arm.name} ({arm.mode}) starts from the pre-trained model: give --init CHECKPOINT")
-        if arm.mode not in PRETRAINED_MODES and arm.init:
+        if arm.mode not in (*PRETRAINED_MODES, MATCHING_MODE) and arm.init:
             raise ValueError(f"arm {arm.name} ({arm.mode}) starts from random weights, so it takes no checkpoint")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"a comparison needs one or more distinct seeds, got {list(seeds)}")
@@ -119,7 +130,8 @@ def check_plan(arms: Sequence[Arm], seeds: Sequence[int]) -> None:
 def shared_widths(base: FinetuneConfig, arms: Sequence[Arm]) -> tuple[int, ...]:
     """The backbone widths of every arm: ``base.channels``, else those of the arms' checkpoints, else the default;
     ValueError when a checkpoint has others (the arms would train different networks)."""
-    found = {init: tuple(backbone_state(init)[1]) for init in sorted({arm.init for arm in arms if arm.init})}
+    found = {init: tuple(backbone_state(init)[1])
+             for init in sorted({arm.init for arm in arms if arm.init and arm.mode != MATCHING_MODE})}
     widths = tuple(base.channels or next(iter(found.values()), DEFAULT_CHANNELS))
     for init, init_widths in found.items():
         if init_widths != widths:
@@ -130,8 +142,8 @@ def shared_widths(base: FinetuneConfig, arms: Sequence[Arm]) -> tuple[int, ...]:
 
 def arm_config(base: FinetuneConfig, arm: Arm, seed: int) -> FinetuneConfig:
     """The configuration of ``arm``'s run with ``seed``: ``base`` (whose ``out`` is the comparison's folder) with
-    ``mode``, ``init``, ``seed`` and the run folder replaced."""
-    return replace(base, mode=arm.mode, init=arm.init, seed=seed,
+    ``mode``, ``init``, ``unlabelled``, ``seed`` and the run folder replaced (not for the matching arm)."""
+    return replace(base, mode=arm.mode, init=arm.init, seed=seed, unlabelled=arm.unlabelled,
                    out=str(Path(base.out) / ARMS_DIR / arm_run_name(arm.name, seed)))
 
 
@@ -309,6 +321,21 @@ def check_test_cases(test_cases: Sequence[Case], used: Sequence[Case]) -> None:
                              "training or validation data: --test-data must hold other cases")
 
 
+def score_matching_arm(base: FinetuneConfig, arm: Arm, seed: int, labelled: Sequence[Case], held_out: Sequence[Case],
+                       table_file: Optional[Path], out: Path) -> dict:
+    """The matching arm's entry for ``seed`` (the same for every seed: nothing in it is random): held-out Dice of the
+    labelled cases' labels carried onto each held-out case (``matching_dice``; matches kept in OUT/matching), the
+    seconds it took as ``train_seconds``."""
+    started = time.perf_counter()
+    present = {int(v) for case in labelled for v in np.unique(sitk.GetArrayViewFromImage(read_label(case))) if v}
+    table = choose_label_table(base, table_file, present)
+    values, names = label_values(table), [e["name"] for e in table["labels"]]
+    score = matching_dice(labelled, held_out, values, names, out / MATCHING_DIR, arm.init, base.device)
+    return {"seed": seed, "run": MATCHING_DIR, "iterations": 0, "test_dice": score.dice,
+            "test_mean_dice": score.mean_dice, "test_dice_per_case": score.per_case, "curve": [],
+            "train_seconds": round(time.perf_counter() - started, 3)}
+
+
 def run_comparison(base: FinetuneConfig, arms: Sequence[Arm], seeds: Sequence[int], out: Path | str, *,
                    test_data: Optional[str] = None, resume: bool = False,
                    on_event: Optional[Callable[[dict], None]] = None) -> dict:
@@ -329,8 +356,9 @@ def run_comparison(base: FinetuneConfig, arms: Sequence[Arm], seeds: Sequence[in
         raise ValueError("a comparison runs in one process: start it without torchrun")
     base = replace(base, out=str(out), cache=str(base.cache or out / CACHE_NAME), channels=shared_widths(base, arms))
     for arm in arms:
-        arm_config(base, arm, seeds[0])  # each arm's configuration is valid (ValueError otherwise)
-    found, val_found, _ = find_split_cases(base.data, base.val_data)
+        if arm.mode != MATCHING_MODE:
+            arm_config(base, arm, seeds[0])  # each arm's configuration is valid (ValueError otherwise)
+    found, val_found, table_file = find_split_cases(base.data, base.val_data)
     cases_by_name = {case.name: case for case in found + val_found}
     test_cases = find_cases(test_data)[0] if test_data else None
     check_test_cases(test_cases or [], found + val_found)
@@ -364,6 +392,15 @@ def run_comparison(base: FinetuneConfig, arms: Sequence[Arm], seeds: Sequence[in
                     events.write("stop", reason=stop.reason, before=name)
                     summary["stopped"] = True
                     break
+                if arm.mode == MATCHING_MODE:
+                    cases = test_cases or val_found or found
+                    entry = score_matching_arm(base, arm, seed, found, cases, table_file, out)
+                    summary["labels"] = summary["labels"] or list(entry["test_dice"])
+                    record_arm_run(summary, arm.name, entry)
+                    write_summary(summary, out)
+                    events.write("arm_end", arm=name, seed=seed, test_dice=entry["test_dice"],
+                                 test_mean_dice=entry["test_mean_dice"], train_seconds=entry["train_seconds"])
+                    continue
                 config = arm_config(base, arm, seed)
 
                 def forward(record: dict, name: str = name) -> None:

@@ -35,6 +35,10 @@ class FinetuneConfig(RunConfig):
     present); ``val_fraction``: share of cases held out for validation (at least one; a single case is reused);
     ``val_data``: labelled cases (layouts as ``data``) used only for validation, instead of a share of ``data``;
     ``val_windows``: validation crops (fixed for the run, see ``gvsl.finetune.validation``), 0 for whole volumes.
+    ``unlabelled``: a folder of unlabelled scans (anything ``gvsl scan`` reads) that every labelled case is matched
+    onto, giving pseudo-labelled and synthesised training cases (``gvsl.finetune.collection``); ``match_checkpoint``:
+    the GVSL network that matches them (default ``init``; neither: an untrained network, the refinement carries the
+    match); ``min_agreement``: share of the carried label maps that must agree for a voxel's pseudo-label to count.
     """
 
     RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
@@ -64,6 +68,9 @@ class FinetuneConfig(RunConfig):
     workers: int = 2
     val_every: int = 250
     val_windows: int = 16
+    unlabelled: Optional[str] = None
+    match_checkpoint: Optional[str] = None
+    min_agreement: float = 1.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -83,5 +90,7 @@ class FinetuneConfig(RunConfig):
             raise ValueError("lr must be positive and weight_decay >= 0")
         if not 0.0 <= self.foreground <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("foreground must be in [0, 1] and val_fraction in [0, 1)")
+        if not 0.0 < self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
         if self.val_windows < 0:
             raise ValueError(f"val_windows must be 0 (whole volumes) or more, got {self.val_windows}")

@@ -39,10 +39,12 @@ from gvsl.checkpoints import save_checkpoint
 from gvsl.data.preprocess import PrepareConfig
 from gvsl.finetune.augment import augment_patches
 from gvsl.finetune.cache import CachedCase, open_prepared, prepare_cases
+from gvsl.finetune.collection import COLLECTION_DIR, CollectionMatcher, find_unlabelled_scans, network_registration
 from gvsl.finetune.config import FROZEN_BACKBONE_MODES, FinetuneConfig
-from gvsl.finetune.data import find_split_cases
+from gvsl.finetune.data import Case, find_split_cases
+from gvsl.finetune.fusion import IGNORE_VALUE
 from gvsl.finetune.model import build_segmentation_net
-from gvsl.finetune.sampling import PatchBatches
+from gvsl.finetune.sampling import IGNORED_CLASS, PatchBatches, collection_groups
 from gvsl.finetune.validation import choose_validation_windows, volume_dice, window_dice
 from gvsl.labels import (
     LabelTable,
@@ -114,6 +116,17 @@ def learning_rate(config: FinetuneConfig, iteration: int) -> float:
     return config.lr * (1.0 - iteration / config.iterations) ** 0.9
 
 
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, dice_loss: DiceLoss) -> dict[str, torch.Tensor]:
+    """``dice_loss`` (soft Dice of the softmax against the one-hot label, MONAI's ``DiceLoss()``) and cross-entropy
+    of logits (N, C, D, H, W) float against label (N, 1, D, H, W) class indices; voxels of class ``IGNORED_CLASS``
+    (pseudo-labels the carried maps disagree on) count in neither term (a batch of such voxels only: 0, not NaN)."""
+    counted = (label >= 0).to(logits.dtype)
+    one_hot = F.one_hot(label[:, 0].clamp_min(0), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    ce = F.cross_entropy(logits, label[:, 0], ignore_index=IGNORED_CLASS, reduction="sum")
+    return {"dice_loss": dice_loss(logits.softmax(dim=1) * counted, one_hot * counted),
+            "ce": ce / counted.sum().clamp_min(1.0)}
+
+
 class FinetuneTrainer(Trainer):
     """One process's part of a fine-tuning run (rank 0 writes files and validates)."""
 
@@ -121,8 +134,10 @@ class FinetuneTrainer(Trainer):
 
     def __init__(self, config: FinetuneConfig, run_dir: Path, table: LabelTable, train_cases: list[CachedCase],
                  val_cases: list[CachedCase], preprocessing: dict, context: DistributedContext,
-                 device: torch.device, precision: Precision, events: EventLog, payload: Optional[dict]):
+                 device: torch.device, precision: Precision, events: EventLog, payload: Optional[dict],
+                 collection: Sequence[CachedCase] = ()):
         self.table, self.train_cases, self.val_cases, self.preprocessing = table, train_cases, val_cases, preprocessing
+        self.collection = list(collection)
         self.values = label_values(table)
         if payload:
             model = SegmentationNet(len(self.values) + 1, payload["channels"])
@@ -138,9 +153,11 @@ class FinetuneTrainer(Trainer):
         optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
         super().__init__(config, run_dir, context, device, precision, events, model, optimizer, payload)
         self.best_dice = payload.get("best_dice") if payload else None
-        self.dice_loss = DiceLoss(to_onehot_y=True, softmax=True)
-        self.patch_batches = PatchBatches(train_cases, self.values, config.patch, config.batch, config.foreground,
-                                          derive_seed(config.seed, "data"), context.rank)
+        self.dice_loss = DiceLoss()
+        groups = [train_cases, *collection_groups(self.collection)]
+        self.patch_batches = PatchBatches([c for group in groups for c in group], self.values, config.patch,
+                                          config.batch, config.foreground, derive_seed(config.seed, "data"),
+                                          context.rank, group_sizes=[len(group) for group in groups])
         self.val_windows = None
         if config.val_windows and context.is_main:
             self.val_windows = choose_validation_windows(val_cases, self.values, config.patch, config.val_windows,
@@ -151,10 +168,10 @@ class FinetuneTrainer(Trainer):
                 precision: Precision, events: EventLog, payload: Optional[dict]) -> FinetuneTrainer:
         """Cache the cases, choose the label table and split the cases (``_prepare_data``), build the trainer; its
         ``config`` records the cache and the network's widths."""
-        config, train_cases, val_cases, table, preprocessing = _prepare_data(config, run_dir, context,
-                                                                             payload is not None)
+        config, train_cases, val_cases, collection, table, preprocessing = _prepare_data(
+            config, run_dir, context, payload is not None, events)
         trainer = cls(config, run_dir, table, train_cases, val_cases, preprocessing, context, device, precision,
-                      events, payload)
+                      events, payload, collection)
         trainer.config = replace(config, channels=tuple(trainer.model.channels))
         return trainer
 
@@ -169,6 +186,7 @@ class FinetuneTrainer(Trainer):
             notes.append(f"{'a single labelled case' if len(self.train_cases) == 1 else 'no held-out case'}: "
                          "validation reuses the training case(s), so its Dice is optimistic")
         return {"mode": self.config.mode, "train_cases": [c.name for c in self.train_cases],
+                "collection_cases": [c.name for c in self.collection],
                 "val_cases": [c.name for c in self.val_cases], "labels": self.table, "warnings": notes}
 
     def best_checkpoint(self) -> Optional[Path]:
@@ -198,8 +216,7 @@ class FinetuneTrainer(Trainer):
             image, label = augment_patches(image, label, generator)
         with self.precision.autocast(self.device):
             logits = self.network(image.contiguous(memory_format=self.memory_format))
-        logits = logits.float()
-        terms = {"dice_loss": self.dice_loss(logits, label), "ce": F.cross_entropy(logits, label[:, 0])}
+        terms = segmentation_loss(logits.float(), label, self.dice_loss)
         loss = terms["dice_loss"] + terms["ce"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -248,26 +265,49 @@ class FinetuneTrainer(Trainer):
         return {"val_dice": mean, "val_dice_per_class": dict(zip(names, dice)), "best_dice": self.best_dice}
 
 
-def _prepare_data(config: FinetuneConfig, run_dir: Path, context: DistributedContext, resume: bool
-                  ) -> tuple[FinetuneConfig, list[CachedCase], list[CachedCase], LabelTable, dict]:
-    """Cache the cases of ``data`` and ``val_data`` in one cache (rank 0; the others wait and read the manifest),
-    choose the label table and split the cases into training and validation (``val_data``'s, else
-    ``split_cases``'s), both saved in the run folder; on resume everything is read back. Returns the config (with
-    its cache), the training and validation cases, the label table and the preprocessing."""
+def collection_cases(config: FinetuneConfig, run_dir: Path, labelled: list[Case], events: EventLog) -> list[Case]:
+    """The cases ``--unlabelled`` adds (``gvsl.finetune.collection``: pseudo-labelled scans, then synthesised pairs),
+    matched into ``RUN_DIR/collection`` with a ``pseudo_labels`` event after each scan; scans left out become
+    ``collection_notes`` (printed by the command)."""
+    scans, notes = find_unlabelled_scans(config.unlabelled, [case.image for case in labelled])
+    events.write("pseudo_labels", done=0, total=len(scans), scan=None)
+    matcher = CollectionMatcher(run_dir / COLLECTION_DIR,
+                                network_registration(config.match_checkpoint or config.init, config.device),
+                                config.min_agreement)
+    found = matcher.run(labelled, scans, notes, lambda done, total, scan: events.write(
+        "pseudo_labels", done=done, total=total, scan=scan))
+    if found.notes:
+        events.write("collection_notes", notes=found.notes)
+    return found.pseudo + found.synthesised
+
+
+def _prepare_data(config: FinetuneConfig, run_dir: Path, context: DistributedContext, resume: bool,
+                  events: EventLog) -> tuple[FinetuneConfig, list[CachedCase], list[CachedCase], list[CachedCase],
+                                             LabelTable, dict]:
+    """Cache the cases of ``data`` and ``val_data`` (and, with ``unlabelled``, the collection's: ``collection_cases``)
+    in one cache (rank 0; the others wait and read the manifest), choose the label table and split the labelled cases
+    into training and validation (``val_data``'s, else ``split_cases``'s), all saved in the run folder; on resume
+    everything is read back. Returns the config (with its cache), the training, validation and collection cases, the
+    label table and the preprocessing."""
     prepare = PrepareConfig(target_spacing=config.spacing)
     if resume:
         cases = open_prepared(config.cache)
         table = read_label_table(run_dir / LABELS_NAME)
         split = json.loads((run_dir / SPLIT_NAME).read_text()) if (run_dir / SPLIT_NAME).is_file() else None
+        collection = cases_named(cases, split.get("collection", [])) if split else []
     else:
         found, val_found, table_file = find_split_cases(config.data, config.val_data)
         cache = Path(config.cache) if config.cache else run_dir / CACHE_NAME
         config = replace(config, cache=str(cache))
         if context.is_main:
-            prepare_cases(found + val_found, cache, prepare, config.modality)
+            extra = collection_cases(config, run_dir, found, events) if config.unlabelled else []
+            prepare_cases(found + val_found + extra, cache, prepare, config.modality)
         context.barrier()
-        cases = open_prepared(cache)
-        present = {int(v) for c in cases for v in c.values}
+        labelled_names = {c.name for c in found + val_found}
+        everything = open_prepared(cache)
+        cases = [c for c in everything if c.name in labelled_names]
+        collection = [c for c in everything if c.name not in labelled_names]
+        present = {int(v) for c in everything for v in c.values} - {IGNORE_VALUE}
         if not present:
             raise ValueError(f"{config.data}: every label map is empty (no value > 0)")
         table = choose_label_table(config, table_file, present)
@@ -279,10 +319,11 @@ def _prepare_data(config: FinetuneConfig, run_dir: Path, context: DistributedCon
     if context.is_main and not resume:
         write_label_table(table, run_dir / LABELS_NAME)
         write_text_atomically(run_dir / SPLIT_NAME, json.dumps(
-            {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}, indent=1) + "\n")
+            {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases],
+             "collection": [c.name for c in collection]}, indent=1) + "\n")
     modalities = {c.modality for c in cases}
     preprocessing = {**prepare.preprocessing(), "modality": modalities.pop() if len(modalities) == 1 else "auto"}
-    return config, train_cases, val_cases, table, preprocessing
+    return config, train_cases, val_cases, collection, table, preprocessing
 
 
 def run_finetune(config: FinetuneConfig, *, resume: bool = False, on_event: Optional[Listener] = None,

@@ -63,8 +63,14 @@ def held_out_dice(model: SegmentationNet, info: SegmentationInfo, cases: Sequenc
         scores = class_dice(sitk.GetArrayViewFromImage(predicted), sitk.GetArrayViewFromImage(truth),
                             info.label_values)
         per_case[case.name] = dict(zip(names, scores))
+    return HeldOutDice(mean_per_label(per_case, names), per_case)
+
+
+def mean_per_label(per_case: dict[str, dict[str, Optional[float]]], names: Sequence[str]
+                   ) -> dict[str, Optional[float]]:
+    """Label name -> Dice averaged over the cases that hold the label (None where none does)."""
     dice = {}
     for name in names:
         known = [scores[name] for scores in per_case.values() if scores[name] is not None]
         dice[name] = float(np.mean(known)) if known else None
-    return HeldOutDice(dice, per_case)
+    return dice

@@ -5,7 +5,7 @@ whatever the number of loader workers, and a crop reads only its voxels from the
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,9 +13,12 @@ from torch.utils.data import Dataset
 
 from gvsl.data.cache import from_storage
 from gvsl.finetune.cache import CachedCase
+from gvsl.finetune.collection import PSEUDO_PREFIX, SYNTHESISED_PREFIX
+from gvsl.finetune.fusion import IGNORE_VALUE
 from gvsl.train.state import derive_seed
 
 MAX_INDICES = 50_000  # voxel positions remembered per case and class for foreground sampling
+IGNORED_CLASS = -1  # the class index of ``IGNORE_VALUE`` voxels: no loss there
 
 
 def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -31,11 +34,20 @@ def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.nda
 
 
 def class_lookup(cases: list[CachedCase], values: Sequence[int]) -> np.ndarray:
-    """Label value -> class index (``values[k]`` -> k + 1; every other value of the cases' labels -> 0), an array
-    to index label maps with."""
+    """Label value -> class index (``values[k]`` -> k + 1; ``IGNORE_VALUE`` -> ``IGNORED_CLASS``; every other value
+    of the cases' labels -> 0), an array to index label maps with."""
     lookup = np.zeros(max([0, *values, *(int(v) for c in cases for v in c.values)]) + 1, np.int64)
     lookup[list(values)] = np.arange(1, len(values) + 1)
+    if lookup.size > IGNORE_VALUE:
+        lookup[IGNORE_VALUE] = IGNORED_CLASS
     return lookup
+
+
+def collection_groups(cases: Sequence[CachedCase]) -> list[list[CachedCase]]:
+    """The collection's cases in their groups, each drawn as often as the labelled cases (``PatchBatches``'s
+    ``group_sizes``): the pseudo-labelled scans, then the synthesised pairs; empty groups left out."""
+    groups = [[c for c in cases if c.name.startswith(prefix)] for prefix in (PSEUDO_PREFIX, SYNTHESISED_PREFIX)]
+    return [group for group in groups if group]
 
 
 class PatchBatches(Dataset):
@@ -46,11 +58,18 @@ class PatchBatches(Dataset):
     patch is centred (up to a random shift of a quarter patch) on a voxel of a class drawn uniformly among the
     classes present in the case, so small structures are seen as often as large ones; otherwise it lies
     uniformly in the volume (volumes smaller than the patch are zero-padded).
+
+    ``group_sizes``: the cases are consecutive groups of these sizes (labelled, then the collection's; see
+    ``collection_groups``); each patch comes from a group drawn uniformly, then a case of it. None: one group.
     """
 
     def __init__(self, cases: list[CachedCase], values: Sequence[int], patch: Sequence[int], batch: int,
-                 foreground: float, seed: int, rank: int = 0):
+                 foreground: float, seed: int, rank: int = 0, group_sizes: Optional[Sequence[int]] = None):
         self.cases, self.patch, self.batch = cases, tuple(int(p) for p in patch), int(batch)
+        sizes = [len(cases)] if group_sizes is None else [int(n) for n in group_sizes if n]
+        if sum(sizes) != len(cases):
+            raise ValueError(f"group sizes {list(sizes)} do not add up to the {len(cases)} cases")
+        self.group_starts = np.cumsum([0, *sizes])
         self.foreground, self.seed, self.rank = float(foreground), int(seed), int(rank)
         self.lookup = class_lookup(cases, values)
         rng = np.random.default_rng(seed)
@@ -95,7 +114,14 @@ class PatchBatches(Dataset):
         start = self.start(n, rng)
         return from_storage(crop(image, start, self.patch)), self.lookup[crop(label, start, self.patch)]
 
+    def draw_case(self, rng: np.random.Generator) -> int:
+        """A case index: a group uniformly, then a case of it uniformly (one group: one draw, as before groups)."""
+        if len(self.group_starts) == 2:
+            return int(rng.integers(len(self.cases)))
+        group = int(rng.integers(len(self.group_starts) - 1))
+        return int(rng.integers(self.group_starts[group], self.group_starts[group + 1]))
+
     def __getitem__(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(derive_seed(self.seed, "patches", self.rank, int(iteration)))
-        images, labels = zip(*(self.patch_pair(int(rng.integers(len(self.cases))), rng) for _ in range(self.batch)))
+        images, labels = zip(*(self.patch_pair(self.draw_case(rng), rng) for _ in range(self.batch)))
         return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(labels)[:, None])

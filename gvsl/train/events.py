@@ -1,7 +1,8 @@
 """The run's event file: ``RUN_DIR/events.jsonl``, one JSON object per line, flushed at each write.
 
 Every record has ``"event"`` (``start``, ``iteration``, ``checkpoint``,
-``stop``, ``error``, ``end``; a comparison of fine-tuning runs adds ``comparison_start``, ``arm_start``,
+``stop``, ``error``, ``end``; fine-tuning with an unlabelled collection adds ``pseudo_labels`` and
+``collection_notes``; a comparison of fine-tuning runs adds ``comparison_start``, ``arm_start``,
 ``arm_train_end``, ``arm_error`` and ``arm_end``) and ``"time"`` (Unix seconds). The Slicer module
 tails this file; see ``gvsl.pretrain.engine``, ``gvsl.finetune.engine`` and ``gvsl.finetune.compare`` for each
 event's fields.
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 EVENTS_NAME = "events.jsonl"
-EVENTS = ("start", "iteration", "checkpoint", "stop", "error", "end",
+EVENTS = ("start", "iteration", "checkpoint", "stop", "error", "end", "pseudo_labels", "collection_notes",
           "comparison_start", "arm_start", "arm_train_end", "arm_error", "arm_end")
 Listener = Callable[[dict], None]
 

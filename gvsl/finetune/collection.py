@@ -1,0 +1,206 @@
+"""The unlabelled collection as training data (``gvsl finetune --unlabelled DIR``): every labelled case matched onto
+every usable scan of DIR (``gvsl.match.match_volumes``: network and refinement), the carried label maps fused into
+pseudo-labels, and synthesised pairs (Zhao et al., CVPR 2019): the labelled image warped onto the scan's shape by the
+match and given the scan's intensity histogram, with the labels carried by the same match (exact for that image).
+
+Files, in ``RUN/collection/``::
+
+    scans.json                            the usable scans of DIR (name, source files) and the skipped ones with why
+    scans/<scan>.nii.gz                   each usable scan as read (float32; a DICOM series becomes one volume)
+    matches/<scan>/<case>.labels.nii.gz   labelled case <case>'s label map carried onto the scan (uint16)
+    matches/<scan>/<case>.image.nii.gz    <case>'s image warped onto the scan, the scan's histogram (float32)
+    pseudo/<scan>.labels.nii.gz           the carried maps fused by ``vote``, ``IGNORE_VALUE`` where fewer than
+                                          ``min_agreement`` of them agree
+
+Each file is written whole or not at all (``write_image_atomically``), the labels of a match last: a match whose
+labels file exists is never computed again, so a killed run started again (or resumed) goes on from the next match.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from gvsl.atomic_files import write_image_atomically, write_text_atomically
+from gvsl.finetune.cache import read_case
+from gvsl.finetune.data import Case
+from gvsl.finetune.fusion import fuse_with_confidence
+from gvsl.io import SeriesInfo, read_volume, scan
+from gvsl.io.series import error_text
+
+COLLECTION_DIR = "collection"
+PSEUDO_PREFIX = "unlabelled-"
+SYNTHESISED_PREFIX = "synthesised-"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_VOLUME_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", re.IGNORECASE)
+
+UNTRAINED_WIDTHS = (8, 16, 32, 64, 128, 64, 32, 16, 16)  # matching without a checkpoint
+
+Progress = Callable[[int, int, str], None]  # (scans done, scans in all, the scan just done)
+
+
+@dataclass(frozen=True)
+class CollectionCases:
+    """What the collection adds to training: ``pseudo`` (each scan with its fused pseudo-labels), ``synthesised``
+    (each labelled case warped onto each scan, with the carried labels), and ``notes`` (scans left out, and why)."""
+
+    pseudo: list[Case]
+    synthesised: list[Case]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class UnlabelledScan:
+    """A usable scan of the collection: a folder-safe unique ``name`` and the discovered ``series``."""
+
+    name: str
+    series: SeriesInfo
+
+
+def scan_name(series: SeriesInfo, taken: set[str]) -> str:
+    """A readable, folder-safe name for a scan, unique among ``taken`` (which it joins): a volume file's name
+    without its suffix, else the series description and the start of its key."""
+    if len(series.files) == 1 and _VOLUME_SUFFIX.search(series.files[0]):
+        base = _VOLUME_SUFFIX.sub("", Path(series.files[0]).name)
+    else:
+        base = f"{series.description or series.modality or 'series'}-{series.key[:8]}"
+    base = _UNSAFE.sub("_", base).strip("._-") or "scan"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
+
+
+def find_unlabelled_scans(folder: str | Path, exclude: Sequence[Path] = ()) -> tuple[list[UnlabelledScan], list[str]]:
+    """The usable scans under ``folder`` (``gvsl.io.scan``: DICOM series and volume files) other than the files in
+    ``exclude`` (the labelled cases' images), and a note for each one left out. ValueError when none is usable."""
+    excluded = {Path(p).resolve() for p in exclude}
+    scans, notes, taken = [], [], set()
+    for series in scan(folder):
+        if not series.usable:
+            notes.append(f"unlabelled {series.files[0] if series.files else series.key}: left out ({series.reason})")
+        elif len(series.files) == 1 and Path(series.files[0]).resolve() in excluded:
+            notes.append(f"unlabelled {series.files[0]}: left out (it is a labelled case's image)")
+        else:
+            scans.append(UnlabelledScan(scan_name(series, taken), series))
+    if not scans:
+        raise ValueError(f"--unlabelled {folder}: no usable scan found" + (f" ({'; '.join(notes[:3])})" if notes
+                                                                            else ""))
+    return scans, notes
+
+
+def _label_values(labelled: Sequence[tuple[sitk.Image, sitk.Image]]) -> list[int]:
+    return sorted({int(v) for _, labels in labelled for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v})
+
+
+def _array_image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(like)
+    return image
+
+
+class CollectionMatcher:
+    """Matches labelled cases onto the collection's scans and keeps the results in ``folder`` (module doc).
+
+    ``match(fixed, moving) -> transform`` (fixed point -> moving point, LPS mm) is the registration, e.g.
+    ``gvsl.match.match_volumes`` with a network; ``min_agreement``: the share of carried maps that must agree for a
+    voxel's pseudo-label to count.
+    """
+
+    def __init__(self, folder: Path, match: Callable[[sitk.Image, sitk.Image], sitk.Transform],
+                 min_agreement: float = 1.0):
+        self.folder, self.match, self.min_agreement = Path(folder), match, float(min_agreement)
+
+    def scan_file(self, scan: UnlabelledScan) -> Path:
+        return self.folder / "scans" / f"{scan.name}.nii.gz"
+
+    def match_files(self, scan: UnlabelledScan, case: Case) -> tuple[Path, Path]:
+        """(warped image, carried labels) of ``case`` on ``scan``."""
+        stem = self.folder / "matches" / scan.name / _UNSAFE.sub("_", case.name)
+        return stem.with_name(stem.name + ".image.nii.gz"), stem.with_name(stem.name + ".labels.nii.gz")
+
+    def pseudo_file(self, scan: UnlabelledScan) -> Path:
+        return self.folder / "pseudo" / f"{scan.name}.labels.nii.gz"
+
+    def run(self, labelled_cases: Sequence[Case], scans: Sequence[UnlabelledScan], notes: Sequence[str] = (),
+            on_progress: Optional[Progress] = None) -> CollectionCases:
+        """Match every case onto every scan (what is already in ``folder`` is reused), fuse, and return the cases to
+        train on. A scan that cannot be read or matched is left out with a note; the rest goes on."""
+        for sub in ("scans", "matches", "pseudo"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        labelled = [read_case(case) for case in labelled_cases]
+        values = _label_values(labelled)
+        notes = list(notes)
+        pseudo, synthesised = [], []
+        for done, unlabelled in enumerate(scans, start=1):
+            try:
+                fixed = self._scan_image(unlabelled)
+                maps = [self._carried(unlabelled, case, fixed, image, labels)
+                        for case, (image, labels) in zip(labelled_cases, labelled)]
+            except (ValueError, RuntimeError) as exc:  # unreadable, or not a volume that can be matched
+                notes.append(f"unlabelled {unlabelled.name}: left out ({error_text(exc)})")
+                continue
+            fused = fuse_with_confidence([sitk.GetArrayFromImage(m) for m in maps], values, self.min_agreement)
+            pseudo_file = self.pseudo_file(unlabelled)
+            write_image_atomically(pseudo_file, _array_image(fused, fixed))
+            pseudo.append(Case(PSEUDO_PREFIX + unlabelled.name, self.scan_file(unlabelled), pseudo_file))
+            synthesised += [Case(f"{SYNTHESISED_PREFIX}{case.name}-to-{unlabelled.name}",
+                                 *self.match_files(unlabelled, case)) for case in labelled_cases]
+            if on_progress is not None:
+                on_progress(done, len(scans), unlabelled.name)
+        write_text_atomically(self.folder / "scans.json", json.dumps(
+            {"scans": [{"name": s.name, "files": s.series.files[:1], "n_files": len(s.series.files)} for s in scans],
+             "notes": notes}, indent=1) + "\n")
+        return CollectionCases(pseudo, synthesised, notes)
+
+    def _scan_image(self, scan: UnlabelledScan) -> sitk.Image:
+        path = self.scan_file(scan)
+        if not path.is_file():
+            write_image_atomically(path, read_volume(scan.series))
+        return sitk.ReadImage(str(path), sitk.sitkFloat32)
+
+    def _carried(self, scan: UnlabelledScan, case: Case, fixed: sitk.Image, image: sitk.Image, labels: sitk.Image
+                 ) -> sitk.Image:
+        """``case``'s labels carried onto ``scan`` (computed once: read back when its file exists)."""
+        image_file, labels_file = self.match_files(scan, case)
+        if labels_file.is_file() and image_file.is_file():
+            return sitk.ReadImage(str(labels_file), sitk.sitkUInt16)
+        labels_file.parent.mkdir(parents=True, exist_ok=True)
+        transform = self.match(fixed, image)
+        warped = sitk.Resample(image, fixed, transform, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+        write_image_atomically(image_file, sitk.HistogramMatching(warped, fixed))
+        carried = sitk.Resample(labels, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+        write_image_atomically(labels_file, carried)
+        return carried
+
+
+def network_registration(checkpoint: Optional[str], device: str) -> Callable[[sitk.Image, sitk.Image], sitk.Transform]:
+    """``gvsl match``'s registration as a function (fixed, moving) -> transform (fixed point -> moving point, LPS
+    mm): the initial alignment, ``checkpoint``'s network (a GVSL pre-training checkpoint) and the refinement, with the
+    checkpoint's preprocessing. Without a checkpoint, an untrained correlation network at the transfer benchmark's
+    widths: the refinement carries the match (benchmarks/RESULTS.md: the same Dice from an untrained network)."""
+    import torch
+
+    from gvsl.checkpoints import load_checkpoint, load_gvsl
+    from gvsl.match import MatchOptions, match_volumes
+    from gvsl.match.options import match_config_for
+    from gvsl.networks import GVSL
+    from gvsl.train.device import select_device
+
+    torch_device = select_device(device)
+    if checkpoint:
+        payload = load_checkpoint(checkpoint)
+        model, _ = load_gvsl(payload, device=torch_device, name=str(checkpoint))
+    else:
+        payload = {}
+        torch.manual_seed(0)
+        model = GVSL(channels=UNTRAINED_WIDTHS, architecture="correlation").to(torch_device)
+    config = match_config_for(MatchOptions(device=device), payload)
+    return lambda fixed, moving: match_volumes(fixed, moving, model, config=config, device=torch_device).transform
