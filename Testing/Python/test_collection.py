@@ -207,3 +207,22 @@ def test_the_collection_model_beats_the_labelled_only_model(donors, tmp_path):
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(donors["written"][OTHER][1])))
         scores[name] = np.mean([d for d in class_dice(predicted, truth, LABELS) if d is not None])
     assert scores["collection"] > scores["labelled"] + 0.05, scores
+
+
+def test_comparison_shows_matching_and_collection_beside_scratch(donors, tmp_path, capsys):
+    out = tmp_path / "compare"
+    assert _finetune(donors, out, "--unlabelled", str(donors["unlabelled"]), "--compare", "matching,collection",
+                     "--test-data", str(donors["test"]), "--iterations", "2", "--val-every", "2") == 0
+    table = capsys.readouterr().out
+    summary = json.loads((out / "comparison.json").read_text())
+    assert [arm["name"] for arm in summary["arms"]] == ["scratch", "matching", "collection"]
+    assert [arm["unlabelled"] for arm in summary["arms"]] == [None, None, str(donors["unlabelled"])]
+    for name in ("scratch", "matching", "collection"):
+        assert name in table and summary["results"][name]["test_mean_dice"]["n"] == 1
+    carried = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "matching" / "pseudo" / f"{OTHER}.labels.nii.gz")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(donors["written"][OTHER][1])))
+    by_hand = np.mean(class_dice(carried, truth, LABELS))
+    assert summary["results"]["matching"]["test_mean_dice"]["mean"] == pytest.approx(by_hand)
+    assert by_hand > 0.5  # the labels carried by a real match
+    assert not (out / "arms" / "scratch-seed0" / "collection").exists()
+    assert (out / "arms" / "collection-seed0" / "collection" / "pseudo" / f"{OTHER}.labels.nii.gz").is_file()
