@@ -5,6 +5,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,3 +222,16 @@ def test_scan_and_prepare_agree_on_an_empty_folder(tmp_path, capsys):
     assert scan_error == f"gvsl scan: {message}\n"
     assert prepare_error == f"gvsl prepare: {message}; {tmp_path / 'cache'} records this in its manifest and can " \
                             "be given to --cache again\n"
+
+
+def test_prepare_into_a_closed_pipe_exits_quietly(messy: Messy, tmp_path):
+    """`gvsl prepare DIR --cache C | head -0`: the reader is gone before the summary; no traceback, the cache is
+    written."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    done = subprocess.run([sys.executable, "-m", "gvsl", "prepare", str(messy.root / "volumes"), "--cache",
+                           str(tmp_path / "cache"), "--spacing", "4", "--no-progress"], stdout=write_fd,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write_fd)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+    assert len(open_cache(tmp_path / "cache")) == 2

@@ -6,6 +6,7 @@ import sys
 
 from ..data import CacheWriteError, NoUsableDataError, PrepareConfig, WorkerDiedError, prepare_cache
 from ..train.config import parse_spacing
+from .output import print_report
 from .scan import add_selection_arguments, selection_from_args
 
 
@@ -33,5 +34,4 @@ def run(args: argparse.Namespace) -> int:
     except (NoUsableDataError, CacheWriteError, WorkerDiedError, FileNotFoundError) as exc:
         print(f"gvsl prepare: {exc}", file=sys.stderr)
         return 1
-    print(summary.format())
-    return 0
+    return print_report(summary.format())

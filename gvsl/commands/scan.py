@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from ..io import ScanOptions, SeriesInfo, nothing_found_message, scan
+from .output import print_report
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,12 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser)
 
 
-#: Exit status when the reader of standard output went away (``gvsl scan --json DIR | head -1``): 128 + SIGPIPE,
-#: what a shell reports for a tool that a closed pipe stopped, so ``set -o pipefail`` scripts see it as they see
-#: ``cat`` or ``grep`` there, and distinct from 1 (nothing found) and 2 (no such path).
-CLOSED_PIPE_STATUS = 141
-
-
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 when series or volume files were found (usable or not: the listing says why each is skipped),
     1 when there was none at all (as ``gvsl prepare``), 2 when the path does not exist or cannot be read."""
@@ -57,21 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print(f"gvsl scan: {nothing_found_message(args.path)}", file=sys.stderr)
         return 1
-    try:
-        if args.json:
-            json.dump([r.to_dict() for r in records], sys.stdout, indent=1)
-            print()
-        else:
-            print(format_table(records))
-        sys.stdout.flush()  # a reader gone before the end shows here, not in Python's flush at exit
-    except BrokenPipeError:
-        # Python's documented way out (see the notes on SIGPIPE in the `signal` module): send what is still buffered
-        # to devnull, so that the flush at exit does not fail again and print a second error.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return CLOSED_PIPE_STATUS
-    return 0
+    return print_report(json.dumps([r.to_dict() for r in records], indent=1) if args.json else format_table(records))
 
 
 def format_table(records: Sequence[SeriesInfo]) -> str:
