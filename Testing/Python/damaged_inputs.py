@@ -19,7 +19,7 @@ import pydicom
 import SimpleITK as sitk
 from nibabel.testing import data_path as nibabel_data_path
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 CLEAN_CT, CLEAN_NIFTI = "clean_ct", "clean_nifti"
 SLICES = 12
@@ -51,9 +51,9 @@ def case_of(collection: DamagedCollection, file: str) -> Case:
     return collection.case(Path(os.path.relpath(file, collection.root)).parts[0])
 
 
-def write_ct_series(folder: Path, series_uid: str | None = None) -> list[Path]:
-    """12 axial slices 2 mm apart, each the real CT_small.dcm slice (128 x 128, 16 bit), as one CT series; paths in
-    slice order."""
+def write_ct_series(folder: Path, series_uid: str | None = None, syntax: str = ExplicitVRLittleEndian) -> list[Path]:
+    """12 axial slices 2 mm apart, each the real CT_small.dcm slice (128 x 128, 16 bit), as one CT series in transfer
+    syntax ``syntax``; paths in slice order."""
     folder.mkdir(parents=True, exist_ok=True)
     source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     series_uid = series_uid or generate_uid()
@@ -66,6 +66,7 @@ def write_ct_series(folder: Path, series_uid: str | None = None) -> list[Path]:
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [x, y, z + 2.0 * k]
         ds.SliceLocation, ds.InstanceNumber = z + 2.0 * k, k + 1
+        ds.file_meta.TransferSyntaxUID = syntax
         paths.append(folder / f"IM{k + 1:05d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
@@ -128,7 +129,12 @@ def build_damaged_collection(root: Path, seed: int = 0, n_fuzzed: int = 40) -> D
         for k in rng.choice(SLICES, int(rng.integers(1, 4)), replace=False):
             flip_header_bytes(paths[int(k)], rng, int(rng.integers(1, 9)))
 
+    write_ct_series(add("deflated", "DICOM series, deflated transfer syntax (undamaged)", broken=False, damaged=False),
+                    syntax=DeflatedExplicitVRLittleEndian)
     paths = write_ct_series(add("truncated_slice", "DICOM slice cut short"))
+    _cut(paths[int(rng.integers(1, SLICES - 1))], 0.6)
+    paths = write_ct_series(add("truncated_deflated", "deflated DICOM slice cut short"),
+                            syntax=DeflatedExplicitVRLittleEndian)
     _cut(paths[int(rng.integers(1, SLICES - 1))], 0.6)
     for name, kind, values in (
             ("wrong_rows", "DICOM Rows larger than the pixel data", {"Rows": 256}),

@@ -38,7 +38,7 @@ def test_scan_and_prepare_judge_every_damaged_input(collection, tmp_path, capsys
     by_case: dict[str, list[dict]] = {}
     for record in records:
         by_case.setdefault(case_of(collection, record["files"][0]).name, []).append(record)
-    for name in (CLEAN_CT, CLEAN_NIFTI):
+    for name in (CLEAN_CT, CLEAN_NIFTI, "deflated"):  # a deflated file is not mistaken for a cut one
         assert [r["usable"] for r in by_case[name]] == [True], by_case[name]
     for case in collection.cases:
         found = by_case.get(case.name, [])
@@ -59,7 +59,7 @@ def test_scan_and_prepare_judge_every_damaged_input(collection, tmp_path, capsys
     key_to_case = {r["key"]: case_of(collection, r["files"][0]) for r in records}
     entries = open_cache(cache)
     cached = {key_to_case[e.key].name for e in entries}
-    assert {CLEAN_CT, CLEAN_NIFTI, "nan_inf"} <= cached
+    assert {CLEAN_CT, CLEAN_NIFTI, "deflated", "nan_inf"} <= cached
     assert not any(collection.case(name).broken for name in cached)
     for entry in entries:
         array = np.load(entry.path)  # read whole: a short file fails here

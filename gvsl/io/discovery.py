@@ -217,8 +217,8 @@ def _is_truncated(ds: pydicom.Dataset, remaining: int) -> bool:
     Raises ValueError when the transfer syntax is a UID that is not a transfer syntax.
     """
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    if "Rows" not in ds or syntax is None or syntax.is_compressed:
-        return False
+    if "Rows" not in ds or syntax is None or syntax.is_compressed or syntax.is_deflated:
+        return False  # compressed pixel data, or a deflated dataset (read whole, then inflated): sizes unknown here
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated)
