@@ -149,6 +149,8 @@ def build_damaged_collection(root: Path, seed: int = 0, n_fuzzed: int = 40) -> D
             target.write_bytes(target.read_bytes().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.1\0\0\0", 1))
         else:
             _edit(target, **values)
+    for path in write_ct_series(add("huge_spacing", "DICOM PixelSpacing 5661468 mm (a point lost)")):
+        _edit(path, PixelSpacing=[5661468, 5661468])
     (add("empty_file", "empty .dcm file") / "empty.dcm").write_bytes(b"")
     (add("junk_file", "junk after a DICOM preamble") / "junk.dcm").write_bytes(
         b"\0" * 128 + b"DICM" + rng.bytes(400))

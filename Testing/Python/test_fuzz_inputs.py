@@ -18,7 +18,7 @@ from damaged_inputs import CLEAN_CT, CLEAN_NIFTI, build_damaged_collection, case
 from nibabel.testing import data_path as nibabel_data_path
 
 from gvsl.cli import main
-from gvsl.data import open_cache
+from gvsl.data import open_cache, preprocess_image
 from gvsl.io import read_image, read_volume, scan
 from gvsl.io.completeness import IncompleteFileError, check_complete
 
@@ -48,6 +48,7 @@ def test_scan_and_prepare_judge_every_damaged_input(collection, tmp_path, capsys
     assert by_case["nan_inf"][0]["note"].startswith("non-finite voxels: 3.3 %")
     assert "truncated file" in by_case["cut_nifti_gz"][0]["reason"]
     assert "UID is not a transfer syntax" in by_case["wrong_syntax"][0]["reason"]
+    assert by_case["huge_spacing"][0]["reason"].startswith("implausible field of view 724667904 x 724667904 x 24 mm")
 
     assert main(["scan", str(collection.root)]) == 0  # the table a person reads
     assert "Traceback" not in capsys.readouterr().err
@@ -126,3 +127,10 @@ def test_a_symlink_loop_does_not_stop_the_scan(tmp_path):
     (tmp_path / "loop" / "again").symlink_to(tmp_path, target_is_directory=True)
     [record] = scan(tmp_path)
     assert record.usable
+
+
+def test_preprocessing_refuses_a_grid_it_cannot_hold_before_allocating_it():
+    image = sitk.ReadImage(str(Path(nibabel_data_path) / "anatomical.nii"), sitk.sitkFloat32)
+    image.SetSpacing((5661468.0, 5661468.0, 2.0))
+    with pytest.raises(ValueError, match=r"the scan spans .* voxels at 1x1x1 mm \(damaged voxel size\?\)"):
+        preprocess_image(image, "MR")

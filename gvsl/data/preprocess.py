@@ -25,6 +25,8 @@ import SimpleITK as sitk
 
 from ..io import ScanOptions
 
+#: Most voxels a canonical grid may have (2^31: 8 GiB of float32, far beyond any scan at a sensible spacing).
+MAX_GRID_VOXELS = 2**31
 _PERCENTILE_SAMPLES = 4_000_000  # percentiles of a regular subsample of at most this many voxels (speed)
 
 
@@ -92,13 +94,22 @@ def _subsample(values: np.ndarray) -> np.ndarray:
 
 
 def canonical_grid(image: sitk.Image, spacing: tuple[float, float, float]) -> sitk.Image:
-    """An empty image with identity direction and ``spacing`` (mm) covering ``image``'s physical extent (LPS)."""
+    """An empty image with identity direction and ``spacing`` (mm) covering ``image``'s physical extent (LPS).
+
+    Raises ValueError when that grid would hold more than ``MAX_GRID_VOXELS`` (a damaged voxel size), before
+    allocating it.
+    """
     size = np.asarray(image.GetSize())
     corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
                         for corner in itertools.product(*[(-0.5, n - 0.5) for n in size])])
     low, high = corners.min(axis=0), corners.max(axis=0)
     spacing_arr = np.asarray(spacing, float)
-    grid = sitk.Image([max(1, int(n)) for n in np.rint((high - low) / spacing_arr)], sitk.sitkUInt8)
+    grid_size = [max(1, int(n)) for n in np.rint((high - low) / spacing_arr)]
+    if float(np.prod(grid_size, dtype=float)) > MAX_GRID_VOXELS:
+        raise ValueError(f"the scan spans {' x '.join(f'{e:.0f}' for e in high - low)} mm: "
+                         f"{'x'.join(map(str, grid_size))} voxels at {'x'.join(f'{v:g}' for v in spacing_arr)} mm "
+                         "(damaged voxel size?)")
+    grid = sitk.Image(grid_size, sitk.sitkUInt8)
     grid.SetSpacing(tuple(spacing_arr))
     grid.SetOrigin(tuple(low + spacing_arr / 2))
     return grid

@@ -45,6 +45,8 @@ _READ_PIXEL_IDS = _INTEGER_PIXEL_IDS | _FLOAT_PIXEL_IDS
 #: A float volume file with a larger share of NaN/Inf voxels is refused; a smaller share is repaired by ``prepare``
 #: (set to the value that normalises to 0, see ``gvsl.data.preprocess``) and reported in the scan's note.
 MAX_NON_FINITE_SHARE = 0.5
+#: A grid wider than this along any axis is no patient scan (a whole-body CT spans about 2 m).
+MAX_FIELD_OF_VIEW_MM = 5000.0
 #: Voxels in the strided sample that rules out a label map before counting every voxel's value (sorting ~1e6 values
 #: takes tens of ms; a CT volume has ~1e8).
 _SAMPLE_VOXELS = 1_000_000
@@ -140,8 +142,26 @@ def scan(root: Path | str, options: ScanOptions | None = None, *, progress: bool
             record = SeriesInfo(key=hash_id(uid), kind=DICOM, files=sorted(h.path for h in headers), series_uid=uid,
                                 size_bytes=sum(h.size for h in headers))
             records.append(record.skip(f"invalid DICOM header values ({type(exc).__name__}: {error_text(exc)})"))
+    for record in records:
+        problem = _geometry_problem(record.geometry) if record.usable and record.geometry else ""
+        if problem:
+            record.skip(problem)
     records.sort(key=lambda r: (r.patient_id, r.study_uid, r.series_uid, r.key))
     return _apply_filters(records, options)
+
+
+def _geometry_problem(geometry: Geometry) -> str:
+    """Why a voxel grid cannot be a patient scan ("" when it can): a voxel size that is not a positive number, or a
+    field of view beyond ``MAX_FIELD_OF_VIEW_MM`` (a damaged PixelSpacing such as 5661468 would make preprocessing
+    allocate a grid of that extent)."""
+    spacing = np.asarray(geometry.spacing, float)
+    if not (np.isfinite(spacing).all() and spacing.min() > 0):
+        return f"invalid voxel size {tuple(spacing.round(4))} mm"
+    extent = spacing * np.asarray(geometry.size, float)
+    if extent.max() > MAX_FIELD_OF_VIEW_MM:
+        return (f"implausible field of view {' x '.join(f'{e:.0f}' for e in extent)} mm (voxel size "
+                f"{' x '.join(f'{v:g}' for v in spacing)} mm): damaged spacing?")
+    return ""
 
 
 def _walk(root: Path) -> Iterator[str]:
