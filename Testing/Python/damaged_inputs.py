@@ -51,18 +51,23 @@ def case_of(collection: DamagedCollection, file: str) -> Case:
     return collection.case(Path(os.path.relpath(file, collection.root)).parts[0])
 
 
-def write_ct_series(folder: Path, series_uid: str | None = None, syntax: str = ExplicitVRLittleEndian) -> list[Path]:
+def write_ct_series(folder: Path, syntax: str = ExplicitVRLittleEndian, uid_seed: str | None = None) -> list[Path]:
     """12 axial slices 2 mm apart, each the real CT_small.dcm slice (128 x 128, 16 bit), as one CT series in transfer
-    syntax ``syntax``; paths in slice order."""
+    syntax ``syntax``; paths in slice order. UIDs are derived from ``uid_seed`` when given (random otherwise), so that
+    a seeded collection has the same bytes, and its fuzzing hits the same elements, in every run."""
     folder.mkdir(parents=True, exist_ok=True)
     source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    series_uid = series_uid or generate_uid()
+
+    def uid(*keys: object) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, *map(str, keys)]) if uid_seed is not None else generate_uid()
+
+    series_uid = uid("series")
     x, y, z = (float(v) for v in source.ImagePositionPatient)
     paths = []
     for k in range(SLICES):
         ds = source.copy()
         ds.SeriesInstanceUID, ds.SeriesDescription = series_uid, "CT series"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid("instance", k)
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [x, y, z + 2.0 * k]
         ds.SliceLocation, ds.InstanceNumber = z + 2.0 * k, k + 1
@@ -120,21 +125,23 @@ def build_damaged_collection(root: Path, seed: int = 0, n_fuzzed: int = 40) -> D
         (root / name).mkdir()
         return root / name
 
-    write_ct_series(add(CLEAN_CT, "clean DICOM series", broken=False, damaged=False))
+    def series(folder: Path, syntax: str = ExplicitVRLittleEndian) -> list[Path]:
+        return write_ct_series(folder, syntax, uid_seed=f"{seed}/{folder.name}")
+
+    series(add(CLEAN_CT, "clean DICOM series", broken=False, damaged=False))
     anatomical = Path(nibabel_data_path) / "anatomical.nii"
     shutil.copy(anatomical, add(CLEAN_NIFTI, "clean NIfTI", broken=False, damaged=False))
 
     for n in range(n_fuzzed):
-        paths = write_ct_series(add(f"fuzz_{n:02d}", "DICOM header bytes flipped", broken=False))
+        paths = series(add(f"fuzz_{n:02d}", "DICOM header bytes flipped", broken=False))
         for k in rng.choice(SLICES, int(rng.integers(1, 4)), replace=False):
             flip_header_bytes(paths[int(k)], rng, int(rng.integers(1, 9)))
 
-    write_ct_series(add("deflated", "DICOM series, deflated transfer syntax (undamaged)", broken=False, damaged=False),
-                    syntax=DeflatedExplicitVRLittleEndian)
-    paths = write_ct_series(add("truncated_slice", "DICOM slice cut short"))
+    series(add("deflated", "DICOM series, deflated transfer syntax (undamaged)", broken=False, damaged=False),
+           DeflatedExplicitVRLittleEndian)
+    paths = series(add("truncated_slice", "DICOM slice cut short"))
     _cut(paths[int(rng.integers(1, SLICES - 1))], 0.6)
-    paths = write_ct_series(add("truncated_deflated", "deflated DICOM slice cut short"),
-                            syntax=DeflatedExplicitVRLittleEndian)
+    paths = series(add("truncated_deflated", "deflated DICOM slice cut short"), DeflatedExplicitVRLittleEndian)
     _cut(paths[int(rng.integers(1, SLICES - 1))], 0.6)
     for name, kind, values in (
             ("wrong_rows", "DICOM Rows larger than the pixel data", {"Rows": 256}),
@@ -143,13 +150,13 @@ def build_damaged_collection(root: Path, seed: int = 0, n_fuzzed: int = 40) -> D
             ("missing_position", "DICOM ImagePositionPatient missing", {"ImagePositionPatient": None}),
             ("rotated_slice", "DICOM slice with another orientation", {"ImageOrientationPatient": [0, 1, 0, 0, 0, 1]}),
             ("wrong_syntax", "DICOM transfer syntax not a transfer syntax", {})):
-        paths = write_ct_series(add(name, kind))
+        paths = series(add(name, kind))
         target = paths[int(rng.integers(1, SLICES - 1))]
         if name == "wrong_syntax":  # the Verification SOP Class UID, padded to the length of the syntax it replaces
             target.write_bytes(target.read_bytes().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.1\0\0\0", 1))
         else:
             _edit(target, **values)
-    for path in write_ct_series(add("huge_spacing", "DICOM PixelSpacing 5661468 mm (a point lost)")):
+    for path in series(add("huge_spacing", "DICOM PixelSpacing 5661468 mm (a point lost)")):
         _edit(path, PixelSpacing=[5661468, 5661468])
     (add("empty_file", "empty .dcm file") / "empty.dcm").write_bytes(b"")
     (add("junk_file", "junk after a DICOM preamble") / "junk.dcm").write_bytes(
@@ -157,7 +164,7 @@ def build_damaged_collection(root: Path, seed: int = 0, n_fuzzed: int = 40) -> D
 
     voxels = _nifti_voxels()
     gz = add("cut_nifti_gz", "NIfTI .nii.gz cut in half") / "anatomical.nii.gz"
-    gz.write_bytes(gzip.compress(anatomical.read_bytes()))
+    gz.write_bytes(gzip.compress(anatomical.read_bytes(), mtime=0))
     _cut(gz, 0.5)
     shutil.copy(anatomical, add("cut_nifti", "NIfTI .nii cut short") / "anatomical.nii")
     _cut(root / "cut_nifti" / "anatomical.nii", 0.7)
