@@ -134,3 +134,20 @@ def test_preprocessing_refuses_a_grid_it_cannot_hold_before_allocating_it():
     image.SetSpacing((5661468.0, 5661468.0, 2.0))
     with pytest.raises(ValueError, match=r"the scan spans .* voxels at 1x1x1 mm \(damaged voxel size\?\)"):
         preprocess_image(image, "MR")
+
+
+def test_an_unreadable_root_is_an_error_and_an_unreadable_subfolder_is_passed_over(tmp_path, monkeypatch, capsys):
+    shutil.copy(Path(nibabel_data_path) / "anatomical.nii", tmp_path)
+    (tmp_path / "locked").mkdir()
+    listable = os.scandir
+
+    def scandir(path="."):  # what listing a folder without read permission does (the suite may run as root)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listable(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main(["scan", str(tmp_path / "locked")]) == 2
+    assert "gvsl scan: [Errno 13] Permission denied" in capsys.readouterr().err
+    assert main(["scan", str(tmp_path)]) == 0
+    assert "1 usable of 1 series" in capsys.readouterr().out

@@ -165,11 +165,17 @@ def _geometry_problem(geometry: Geometry) -> str:
 
 
 def _walk(root: Path) -> Iterator[str]:
-    """Files under ``root`` in a stable order, skipping hidden files and folders."""
+    """Files under ``root`` in a stable order, skipping hidden files and folders (and subfolders that cannot be
+    listed); raises OSError when ``root`` itself cannot be listed."""
     if root.is_file():
         yield str(root)
         return
-    for folder, dirs, files in os.walk(root):
+
+    def unless_root(error: OSError) -> None:
+        if error.filename is not None and Path(error.filename) == root:
+            raise error
+
+    for folder, dirs, files in os.walk(root, onerror=unless_root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
