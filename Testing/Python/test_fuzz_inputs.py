@@ -151,3 +151,5 @@ def test_an_unreadable_root_is_an_error_and_an_unreadable_subfolder_is_passed_ov
     assert "gvsl scan: [Errno 13] Permission denied" in capsys.readouterr().err
     assert main(["scan", str(tmp_path)]) == 0
     assert "1 usable of 1 series" in capsys.readouterr().out
+    assert main(["prepare", str(tmp_path / "locked"), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 1
+    assert "gvsl prepare: [Errno 13] Permission denied" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import CacheWriteError, NoUsableDataError, PrepareConfig, WorkerDiedError, prepare_cache
+from ..data import NoUsableDataError, PrepareConfig, prepare_cache
 from ..train.config import parse_spacing
 from .output import print_report
 from .scan import add_selection_arguments, selection_from_args
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = prepare_cache(args.path, args.cache, config=config, workers=args.workers,
                                 progress=not args.no_progress)
-    except (NoUsableDataError, CacheWriteError, WorkerDiedError, FileNotFoundError) as exc:
+    except (NoUsableDataError, OSError) as exc:  # OSError: CacheWriteError, WorkerDiedError, an unlistable path
         print(f"gvsl prepare: {exc}", file=sys.stderr)
         return 1
     return print_report(summary.format())
