@@ -209,6 +209,7 @@ def atlas(out: Path, tests: Sequence[str], budgets: Sequence[int], recipe: str =
 
 UNLABELLED_DRAWS = 2  # generator draws of each open donor in a test donor's unlabelled folder
 MATCH_CHECKPOINT_ITERATIONS = 60  # the collection's matching checkpoint: a short pre-training on the folder
+COLLECTION_MODES = ("finetune", "scratch")  # the collection step's trainings: from that checkpoint, from scratch
 
 
 def unlabelled_folder(out: Path, test: str) -> Path:
@@ -235,6 +236,17 @@ def nnunet_folder(path: Path, donors_folder: Path, donors: Sequence[str]) -> Pat
         shutil.copyfile(donors_folder / "labels" / f"{donor}.nii.gz", path / "labelsTr" / f"{donor}.nii.gz")
     shutil.copyfile(donors_folder / "labels.json", path / "labels.json")
     return path
+
+
+def keep_matches(run_folder: Path, others: Sequence[Path]) -> None:
+    """Empty ``run_folder`` for a new run but for its ``collection`` folder of matches (the same for every mode: one
+    matching checkpoint), which is copied from one of ``others`` where it has none."""
+    for path in run_folder.glob("*") if run_folder.is_dir() else []:
+        if path.name != "collection":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    source = next((other / "collection" for other in others if (other / "collection" / "scans.json").is_file()), None)
+    if not (run_folder / "collection").is_dir() and source is not None:
+        shutil.copytree(source, run_folder / "collection")
 
 
 def timed_run(command: Sequence[str]) -> float:
@@ -276,7 +288,7 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
                 if result_file.is_file():
                     continue
                 run_folder, segmentation = work / "run", work / f"segmentation-{test}.nii.gz"
-                shutil.rmtree(run_folder, ignore_errors=True)
+                keep_matches(run_folder, [base / f"{other}-budget-{budget}" / "run" for other in COLLECTION_MODES])
                 train_seconds = timed_run([
                     sys.executable, "-m", "gvsl", "finetune", str(data), "--init", str(checkpoint), "--unlabelled",
                     str(folder), "--out", str(run_folder), "--iterations", str(iterations), "--patch", str(PATCH),

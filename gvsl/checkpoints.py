@@ -189,6 +189,11 @@ def write_untrained_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     ``gvsl match`` uses it when no checkpoint is given: the refinement on the pair then does the matching (carrying
     labels between brains it ends at the same Dice as from a pre-trained network; benchmarks/RESULTS.md).
     """
+    return save_checkpoint(path, gvsl_payload(untrained_gvsl(seed), 0))
+
+
+def untrained_gvsl(seed: int = 0) -> GVSL:
+    """The GVSL network that matches when no checkpoint is given: ``UNTRAINED_CHANNELS`` at its seeded
+    initialisation."""
     torch.manual_seed(seed)
-    model = GVSL(channels=UNTRAINED_CHANNELS, architecture=UNTRAINED_ARCHITECTURE)
-    return save_checkpoint(path, gvsl_payload(model, 0))
+    return GVSL(channels=UNTRAINED_CHANNELS, architecture=UNTRAINED_ARCHITECTURE)

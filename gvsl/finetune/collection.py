@@ -39,8 +39,6 @@ SYNTHESISED_PREFIX = "synthesised-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _VOLUME_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", re.IGNORECASE)
 
-UNTRAINED_WIDTHS = (8, 16, 32, 64, 128, 64, 32, 16, 16)  # matching without a checkpoint
-
 Progress = Callable[[int, int, str], None]  # (scans done, scans in all, the scan just done)
 
 
@@ -184,14 +182,11 @@ class CollectionMatcher:
 def network_registration(checkpoint: Optional[str], device: str) -> Callable[[sitk.Image, sitk.Image], sitk.Transform]:
     """``gvsl match``'s registration as a function (fixed, moving) -> transform (fixed point -> moving point, LPS
     mm): the initial alignment, ``checkpoint``'s network (a GVSL pre-training checkpoint) and the refinement, with the
-    checkpoint's preprocessing. Without a checkpoint, an untrained correlation network at the transfer benchmark's
-    widths: the refinement carries the match (benchmarks/RESULTS.md: the same Dice from an untrained network)."""
-    import torch
-
-    from gvsl.checkpoints import load_checkpoint, load_gvsl
+    checkpoint's preprocessing. Without a checkpoint, ``gvsl match``'s untrained network: the refinement carries the
+    match (benchmarks/RESULTS.md: the same Dice from an untrained network)."""
+    from gvsl.checkpoints import load_checkpoint, load_gvsl, untrained_gvsl
     from gvsl.match import MatchOptions, match_volumes
     from gvsl.match.options import match_config_for
-    from gvsl.networks import GVSL
     from gvsl.train.device import select_device
 
     torch_device = select_device(device)
@@ -199,8 +194,6 @@ def network_registration(checkpoint: Optional[str], device: str) -> Callable[[si
         payload = load_checkpoint(checkpoint)
         model, _ = load_gvsl(payload, device=torch_device, name=str(checkpoint))
     else:
-        payload = {}
-        torch.manual_seed(0)
-        model = GVSL(channels=UNTRAINED_WIDTHS, architecture="correlation").to(torch_device)
+        payload, model = {}, untrained_gvsl().to(torch_device)
     config = match_config_for(MatchOptions(device=device), payload)
     return lambda fixed, moving: match_volumes(fixed, moving, model, config=config, device=torch_device).transform
