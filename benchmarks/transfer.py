@@ -259,10 +259,11 @@ def timed_run(command: Sequence[str]) -> float:
 def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iterations: int, modes: Sequence[str]
                ) -> None:
     """For each test donor: its unlabelled folder and a ``MATCH_CHECKPOINT_ITERATIONS``-iteration pre-training on it
-    (the checkpoint CK); for each label budget and mode ("finetune": from CK; "scratch"), ``gvsl finetune DATA --init
-    CK --unlabelled DIR`` exactly as the issue's acceptance check, then ``gvsl segment`` of the test donor's scan,
-    scored against its labels, beside matching alone (the run's own matches onto that scan, fused by ``vote``).
-    Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``."""
+    (the checkpoint CK); for each label budget and mode ("finetune": from CK; "scratch": CK's widths, random
+    weights), ``gvsl finetune DATA --init CK --unlabelled DIR`` exactly as the issue's acceptance check, then
+    ``gvsl segment`` of the test donor's scan, scored against its labels, beside matching alone (the run's own
+    matches onto that scan, fused by ``vote``). Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``.
+    """
     import SimpleITK as sitk
 
     from gvsl.finetune.heldout import class_dice
@@ -294,7 +295,8 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
                     str(folder), "--out", str(run_folder), "--iterations", str(iterations), "--patch", str(PATCH),
                     "--batch", "2", "--lr", "3e-3", "--spacing", str(SPACING_MM), "--val-every", str(iterations),
                     "--seed", "0", "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu",
-                    *(["--mode", "scratch", "--match-checkpoint", str(checkpoint)] if mode == "scratch" else [])])
+                    *(["--mode", "scratch", "--match-checkpoint", str(checkpoint), "--channels", WIDTHS]
+                      if mode == "scratch" else [])])
                 segment_seconds = timed_run([
                     sys.executable, "-m", "gvsl", "segment", str(donors / "images" / f"{test}.nii.gz"), "--model",
                     str(run_folder), "--out", str(segmentation), "--device", "cpu"])
