@@ -208,10 +208,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
             self._probe.close()
         self.removeObservers()
 
-    def initializeParameterNode(self):
-        RunControlMixin.initializeParameterNode(self)
-        self._deviceChoice.show(self._parameterNode.device)
-
     def updateButtons(self):
         """Each action's button is enabled only when its inputs are set and its job is not running."""
         p = self._parameterNode
@@ -228,12 +224,6 @@ class GVSLPretrainWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObser
         self._updateRunButtons(inputsReady=fromDatabase or pathOrNone(p.dataFolder) is not None)
 
     # Sample data
-
-    def onLoadSample(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
-            if not ensureBackend(self.logic, samples.SAMPLE_REQUIREMENTS):
-                return
-            self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
 
     def _showSample(self, job):
         """The sample's first volume as fixed, its atlas (with the segmentation) as moving."""

@@ -177,10 +177,6 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
         self._deviceChoice.cancel()
         self.removeObservers()
 
-    def initializeParameterNode(self):
-        RunControlMixin.initializeParameterNode(self)
-        self._deviceChoice.show(self._parameterNode.device)
-
     def updateButtons(self):
         """Each action's button is enabled only when its inputs are set and its job is not running."""
         p = self._parameterNode
@@ -198,12 +194,6 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
                                else pathOrNone(p.dataFolder) is not None)
 
     # Sample data
-
-    def onLoadSample(self, _checked=None):
-        with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
-            if not ensureBackend(self.logic, samples.SAMPLE_REQUIREMENTS):
-                return
-            self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
 
     def _showSample(self, job):
         """The sample's atlas (volume and segmentation) as a training case and as the atlas, its first volume as the

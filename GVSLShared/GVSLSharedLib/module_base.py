@@ -242,7 +242,8 @@ class RunControlMixin:
 
     The widget calls ``RunControlMixin.__init__`` with its QSettings key for the last run folder and the run's name
     for messages, and provides ``self.ui`` (startButton, stopButton, resumeButton, progressBar, progressLabel,
-    logTextEdit, runFolderPathLineEdit), ``self.logic`` (a ``GVSLLogicBase``: its ``runCommand`` is the run's
+    logTextEdit, runFolderPathLineEdit, sampleComboBox), ``_deviceChoice`` (a ``DeviceChoice``), ``_sampleControl``
+    (the ``JobControl`` of the sample job), ``self.logic`` (a ``GVSLLogicBase``: its ``runCommand`` is the run's
     ``gvsl`` command, its ``resumeRun`` continues a run), a parameter node with ``runFolder`` and
     ``updateRunPanel``. ``resourcePath`` is Slicer's, with the source checkout's ``Resources/`` as a fallback.
     """
@@ -272,13 +273,23 @@ class RunControlMixin:
             self._parameterNodeGuiTag = None
 
     def initializeParameterNode(self):
-        """The module's parameter node, its run folder defaulting to the last one used (reconnect)."""
+        """The module's parameter node, its run folder defaulting to the last one used (reconnect), and its device
+        shown in the device box."""
         self.setParameterNode(self.logic.getParameterNode())
         if pathOrNone(self._parameterNode.runFolder) is None:
             last = qt.QSettings().value(self.lastRunSetting)
             if last:
                 self._parameterNode.runFolder = pathlib.Path(last)
         self.onRunFolderChanged()
+        self._deviceChoice.show(self._parameterNode.device)
+
+    def onLoadSample(self, _checked=None):
+        """Write the sample chosen in ``ui.sampleComboBox`` in a background job (``_sampleControl``), after the one
+        confirmation of the packages it needs."""
+        with slicer.util.tryWithErrorDisplay(_("Could not write the sample."), waitCursor=True):
+            if not ensureBackend(self.logic, samples.SAMPLE_REQUIREMENTS):
+                return
+            self._sampleControl.start(self.logic.startSample(self.ui.sampleComboBox.currentData))
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:

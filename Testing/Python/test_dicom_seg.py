@@ -14,15 +14,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from untrained_models import write_untrained_segmentation_model
 
 from gvsl.cli import main
 from gvsl.io import dicom_series_files, read_image
 from gvsl.labels import GENERIC_CATEGORY, GENERIC_TYPE, check_label_table, complete_label_table, make_label_table
 from gvsl.sample_data import TISSUE_TERMINOLOGY, TISSUES, load_mni, tissue_labels, write_dicom_series
-from gvsl.segment import SegmentationInfo, SegmentationNet, segmentation_payload
 from gvsl.segment.dicom_seg import slice_indices, write_dicom_seg
 
 hd = pytest.importorskip("highdicom", reason="DICOM SEG export needs highdicom (pip install 'gvsl[dicom-seg]')")
@@ -129,13 +128,7 @@ def test_seg_refuses_a_map_off_the_series_grid_and_unnamed_values(mni, series, t
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    info = SegmentationInfo(WIDTHS, 4, TABLE, {"target_spacing": [4.0, 4.0, 4.0], "ct_window": [-1024.0, 1024.0],
-                                               "mr_percentiles": [0.5, 99.5], "modality": "MR"}, (32, 32, 32),
-                            "finetune", 1)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(segmentation_payload(SegmentationNet(4, WIDTHS), info), path)
-    return path
+    return write_untrained_segmentation_model(tmp_path_factory.mktemp("model") / "model.pt", WIDTHS, TABLE, 4.0)
 
 
 def test_segment_a_dicom_folder_writes_the_label_map_and_a_seg_of_it(series, model_file, tmp_path, capsys):

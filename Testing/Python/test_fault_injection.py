@@ -19,6 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from tiny_cache import make_tiny_cache
+from untrained_models import assert_killed_pretraining_resumes
 
 from gvsl.atomic_files import is_partial
 from gvsl.checkpoints import load_checkpoint
@@ -154,13 +155,7 @@ def test_pretrain_killed_at_a_random_moment_resumes(tiny_cache, tmp_path):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    checkpoints = list_checkpoints(run_dir)
-    assert checkpoints
-    for _, path in checkpoints:
-        assert load_checkpoint(path)["format"] == "gvsl"
-    last = checkpoints[-1][0]
-    assert main(["pretrain", "--resume", str(run_dir), "--iterations", str(last + 1)]) == 0
-    assert list_checkpoints(run_dir)[-1][0] == last + 1
+    assert_killed_pretraining_resumes(run_dir)
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):

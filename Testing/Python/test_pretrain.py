@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_cache import make_tiny_cache
+from untrained_models import assert_killed_pretraining_resumes
 
 from gvsl.checkpoints import load_checkpoint
 from gvsl.cli import main
@@ -290,9 +291,4 @@ def test_kill_9_leaves_only_loadable_checkpoints(cache, tmp_path):
     finally:
         process.kill()
         process.wait()
-    checkpoints = list_checkpoints(run_dir)
-    assert checkpoints
-    for _, path in checkpoints:
-        assert load_checkpoint(path)["format"] == "gvsl"
-    last = checkpoints[-1][0]
-    assert main(["pretrain", "--resume", str(run_dir), "--iterations", str(last + 1)]) == 0
+    assert_killed_pretraining_resumes(run_dir)

@@ -20,15 +20,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "GVSLShared"), str(ROOT / "GVSLSegment")]
 
+from untrained_models import write_untrained_segmentation_model  # noqa: E402
+
 from gvsl.io import dicom_series_files, read_image  # noqa: E402
 from gvsl.labels import make_label_table  # noqa: E402
 from gvsl.sample_data import TISSUE_COLORS, TISSUE_TERMINOLOGY, TISSUES, write_sample_collection  # noqa: E402
-from gvsl.segment import SegmentationInfo, SegmentationNet, segmentation_payload  # noqa: E402
 
 hd = pytest.importorskip("highdicom", reason="DICOM SEG export needs highdicom (pip install 'gvsl[dicom-seg]')")
 
@@ -45,13 +45,7 @@ def sample_series(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    info = SegmentationInfo(WIDTHS, 3, TABLE, {"target_spacing": [5.0, 5.0, 5.0], "ct_window": [-1024.0, 1024.0],
-                                               "mr_percentiles": [0.5, 99.5], "modality": "MR"}, (32, 32, 32),
-                            "finetune", 1)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(segmentation_payload(SegmentationNet(3, WIDTHS), info), path)
-    return path
+    return write_untrained_segmentation_model(tmp_path_factory.mktemp("model") / "model.pt", WIDTHS, TABLE, 5.0)
 
 
 def load_from_dicom_database(scene, folder: Path):
