@@ -261,7 +261,8 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
     """For each test donor: its unlabelled folder and a ``MATCH_CHECKPOINT_ITERATIONS``-iteration pre-training on it
     (the checkpoint CK); for each label budget and mode ("finetune": from CK; "scratch": CK's widths, random
     weights), ``gvsl finetune DATA --init CK --unlabelled DIR`` exactly as the issue's acceptance check, then
-    ``gvsl segment`` of the test donor's scan, scored against its labels, beside matching alone (the run's own
+    ``gvsl segment`` of the test donor's scan (a scan of the collection: the run's matches are fused in) and
+    ``gvsl segment --no-matches`` (the model alone), scored against its labels, beside matching alone (the run's own
     matches onto that scan, fused by ``vote``). Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``.
     """
     import SimpleITK as sitk
@@ -297,17 +298,19 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
                     "--seed", "0", "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu",
                     *(["--mode", "scratch", "--match-checkpoint", str(checkpoint), "--channels", WIDTHS]
                       if mode == "scratch" else [])])
-                segment_seconds = timed_run([
-                    sys.executable, "-m", "gvsl", "segment", str(donors / "images" / f"{test}.nii.gz"), "--model",
-                    str(run_folder), "--out", str(segmentation), "--device", "cpu"])
+                model_only = segmentation.with_name(f"model-only-{test}.nii.gz")
+                segment = [sys.executable, "-m", "gvsl", "segment", str(donors / "images" / f"{test}.nii.gz"),
+                           "--model", str(run_folder), "--device", "cpu", "--out"]
+                segment_seconds = timed_run([*segment, str(segmentation)])
+                model_seconds = timed_run([*segment, str(model_only), "--no-matches"])
                 matches = sorted((run_folder / "collection" / "matches" / test).glob("*.labels.nii.gz"))
                 carried = [sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in matches]
-                scores = {"collection": class_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(segmentation))), truth,
-                                                   values),
-                          "matching": class_dice(vote(carried, values), truth, values)}
+                scores = {name: class_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), truth, values)
+                          for name, path in (("collection", segmentation), ("model", model_only))}
+                scores["matching"] = class_dice(vote(carried, values), truth, values)
                 result = {"test": test, "labelled": list(labelled), "mode": mode, "checkpoint": str(checkpoint),
                           "unlabelled_scans": len(list(folder.glob("*.nii.gz"))), "train_seconds": train_seconds,
-                          "segment_seconds": segment_seconds,
+                          "segment_seconds": segment_seconds, "model_segment_seconds": model_seconds,
                           **{f"{name}_mean_dice": float(np.mean([d for d in dice if d is not None]))
                              for name, dice in scores.items()},
                           "dice": scores}

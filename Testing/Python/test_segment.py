@@ -83,13 +83,20 @@ def test_mapping_back_to_the_input_grid_is_physical(mni):
     probabilities = np.eye(3, dtype=np.float32)[classes].transpose(3, 0, 1, 2)
     canonical = mni["t1"]
     reference = oblique_grid(canonical)
-    mapped = to_input_grid(probabilities, canonical, reference)
+    on_reference = to_input_grid(probabilities, canonical, reference)
+    mapped = on_reference.argmax(axis=0)
     label = sitk.GetImageFromArray(classes)
     label.CopyInformation(canonical)
     expected = sitk.GetArrayFromImage(sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor))
     assert mapped.shape == expected.shape
     assert np.mean(mapped == expected) > 0.9
-    assert np.array_equal(to_input_grid(probabilities, canonical, canonical), classes)  # same grid: untouched
+    shifted = sitk.Image(canonical.GetSize(), sitk.sitkFloat32)
+    shifted.CopyInformation(canonical)
+    half = canonical.GetSize()[0] // 2
+    shifted.SetOrigin(canonical.TransformIndexToPhysicalPoint((half, 0, 0)))
+    beyond = to_input_grid(probabilities, canonical, shifted)[:, :, :, -half + 1:]  # right of the canonical grid
+    assert np.all(beyond[0] == 1.0) and np.all(beyond[1:] == 0.0)  # there the background has probability 1
+    assert np.array_equal(to_input_grid(probabilities, canonical, canonical), probabilities)  # same grid: untouched
 
 
 def test_probabilities_and_flips(mni, model_file):

@@ -1,5 +1,6 @@
 """``gvsl segment IMAGE --model RUN_OR_FILE --out LABELS [--dicom-seg SEG]``: label map of a volume in its exact
-geometry, and for a DICOM series also a DICOM SEG that references it."""
+geometry, and for a DICOM series also a DICOM SEG that references it. When IMAGE is a scan of the run's unlabelled
+collection (``gvsl finetune --unlabelled``), the labels the run carried onto it by matching are fused in."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from gvsl.io.reading import dicom_series_files, read_image
+from gvsl.segment.collection_matches import collection_label_maps
 from gvsl.segment.dicom_seg import require_highdicom, write_dicom_seg
 from gvsl.segment.segment import segment_image, write_segmentation
 from gvsl.train.config import PRECISIONS
@@ -25,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom-seg", metavar="SEG",
                         help="also write the segmentation as a DICOM SEG file that references IMAGE, a DICOM series "
                              "folder (segment labels and codes from the label table; needs gvsl[dicom-seg])")
+    parser.add_argument("--no-matches", action="store_true",
+                        help="the model alone, even where IMAGE is a scan of the run's unlabelled collection (by "
+                             "default the labels the run carried onto it by matching are fused in)")
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     parser.add_argument("--sw-batch", type=int, default=2, help="windows per forward pass (default 2)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 axis flips (8x slower)")
@@ -40,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         sources = dicom_sources(args) if args.dicom_seg else None
         image = read_image(args.image, sitk.sitkFloat32)
+        scan, label_maps = (None, []) if args.no_matches else collection_label_maps(args.model, image)
+        if scan is not None:
+            print(f"gvsl segment: {args.image} is scan {scan} of the run's unlabelled collection: fused with the "
+                  f"{len(label_maps)} label map(s) the run carried onto it (--no-matches: the model alone)")
         label, table = segment_image(image, args.model, overlap=args.overlap, sw_batch_size=args.sw_batch,
                                      tta=args.tta, largest_component=args.largest_component, device=args.device,
-                                     precision=args.precision)
+                                     precision=args.precision, label_maps=label_maps)
         written = list(write_segmentation(label, table, args.out))
         if sources is not None:
             written.append(write_dicom_seg(label, table, sources, args.dicom_seg))

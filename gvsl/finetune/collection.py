@@ -94,6 +94,16 @@ def find_unlabelled_scans(folder: str | Path, exclude: Sequence[Path] = ()) -> t
     return scans, notes
 
 
+def kept_scan_file(folder: Path, scan_name: str) -> Path:
+    """Where a collection folder keeps scan ``scan_name`` as read."""
+    return Path(folder) / "scans" / f"{scan_name}.nii.gz"
+
+
+def kept_label_maps(folder: Path, scan_name: str) -> list[Path]:
+    """The label maps a collection folder keeps carried onto scan ``scan_name``, one per labelled case."""
+    return sorted((Path(folder) / "matches" / scan_name).glob("*.labels.nii.gz"))
+
+
 def _label_values(labelled: Sequence[tuple[sitk.Image, sitk.Image]]) -> list[int]:
     return sorted({int(v) for _, labels in labelled for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v})
 
@@ -117,7 +127,7 @@ class CollectionMatcher:
         self.folder, self.match, self.min_agreement = Path(folder), match, float(min_agreement)
 
     def scan_file(self, scan: UnlabelledScan) -> Path:
-        return self.folder / "scans" / f"{scan.name}.nii.gz"
+        return kept_scan_file(self.folder, scan.name)
 
     def match_files(self, scan: UnlabelledScan, case: Case) -> tuple[Path, Path]:
         """(warped image, carried labels) of ``case`` on ``scan``."""

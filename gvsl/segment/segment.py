@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -12,6 +12,7 @@ import torch
 
 from gvsl.data.preprocess import PrepareConfig, preprocess_image
 from gvsl.labels import LabelTable, sidecar_path, write_label_table
+from gvsl.segment.collection_matches import fuse_with_label_maps
 from gvsl.segment.inference import predict_probabilities
 from gvsl.segment.model import SegmentationInfo, SegmentationNet, load_segmentation_model
 from gvsl.train.device import select_device, select_precision, use_channels_last
@@ -25,25 +26,23 @@ def prepare_config(preprocessing: dict[str, Any]) -> PrepareConfig:
 
 
 def to_input_grid(probabilities: np.ndarray, canonical: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    """Class index map (uint8, [k, j, i] of ``reference``) from (C, D, H, W) probabilities on ``canonical``'s grid.
+    """(C, D, H, W) probabilities on ``canonical``'s grid -> (C, k, j, i) float32 probabilities of ``reference``'s.
 
-    Probabilities are resampled linearly (physical space, LPS) onto the
-    reference grid and then arg-maxed, which gives smoother boundaries than
-    resampling the class map when the input is finer than the model's grid.
-    Where the grids coincide nothing is resampled.
+    Probabilities are resampled linearly (physical space, LPS), which gives smoother boundaries after the arg-max
+    than resampling the class map when the input is finer than the model's grid. Outside the model's grid
+    (resampled as zeros) the background has probability 1. Where the grids coincide nothing is resampled.
     """
     same = (canonical.GetSize() == reference.GetSize() and
             np.allclose(canonical.GetSpacing(), reference.GetSpacing()) and
             np.allclose(canonical.GetOrigin(), reference.GetOrigin()) and
             np.allclose(canonical.GetDirection(), reference.GetDirection()))
     if same:
-        return probabilities.argmax(axis=0).astype(np.uint8)
+        return probabilities.astype(np.float32, copy=False)
     vector = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(probabilities, 0, -1)), isVector=True)
     vector.CopyInformation(canonical)
     resampled = sitk.Resample(vector, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
-    values = sitk.GetArrayViewFromImage(resampled)
-    out = values.argmax(axis=-1).astype(np.uint8)
-    out[values.sum(axis=-1) < 0.5] = 0  # outside the model's grid (resampled as zeros): background
+    out = np.moveaxis(sitk.GetArrayFromImage(resampled), -1, 0)
+    out[0][out.sum(axis=0) < 0.5] = 1.0
     return out
 
 
@@ -63,8 +62,12 @@ def keep_largest_components(classes: np.ndarray, n_classes: int) -> np.ndarray:
 def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Image, *, overlap: float = 0.5,
                  sw_batch_size: int = 2, tta: bool = False, largest_component: bool = False,
                  device: str | torch.device = "cpu", precision: str = "auto",
-                 window: Optional[tuple[int, int, int]] = None) -> sitk.Image:
+                 window: Optional[tuple[int, int, int]] = None, label_maps: Sequence[np.ndarray] = ()
+                 ) -> sitk.Image:
     """The label map of ``image`` (3D, physical units, any orientation) by a loaded model on ``device``.
+
+    ``label_maps``: label maps carried onto ``image`` by matching (each [k, j, i] of its grid, label values), fused
+    with the model's probabilities (``gvsl.segment.collection_matches.fuse_with_label_maps``).
 
     Returns a UInt8 (or UInt16 for values > 255) image with exactly
     ``image``'s size, spacing, origin and direction; values are the label
@@ -84,7 +87,9 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
                                           sw_batch_size=sw_batch_size, tta=tta,
                                           precision=select_precision(precision, device), device=device,
                                           channels_last=channels_last)
-    classes = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
+    on_input = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
+    classes = (fuse_with_label_maps(on_input, label_maps, info.label_values) if label_maps
+               else on_input.argmax(axis=0)).astype(np.uint8)
     if largest_component:
         classes = keep_largest_components(classes, info.n_classes)
     lookup = np.array([0, *info.label_values])
@@ -96,20 +101,21 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
 
 def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: float = 0.5, sw_batch_size: int = 2,
                   tta: bool = False, largest_component: bool = False, device: str = "cpu",
-                  precision: str = "auto") -> tuple[sitk.Image, LabelTable]:
+                  precision: str = "auto", label_maps: Sequence[np.ndarray] = ()) -> tuple[sitk.Image, LabelTable]:
     """Segment ``image`` with the model in ``model_path`` (a checkpoint file or a fine-tuning run folder).
 
     ``device``: "cpu", "cuda", "cuda:N", "mps" or "auto"; ``precision``: "auto" (bf16/fp16 autocast on GPUs,
     float32 elsewhere), "fp32", "bf16", "fp16". Returns the label map (the input's exact geometry) and the
-    label table ``{"labels": [{"value", "name", "color"}, ...]}``. Raises ValueError for a 2D image, a
-    pre-training checkpoint, or weights that do not fit the recorded widths.
+    label table ``{"labels": [{"value", "name", "color"}, ...]}``; ``label_maps``: as ``segment_with``. Raises
+    ValueError for a 2D image, a pre-training checkpoint, or weights that do not fit the recorded widths.
     """
     if image.GetDimension() != 3:
         raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
     torch_device = select_device(device)
     model, info = load_segmentation_model(model_path, torch_device)
     label = segment_with(model, info, image, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
-                         largest_component=largest_component, device=torch_device, precision=precision)
+                         largest_component=largest_component, device=torch_device, precision=precision,
+                         label_maps=label_maps)
     return label, info.label_table
 
 
