@@ -165,6 +165,34 @@ def test_matches_are_computed_once_and_carry_the_labels(donors, tmp_path):
     assert not list((tmp_path / "collection").rglob("*.partial"))
 
 
+def _identity_registration(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    """A stand-in registration that pickles (for the processes of parallel matching)."""
+    return sitk.Transform(3, sitk.sitkIdentity)
+
+
+def test_parallel_matching_writes_what_one_process_writes(donors, tmp_path):
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    for donor in (LABELLED, OTHER):
+        (folder / f"{donor}.nii.gz").write_bytes(donors["written"][donor][0].read_bytes())
+    (folder / "cut.nii.gz").write_bytes(donors["written"][OTHER][0].read_bytes()[:300])
+    scans, _ = find_unlabelled_scans(folder)
+    case = Case(LABELLED, *donors["written"][LABELLED])
+    found, progress = {}, []
+    for workers in (1, 2):
+        found[workers] = CollectionMatcher(tmp_path / f"workers-{workers}", _identity_registration).run(
+            [case], scans, on_progress=lambda done, total, scan, w=workers: progress.append((w, done, total)),
+            workers=workers)
+    assert sorted(s.name for s in scans) == sorted((LABELLED, OTHER))  # the cut file is left out
+    assert [c.name for c in found[2].pseudo] == [c.name for c in found[1].pseudo] == [
+        f"unlabelled-{s.name}" for s in scans]
+    assert [(w, d) for w, d, _ in progress if w == 2] == [(2, 1), (2, 2)]
+    for one, two in zip(found[1].pseudo + found[1].synthesised, found[2].pseudo + found[2].synthesised):
+        for a, b in ((one.image, two.image), (one.label, two.label)):
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))),
+                                          sitk.GetArrayFromImage(sitk.ReadImage(str(b))))
+
+
 def _finetune(donors, out: Path, *extra: str) -> int:
     return main(["finetune", str(donors["data"]), "--out", str(out), "--labels", str(donors["labels"]),
                  "--mode", "scratch", "--patch", "32", "--batch", "2", "--channels", WIDTHS, "--spacing", "4",

@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--match-checkpoint", default=s, metavar="CHECKPOINT",
                         help="the GVSL network that matches the labelled cases onto --unlabelled's scans (default "
                              "--init; without either, an untrained network: the refinement carries the match)")
+    parser.add_argument("--match-workers", type=int, default=s, metavar="N",
+                        help="scans matched at once, each in its own process (default: one per four CPU cores; one "
+                             "on a GPU)")
     boolean = argparse.BooleanOptionalAction
     parser.add_argument("--augment", action=boolean, default=s, help="spatial and intensity augmentation (on)")
     parser.add_argument("--compare", metavar="MODE[,MODE...]",

@@ -18,7 +18,10 @@ labels file exists is never computed again, so a killed run started again (or re
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -138,35 +141,56 @@ class CollectionMatcher:
         return self.folder / "pseudo" / f"{scan.name}.labels.nii.gz"
 
     def run(self, labelled_cases: Sequence[Case], scans: Sequence[UnlabelledScan], notes: Sequence[str] = (),
-            on_progress: Optional[Progress] = None) -> CollectionCases:
+            on_progress: Optional[Progress] = None, workers: int = 1) -> CollectionCases:
         """Match every case onto every scan (what is already in ``folder`` is reused), fuse, and return the cases to
-        train on. A scan that cannot be read or matched is left out with a note; the rest goes on."""
+        train on (in the order of ``scans``). A scan that cannot be read or matched is left out with a note; the rest
+        goes on. ``workers`` > 1: that many scans are matched at once, each in its own process with its share of the
+        CPU threads (``match`` must pickle, as ``NetworkRegistration`` does)."""
         for sub in ("scans", "matches", "pseudo"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        labelled = [read_case(case) for case in labelled_cases]
-        values = _label_values(labelled)
-        notes = list(notes)
-        pseudo, synthesised = [], []
-        for done, unlabelled in enumerate(scans, start=1):
-            try:
-                fixed = self._scan_image(unlabelled)
-                maps = [self._carried(unlabelled, case, fixed, image, labels)
-                        for case, (image, labels) in zip(labelled_cases, labelled)]
-            except (ValueError, RuntimeError) as exc:  # unreadable, or not a volume that can be matched
-                notes.append(f"unlabelled {unlabelled.name}: left out ({error_text(exc)})")
-                continue
-            fused = fuse_with_confidence([sitk.GetArrayFromImage(m) for m in maps], values, self.min_agreement)
-            pseudo_file = self.pseudo_file(unlabelled)
-            write_image_atomically(pseudo_file, _array_image(fused, fixed))
-            pseudo.append(Case(PSEUDO_PREFIX + unlabelled.name, self.scan_file(unlabelled), pseudo_file))
-            synthesised += [Case(f"{SYNTHESISED_PREFIX}{case.name}-to-{unlabelled.name}",
-                                 *self.match_files(unlabelled, case)) for case in labelled_cases]
+        values = _label_values([read_case(case) for case in labelled_cases])
+        left_out: dict[int, Optional[str]] = {}  # scan index -> None (matched) or why it was left out
+
+        def finished(index: int, reason: Optional[str]) -> None:
+            left_out[index] = reason
             if on_progress is not None:
-                on_progress(done, len(scans), unlabelled.name)
+                on_progress(len(left_out), len(scans), scans[index].name)
+
+        workers = min(int(workers), len(scans))
+        if workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_use_threads, initargs=(threads,)) as pool:
+                futures = {pool.submit(self.match_scan, scan, labelled_cases, values): n
+                           for n, scan in enumerate(scans)}
+                for future in as_completed(futures):
+                    finished(futures[future], future.result())
+        else:
+            for n, scan in enumerate(scans):
+                finished(n, self.match_scan(scan, labelled_cases, values))
+        notes = [*notes, *(f"unlabelled {scans[n].name}: left out ({reason})"
+                           for n, reason in sorted(left_out.items()) if reason is not None)]
+        matched = [scan for n, scan in enumerate(scans) if left_out[n] is None]
+        pseudo = [Case(PSEUDO_PREFIX + scan.name, self.scan_file(scan), self.pseudo_file(scan)) for scan in matched]
+        synthesised = [Case(f"{SYNTHESISED_PREFIX}{case.name}-to-{scan.name}", *self.match_files(scan, case))
+                       for scan in matched for case in labelled_cases]
         write_text_atomically(self.folder / "scans.json", json.dumps(
             {"scans": [{"name": s.name, "files": s.series.files[:1], "n_files": len(s.series.files)} for s in scans],
              "notes": notes}, indent=1) + "\n")
         return CollectionCases(pseudo, synthesised, notes)
+
+    def match_scan(self, scan: UnlabelledScan, labelled_cases: Sequence[Case], values: Sequence[int]
+                   ) -> Optional[str]:
+        """Carry every labelled case onto ``scan`` and write its fused pseudo-labels: None, or why the scan is left
+        out (it cannot be read, or is not a volume that can be matched)."""
+        try:
+            fixed = self._scan_image(scan)
+            maps = [self._carried(scan, case, fixed, *read_case(case)) for case in labelled_cases]
+        except (ValueError, RuntimeError) as exc:
+            return error_text(exc)
+        fused = fuse_with_confidence([sitk.GetArrayFromImage(m) for m in maps], values, self.min_agreement)
+        write_image_atomically(self.pseudo_file(scan), _array_image(fused, fixed))
+        return None
 
     def _scan_image(self, scan: UnlabelledScan) -> sitk.Image:
         path = self.scan_file(scan)
@@ -189,21 +213,57 @@ class CollectionMatcher:
         return carried
 
 
-def network_registration(checkpoint: Optional[str], device: str) -> Callable[[sitk.Image, sitk.Image], sitk.Transform]:
+def _use_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def default_match_workers(device: str) -> int:
+    """Scans matched at once when not told: one per four CPU cores (a match runs well on four threads), one on a GPU
+    (the network's memory is the limit there)."""
+    if device not in ("cpu", "auto") or (device == "auto" and _has_gpu()):
+        return 1
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+class NetworkRegistration:
     """``gvsl match``'s registration as a function (fixed, moving) -> transform (fixed point -> moving point, LPS
     mm): the initial alignment, ``checkpoint``'s network (a GVSL pre-training checkpoint) and the refinement, with the
     checkpoint's preprocessing. Without a checkpoint, ``gvsl match``'s untrained network: the refinement carries the
-    match (benchmarks/RESULTS.md: the same Dice from an untrained network)."""
-    from gvsl.checkpoints import load_checkpoint, load_gvsl, untrained_gvsl
-    from gvsl.match import MatchOptions, match_volumes
-    from gvsl.match.options import match_config_for
-    from gvsl.train.device import select_device
+    match (benchmarks/RESULTS.md: the same Dice from an untrained network). The network is loaded at once (a wrong
+    checkpoint fails here); a copy sent to another process loads it again there."""
 
-    torch_device = select_device(device)
-    if checkpoint:
-        payload = load_checkpoint(checkpoint)
-        model, _ = load_gvsl(payload, device=torch_device, name=str(checkpoint))
-    else:
-        payload, model = {}, untrained_gvsl().to(torch_device)
-    config = match_config_for(MatchOptions(device=device), payload)
-    return lambda fixed, moving: match_volumes(fixed, moving, model, config=config, device=torch_device).transform
+    def __init__(self, checkpoint: Optional[str], device: str):
+        self.checkpoint, self.device = checkpoint, device
+        self._match = self._load()
+
+    def __getstate__(self) -> dict:
+        return {"checkpoint": self.checkpoint, "device": self.device}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["checkpoint"], state["device"])
+
+    def __call__(self, fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+        return self._match(fixed, moving)
+
+    def _load(self) -> Callable[[sitk.Image, sitk.Image], sitk.Transform]:
+        from gvsl.checkpoints import load_checkpoint, load_gvsl, untrained_gvsl
+        from gvsl.match import MatchOptions, match_volumes
+        from gvsl.match.options import match_config_for
+        from gvsl.train.device import select_device
+
+        torch_device = select_device(self.device)
+        if self.checkpoint:
+            payload = load_checkpoint(self.checkpoint)
+            model, _ = load_gvsl(payload, device=torch_device, name=str(self.checkpoint))
+        else:
+            payload, model = {}, untrained_gvsl().to(torch_device)
+        config = match_config_for(MatchOptions(device=self.device), payload)
+        return lambda fixed, moving: match_volumes(fixed, moving, model, config=config, device=torch_device).transform

@@ -38,7 +38,8 @@ class FinetuneConfig(RunConfig):
     ``unlabelled``: a folder of unlabelled scans (anything ``gvsl scan`` reads) that every labelled case is matched
     onto, giving pseudo-labelled and synthesised training cases (``gvsl.finetune.collection``); ``match_checkpoint``:
     the GVSL network that matches them (default ``init``; neither: an untrained network, the refinement carries the
-    match); ``min_agreement``: share of the carried label maps that must agree for a voxel's pseudo-label to count.
+    match); ``min_agreement``: share of the carried label maps that must agree for a voxel's pseudo-label to count;
+    ``match_workers``: scans matched at once, each in its own process (None: ``default_match_workers``).
     """
 
     RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
@@ -71,6 +72,7 @@ class FinetuneConfig(RunConfig):
     unlabelled: Optional[str] = None
     match_checkpoint: Optional[str] = None
     min_agreement: float = 1.0
+    match_workers: Optional[int] = None
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -92,5 +94,7 @@ class FinetuneConfig(RunConfig):
             raise ValueError("foreground must be in [0, 1] and val_fraction in [0, 1)")
         if not 0.0 < self.min_agreement <= 1.0:
             raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
+        if self.match_workers is not None and self.match_workers < 1:
+            raise ValueError(f"match_workers must be 1 or more, got {self.match_workers}")
         if self.val_windows < 0:
             raise ValueError(f"val_windows must be 0 (whole volumes) or more, got {self.val_windows}")

@@ -39,7 +39,13 @@ from gvsl.checkpoints import save_checkpoint
 from gvsl.data.preprocess import PrepareConfig
 from gvsl.finetune.augment import augment_patches
 from gvsl.finetune.cache import CachedCase, open_prepared, prepare_cases
-from gvsl.finetune.collection import COLLECTION_DIR, CollectionMatcher, find_unlabelled_scans, network_registration
+from gvsl.finetune.collection import (
+    COLLECTION_DIR,
+    CollectionMatcher,
+    NetworkRegistration,
+    default_match_workers,
+    find_unlabelled_scans,
+)
 from gvsl.finetune.config import FROZEN_BACKBONE_MODES, FinetuneConfig
 from gvsl.finetune.data import Case, find_split_cases
 from gvsl.finetune.fusion import IGNORE_VALUE
@@ -272,10 +278,11 @@ def collection_cases(config: FinetuneConfig, run_dir: Path, labelled: list[Case]
     scans, notes = find_unlabelled_scans(config.unlabelled, [case.image for case in labelled])
     events.write("pseudo_labels", done=0, total=len(scans), scan=None)
     matcher = CollectionMatcher(run_dir / COLLECTION_DIR,
-                                network_registration(config.match_checkpoint or config.init, config.device),
+                                NetworkRegistration(config.match_checkpoint or config.init, config.device),
                                 config.min_agreement)
+    workers = config.match_workers or default_match_workers(config.device)
     found = matcher.run(labelled, scans, notes, lambda done, total, scan: events.write(
-        "pseudo_labels", done=done, total=total, scan=scan))
+        "pseudo_labels", done=done, total=total, scan=scan), workers=workers)
     if found.notes:
         events.write("collection_notes", notes=found.notes)
     return found.pseudo + found.synthesised

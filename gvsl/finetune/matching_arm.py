@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import SimpleITK as sitk
 
 from gvsl.finetune.cache import read_case
-from gvsl.finetune.collection import CollectionMatcher, UnlabelledScan, network_registration, scan_name
+from gvsl.finetune.collection import CollectionMatcher, NetworkRegistration, UnlabelledScan, scan_name
 from gvsl.finetune.data import Case
 from gvsl.finetune.heldout import HeldOutDice, class_dice, mean_per_label
 from gvsl.io import VOLUME, SeriesInfo, hash_id
@@ -25,7 +25,7 @@ def matching_dice(labelled: Sequence[Case], held_out: Sequence[Case], values: Se
     taken: set[str] = set()
     series = [SeriesInfo(key=hash_id(str(case.image)), kind=VOLUME, files=[str(case.image)]) for case in held_out]
     scans = [UnlabelledScan(scan_name(s, taken), s) for s in series]
-    matcher = CollectionMatcher(folder, network_registration(checkpoint, device), KEEP_EVERY_VOXEL)
+    matcher = CollectionMatcher(folder, NetworkRegistration(checkpoint, device), KEEP_EVERY_VOXEL)
     found = matcher.run(labelled, scans)
     if len(found.pseudo) != len(held_out):
         raise ValueError(f"matching arm: {'; '.join(found.notes)}")
