@@ -415,3 +415,23 @@ def test_real_segmentation_by_matching_carries_the_atlas_segments_onto_the_input
     segmentation = output.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(2)] == [GREY, WHITE]
     assert segmentation.GetNthSegment(1).GetColor() == pytest.approx(COLORS[WHITE])
+
+
+def test_a_collection_scan_loaded_in_slicer_is_recognised_as_the_run_kept_it(scene, tmp_path):
+    """A scan of a run's unlabelled collection, loaded into the scene and written out as GVSLSegment writes its input
+    (``write_volume_node``: RAS node -> LPS file), is still that scan for ``gvsl segment``: its matches are fused in."""
+    from GVSLSharedLib import samples, volumes
+
+    from gvsl.segment.collection_matches import find_collection_scan
+    oblique = sitk.Resample(mni()["t1"], oblique_grid(mni()["t1"]), sitk.Transform(), sitk.sitkLinear, 0.0)
+    kept = tmp_path / "run" / "collection" / "scans" / "oblique-scan.nii.gz"
+    kept.parent.mkdir(parents=True)
+    sitk.WriteImage(oblique, str(kept))
+    node = samples.load_volume(scene, kept, "oblique scan")
+    volumes.write_volume_node(node, tmp_path / "input.nrrd", "input volume")
+    written = sitk.ReadImage(str(tmp_path / "input.nrrd"), sitk.sitkFloat32)
+    assert find_collection_scan(tmp_path / "run", written) == "oblique-scan"
+    node.GetImageData().GetPointData().GetScalars().SetValue(0, 1000.0)  # the user edited a voxel: another image
+    node.GetImageData().Modified()
+    volumes.write_volume_node(node, tmp_path / "edited.nrrd", "input volume")
+    assert find_collection_scan(tmp_path / "run", sitk.ReadImage(str(tmp_path / "edited.nrrd"))) is None
