@@ -312,3 +312,9 @@ def test_comparison_shows_matching_and_collection_beside_scratch(donors, tmp_pat
     assert by_hand > 0.5  # the labels carried by a real match
     assert not (out / "arms" / "scratch-seed0" / "collection").exists()
     assert (out / "arms" / "collection-seed0" / "collection" / "pseudo" / f"{OTHER}.labels.nii.gz").is_file()
+    # the test scan is a scan of the collection: its row is what `gvsl segment` gives, the matches fused in
+    assert main(["segment", str(donors["written"][OTHER][0]), "--model", str(out / "arms" / "collection-seed0"),
+                 "--out", str(tmp_path / "segment.nii.gz"), "--device", "cpu"]) == 0
+    assert "unlabelled collection: fused" in capsys.readouterr().out
+    by_segment = _mean_dice(tmp_path / "segment.nii.gz", donors["written"][OTHER][1])
+    assert summary["results"]["collection"]["test_mean_dice"]["mean"] == pytest.approx(by_segment)

@@ -415,7 +415,7 @@ def run_comparison(base: FinetuneConfig, arms: Sequence[Arm], seeds: Sequence[in
                 model, info = load_segmentation_model(result.checkpoint, device)
                 cases = test_cases or [cases_by_name[case] for case in result.val_cases]
                 score = held_out_dice(model, info, cases, device=device, precision=base.precision,
-                                      sw_batch_size=base.batch)
+                                      sw_batch_size=base.batch, run_dir=Path(config.out))
                 summary["labels"] = [e["name"] for e in info.label_table["labels"]]
                 curve, seconds = training_curve(read_events(Path(config.out) / EVENTS_NAME))
                 entry = {"seed": seed, "run": str(Path(ARMS_DIR) / name), "iterations": result.iteration,

@@ -8,6 +8,7 @@ voxels of the input's grid).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from gvsl.finetune.cache import read_case
 from gvsl.finetune.data import Case
+from gvsl.segment.collection_matches import collection_label_maps
 from gvsl.segment.model import SegmentationInfo, SegmentationNet
 from gvsl.segment.segment import segment_with
 
@@ -48,10 +50,13 @@ def class_dice(predicted: np.ndarray, truth: np.ndarray, values: Sequence[int]) 
 
 
 def held_out_dice(model: SegmentationNet, info: SegmentationInfo, cases: Sequence[Case], *,
-                  device: str | torch.device = "cpu", precision: str = "auto", sw_batch_size: int = 2) -> HeldOutDice:
+                  device: str | torch.device = "cpu", precision: str = "auto", sw_batch_size: int = 2,
+                  run_dir: Optional[Path] = None) -> HeldOutDice:
     """Segment every case's image with ``model`` (``segment_with``) and score it against the case's label map on the
-    image's own grid. Label values the model does not know count as background. Raises ValueError naming the case
-    for an unreadable file, a 2D image or a label map off the image's grid."""
+    image's own grid, as ``gvsl segment --model RUN_DIR`` would: a case whose image is a scan of ``run_dir``'s
+    unlabelled collection is fused with the run's matches onto it. Label values the model does not know count as
+    background. Raises ValueError naming the case for an unreadable file, a 2D image or a label map off the image's
+    grid."""
     names = [e["name"] for e in info.label_table["labels"]]
     per_case = {}
     for case in cases:
@@ -59,7 +64,9 @@ def held_out_dice(model: SegmentationNet, info: SegmentationInfo, cases: Sequenc
             image, truth = read_case(case)
         except RuntimeError as exc:  # SimpleITK read errors
             raise ValueError(f"case {case.name}: cannot read {case.image} or {case.label}: {exc}") from exc
-        predicted = segment_with(model, info, image, sw_batch_size=sw_batch_size, device=device, precision=precision)
+        label_maps = collection_label_maps(run_dir, image)[1] if run_dir is not None else []
+        predicted = segment_with(model, info, image, sw_batch_size=sw_batch_size, device=device, precision=precision,
+                                 label_maps=label_maps)
         scores = class_dice(sitk.GetArrayViewFromImage(predicted), sitk.GetArrayViewFromImage(truth),
                             info.label_values)
         per_case[case.name] = dict(zip(names, scores))
