@@ -16,17 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from gvsl.finetune.collection import COLLECTION_DIR, kept_label_maps
+from gvsl.io.geometry import grid_differences
 
 #: Gaussian sigma (voxels of the scan) that softens the carried maps' class indicators before the vote
 MATCH_SMOOTHING_VOXELS = 0.5
-_GEOMETRY_TOLERANCE = 1e-4  # mm, and direction cosines
-
-
-def _same_grid(info: sitk.ImageFileReader, image: sitk.Image) -> bool:
-    return (tuple(info.GetSize()) == tuple(image.GetSize()) and
-            np.allclose(info.GetSpacing(), image.GetSpacing(), atol=_GEOMETRY_TOLERANCE) and
-            np.allclose(info.GetOrigin(), image.GetOrigin(), atol=_GEOMETRY_TOLERANCE) and
-            np.allclose(info.GetDirection(), image.GetDirection(), atol=_GEOMETRY_TOLERANCE))
 
 
 def find_collection_scan(run_dir: str | Path, image: sitk.Image) -> Optional[str]:
@@ -41,7 +34,7 @@ def find_collection_scan(run_dir: str | Path, image: sitk.Image) -> Optional[str
         reader.SetFileName(str(path))
         try:
             reader.ReadImageInformation()
-            if not _same_grid(reader, image):
+            if grid_differences(reader, image):  # the header alone answers most scans
                 continue
             kept = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
         except RuntimeError:  # a damaged kept scan is not this image
