@@ -6,9 +6,9 @@ Each method runs in its own process (so peak memory is its own: process peak RSS
 GPU), on the same real volume (the MNI152 T1 template at 1 mm, zero-padded or cropped to SIZE^3, already on the
 canonical grid) with the same random-weight network of the given widths (3 classes):
 
-- ``ours``: ``gvsl.segment.predict_probabilities`` + argmax, as ``gvsl segment`` runs it: MONAI sliding windows,
-  Gaussian blending, half overlap, ``--sw-batch`` windows per pass, channels-last (CUDA; CPU at widths >= 32),
-  autocast on GPU (bf16/fp16);
+- ``ours``: ``gvsl.segment.predict_probabilities`` + argmax, as ``gvsl segment`` runs it: sliding windows,
+  Gaussian blending, half overlap, ``--sw-batch`` windows per pass, layout and autocast as ``gvsl segment`` picks
+  them (``forward_channels_last``, ``select_inference_precision``);
 - ``baseline``: a plain loop over the same half-overlapping windows, batch 1, float32, each window's softmax
   accumulated (uniform weights) into numpy arrays on the CPU, then argmax.
 
@@ -26,6 +26,8 @@ import time
 import numpy as np
 import torch
 
+from gvsl.segment.inference import window_starts
+
 
 def volume(size: int) -> torch.Tensor:
     """(1, 1, size, size, size) float32 in [0, 1]: the MNI T1 template (1 mm) centred in a cube."""
@@ -42,21 +44,12 @@ def volume(size: int) -> torch.Tensor:
     return torch.from_numpy(out)[None, None]
 
 
-def starts(size: int, window: int, overlap: float) -> list[int]:
-    """Window corners along one axis: stride window * (1 - overlap), the last one flush with the end."""
-    stride = max(1, int(window * (1 - overlap)))
-    positions = list(range(0, max(size - window, 0) + 1, stride))
-    if positions[-1] + window < size:
-        positions.append(size - window)
-    return positions
-
-
 @torch.inference_mode()
 def baseline(model: torch.nn.Module, vol: torch.Tensor, window: int, device: torch.device) -> np.ndarray:
     """Plain loop: batch 1, float32, half overlap, numpy accumulation; returns the class map (D, H, W)."""
     shape = vol.shape[2:]
     total, counts = None, np.zeros(shape, np.float32)
-    for corner in itertools.product(*(starts(s, window, 0.5) for s in shape)):
+    for corner in itertools.product(*(window_starts(s, window, 0.5) for s in shape)):
         box = tuple(slice(c, c + window) for c in corner)
         probs = torch.softmax(model(vol[(0, 0, *box)][None, None].to(device)), dim=1)[0].cpu().numpy()
         if total is None:
@@ -70,11 +63,11 @@ def run_one(args: argparse.Namespace) -> dict:
     from gvsl.networks import DEFAULT_CHANNELS
     from gvsl.segment import SegmentationNet, predict_probabilities
     from gvsl.train.device import (
+        forward_channels_last,
         peak_memory_bytes,
         reset_peak_memory,
         select_device,
-        select_precision,
-        use_channels_last,
+        select_inference_precision,
     )
 
     device = select_device(args.device)
@@ -84,10 +77,10 @@ def run_one(args: argparse.Namespace) -> dict:
     vol = volume(args.size)
     reset_peak_memory(device)
     if args.method == "ours":
-        channels_last = use_channels_last(None, device, channels)
+        channels_last = forward_channels_last(device)
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)
-        precision = select_precision("auto", device)
+        precision = select_inference_precision("auto", device)
         start = time.perf_counter()
         probs = predict_probabilities(model, vol, (args.window,) * 3, overlap=0.5, sw_batch_size=args.sw_batch,
                                       precision=precision, device=device, channels_last=channels_last)

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep only the largest connected component of each label")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16/fp16 autocast on GPUs, float32 elsewhere")
+                        help="auto: bf16/fp16 autocast on GPUs, bf16 on CPUs with native bfloat16 (AVX512-BF16, AMX), "
+                             "float32 elsewhere")
 
 
 def run(args: argparse.Namespace) -> int:

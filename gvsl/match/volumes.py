@@ -22,6 +22,7 @@ from gvsl.match.physical import PhysicalTransforms, network_to_frame, physical_t
 from gvsl.match.refine import LevelImages, refine
 from gvsl.match.result import MatchResult, image_tensor
 from gvsl.networks import GVSL
+from gvsl.train.device import forward_channels_last
 
 
 def stage_outputs(inputs: NetworkInputs, fixed: sitk.Image, transforms: PhysicalTransforms, warped_network: sitk.Image,
@@ -76,9 +77,7 @@ def match_volumes(fixed: sitk.Image, moving: sitk.Image, model: GVSL, *, fixed_m
         raise ValueError(f"model must be a GVSL network, got {type(model).__name__}")
     config = config or MatchConfig()
     inputs = prepare_network_inputs(fixed, moving, fixed_modality, moving_modality, config)
-    # Channels-last on a CPU: the forward pass of a 2 mm head pair takes 8.1 s instead of 10.3 at 8…128 widths and
-    # 14.0 s instead of 16.5 at the default ones, as fast at 4…64 (benchmarks/RESULTS.md). On CUDA, as trained.
-    memory_format = torch.channels_last_3d if torch.device(device).type == "cpu" else torch.contiguous_format
+    memory_format = torch.channels_last_3d if forward_channels_last(device) else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
     started = time.perf_counter()
     field = config.correlation_field

@@ -15,7 +15,7 @@ from gvsl.labels import LabelTable, sidecar_path, write_label_table
 from gvsl.segment.collection_matches import fuse_with_label_maps
 from gvsl.segment.inference import predict_probabilities
 from gvsl.segment.model import SegmentationInfo, SegmentationNet, load_segmentation_model
-from gvsl.train.device import select_device, select_precision, use_channels_last
+from gvsl.train.device import forward_channels_last, select_device, select_inference_precision
 
 
 def prepare_config(preprocessing: dict[str, Any]) -> PrepareConfig:
@@ -80,12 +80,12 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
     modality = info.preprocessing.get("modality", "auto")
     prepared = preprocess_image(image, modality, prepare_config(info.preprocessing))
     volume = torch.from_numpy(sitk.GetArrayFromImage(prepared.image))[None, None].to(device)
-    channels_last = use_channels_last(None, device, model.channels)
-    if channels_last:  # faster on CUDA and at default widths on CPU (gvsl.train.device)
+    channels_last = forward_channels_last(device)
+    if channels_last:
         model.to(memory_format=torch.channels_last_3d)
     probabilities = predict_probabilities(model, volume, window or info.patch, overlap=overlap,
                                           sw_batch_size=sw_batch_size, tta=tta,
-                                          precision=select_precision(precision, device), device=device,
+                                          precision=select_inference_precision(precision, device), device=device,
                                           channels_last=channels_last)
     on_input = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
     classes = (fuse_with_label_maps(on_input, label_maps, info.label_values) if label_maps
@@ -104,9 +104,10 @@ def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: 
                   precision: str = "auto", label_maps: Sequence[np.ndarray] = ()) -> tuple[sitk.Image, LabelTable]:
     """Segment ``image`` with the model in ``model_path`` (a checkpoint file or a fine-tuning run folder).
 
-    ``device``: "cpu", "cuda", "cuda:N", "mps" or "auto"; ``precision``: "auto" (bf16/fp16 autocast on GPUs,
-    float32 elsewhere), "fp32", "bf16", "fp16". Returns the label map (the input's exact geometry) and the
-    label table ``{"labels": [{"value", "name", "color"}, ...]}``; ``label_maps``: as ``segment_with``. Raises
+    ``device``: "cpu", "cuda", "cuda:N", "mps" or "auto"; ``precision``: "auto" (bf16/fp16 autocast on GPUs, bf16
+    on CPUs that compute it natively, float32 elsewhere: ``gvsl.train.device.select_inference_precision``), "fp32",
+    "bf16", "fp16". Returns the label map (the input's exact geometry) and the label table
+    ``{"labels": [{"value", "name", "color"}, ...]}``; ``label_maps``: as ``segment_with``. Raises
     ValueError for a 2D image, a pre-training checkpoint, or weights that do not fit the recorded widths.
     """
     if image.GetDimension() != 3:
