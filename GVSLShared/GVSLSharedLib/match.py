@@ -165,10 +165,13 @@ def show_overlay(scene, image: sitk.Image, name: str, color_node_id: str = "vtkM
 def propagate_segmentation(scene, segmentation_node, moving_node, fixed_node, transform_fixed_to_moving_lps,
                            name: str = "GVSL propagated segmentation"):
     """A new segmentation on the fixed volume's grid: each segment of ``segmentation_node`` (drawn on the moving
-    volume) carried through the match (nearest neighbour), with its name and colour; closed surfaces are created.
+    volume) carried through the match by partial volumes (``gvsl.carry_labels``, as ``gvsl match --labels``), with
+    its name and colour; closed surfaces are created.
 
     Segments are carried one at a time, so overlapping segments stay overlapping.
     """
+    from gvsl.carry_labels import carry_labels
+
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     source = segmentation_node.GetSegmentation()
     fixed = image_from_volume_node(fixed_node)
@@ -183,8 +186,7 @@ def propagate_segmentation(scene, segmentation_node, moving_node, fixed_node, tr
             if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, moving_node):
                 raise RuntimeError(f"cannot export segment {source.GetSegment(segment_id).GetName()!r}")
             labels = image_from_volume_node(labelmap)
-            update_volume_node_from_image(labelmap, sitk.Resample(labels, fixed, transform_fixed_to_moving_lps,
-                                                                  sitk.sitkNearestNeighbor, 0))
+            update_volume_node_from_image(labelmap, carry_labels(labels, fixed, transform_fixed_to_moving_lps))
             before = output.GetSegmentation().GetNumberOfSegments()
             logic.ImportLabelmapToSegmentationNode(labelmap, output)
             if output.GetSegmentation().GetNumberOfSegments() == before:  # nothing landed on the fixed grid

@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from gvsl.atomic_files import write_image_atomically, write_text_atomically
+from gvsl.carry_labels import carry_labels
 from gvsl.finetune.cache import read_case
 from gvsl.finetune.data import Case
 from gvsl.finetune.fusion import fuse_with_confidence
@@ -208,7 +209,7 @@ class CollectionMatcher:
         transform = self.match(fixed, image)
         warped = sitk.Resample(image, fixed, transform, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
         write_image_atomically(image_file, sitk.HistogramMatching(warped, fixed))
-        carried = sitk.Resample(labels, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+        carried = carry_labels(sitk.Cast(labels, sitk.sitkUInt16), fixed, transform)
         write_image_atomically(labels_file, carried)
         return carried
 

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from gvsl.carry_labels import carry_labels
 from gvsl.networks import GVSL, sample_voxels
 
 
@@ -60,11 +61,11 @@ class MatchResult:
     _unit_features: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def propagate_labels(self, label_image: sitk.Image) -> sitk.Image:
-        """A label map defined on the moving image's physical space, carried onto the fixed grid (nearest neighbour,
-        0 outside); same pixel type as ``label_image``."""
+        """A label map defined on the moving image's physical space, carried onto the fixed grid by partial volumes
+        (``gvsl.carry_labels``; 0 outside); same pixel type as ``label_image``."""
         if not isinstance(label_image, sitk.Image) or label_image.GetDimension() != 3:
             raise ValueError("label image must be a 3D SimpleITK image")
-        return sitk.Resample(label_image, self.fixed, self.transform, sitk.sitkNearestNeighbor, 0)
+        return carry_labels(label_image, self.fixed, self.transform)
 
     def feature_similarity(self, point_lps: Sequence[float]) -> sitk.Image:
         """Cosine similarity between the backbone's local feature at a fixed LPS point and the feature at every voxel
