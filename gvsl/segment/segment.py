@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from gvsl.data.preprocess import PrepareConfig, preprocess_image
+from gvsl.io.geometry import grid_differences
 from gvsl.labels import LabelTable, sidecar_path, write_label_table
 from gvsl.segment.collection_matches import fuse_with_label_maps
 from gvsl.segment.inference import predict_probabilities
@@ -32,11 +33,7 @@ def to_input_grid(probabilities: np.ndarray, canonical: sitk.Image, reference: s
     than resampling the class map when the input is finer than the model's grid. Outside the model's grid
     (resampled as zeros) the background has probability 1. Where the grids coincide nothing is resampled.
     """
-    same = (canonical.GetSize() == reference.GetSize() and
-            np.allclose(canonical.GetSpacing(), reference.GetSpacing()) and
-            np.allclose(canonical.GetOrigin(), reference.GetOrigin()) and
-            np.allclose(canonical.GetDirection(), reference.GetDirection()))
-    if same:
+    if not grid_differences(canonical, reference):
         return probabilities.astype(np.float32, copy=False)
     vector = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(probabilities, 0, -1)), isVector=True)
     vector.CopyInformation(canonical)
