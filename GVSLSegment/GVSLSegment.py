@@ -92,7 +92,7 @@ class GVSLSegmentParameterNode:
     unlabelledFolder: pathlib.Path
     runFolder: pathlib.Path
     initCheckpoint: pathlib.Path
-    mode: Annotated[str, Choice(list(finetuning.MODES))] = "finetune"
+    mode: Annotated[str, Choice([finetuning.AUTO_MODE, *finetuning.MODES])] = "auto"  # finetuning.AUTO_MODE
     iterations: Annotated[int, WithinRange(1, 10_000_000)] = 5000
     patchSize: Annotated[int, WithinRange(16, 512)] = 96
     batchSize: Annotated[int, WithinRange(1, 256)] = 2
@@ -275,9 +275,11 @@ class GVSLSegmentWidget(RunControlMixin, ScriptedLoadableModuleWidget, VTKObserv
             runFolder = pathOrNone(p.runFolder)
             if runFolder is None:
                 raise ValueError(_("Choose the output folder."))
-            if p.mode in finetuning.PRETRAINED_MODES and pathOrNone(p.initCheckpoint) is None:
+            unlabelled = pathOrNone(p.unlabelledFolder)
+            trained = finetuning.effective_mode(p.mode, unlabelled)
+            if trained in finetuning.PRETRAINED_MODES and pathOrNone(p.initCheckpoint) is None:
                 raise ValueError(_("Choose the pre-trained checkpoint (or the scratch mode)."))
-            if p.compareWithScratch and p.mode == finetuning.COMPARED_MODE:
+            if p.compareWithScratch and trained == finetuning.COMPARED_MODE and unlabelled is None:
                 raise ValueError(_("Choose another mode to compare with training from scratch."))
             dataPath = self._trainingData(runFolder)
             if not ensureBackend(self.logic):

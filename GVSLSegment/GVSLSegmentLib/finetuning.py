@@ -14,7 +14,9 @@ from typing import Optional
 from GVSLSharedLib.runs import RunProgress, gvsl_command
 
 MODES = ("finetune", "linear", "scratch", "random-linear")  # gvsl.finetune.config.MODES
+AUTO_MODE = "auto"  # no --mode: gvsl finetune's default, finetune or, with unlabelled scans, COLLECTION_MODE
 PRETRAINED_MODES = ("finetune", "linear")  # gvsl.finetune.config.PRETRAINED_MODES: the modes that take --init
+COLLECTION_MODE = "scratch"  # gvsl.finetune.config.COLLECTION_MODE
 COMPARED_MODE = "scratch"  # what the module's comparison checkbox adds (--compare scratch)
 COLLECTION_ARMS = ("matching", "collection")  # and with an unlabelled collection (gvsl.commands.finetune.EXTRA_ARMS)
 MEAN_DICE_CURVE = "val_dice"
@@ -22,24 +24,36 @@ CLASS_DICE_PREFIX = "val_dice_per_class/"
 MEAN_DICE_NAME = "Dice (mean)"  # the mean validation Dice curve as ``split_curves`` names it
 
 
+def effective_mode(mode: str, unlabelled: Optional[os.PathLike]) -> str:
+    """What ``gvsl finetune`` trains for the module's ``mode``: ``AUTO_MODE`` is "finetune", or
+    ``COLLECTION_MODE`` with an unlabelled folder (the checkpoint then only matches the scans)."""
+    if mode not in (AUTO_MODE, *MODES):
+        raise ValueError(f"mode must be one of {', '.join((AUTO_MODE, *MODES))}, got {mode!r}")
+    if mode != AUTO_MODE:
+        return mode
+    return COLLECTION_MODE if unlabelled else "finetune"
+
+
 def finetune_command(data: os.PathLike, init: os.PathLike, run_dir: os.PathLike, *, mode: str, iterations: int,
                      patch: int, batch: int, lr: float, val_every: int, precision: str, device: str,
                      compare_with_scratch: bool = False, unlabelled: Optional[os.PathLike] = None) -> list[str]:
-    """``gvsl finetune DATA --init CHECKPOINT --out RUN_DIR ...`` for a new run (``init`` is ignored by the modes
-    that start from random weights). ``unlabelled``: a folder of unlabelled scans, each labelled case matched onto
-    each of them and the network trained on the propagated labels too (``--unlabelled``). ``compare_with_scratch``
-    adds ``--compare scratch`` (the same network also trained from scratch on the same cases, crops and budget; RUN_DIR
-    then holds a comparison), and with ``unlabelled`` also ``matching`` and ``collection`` (``COLLECTION_ARMS``: the
-    labelled cases carried by matching alone, and the run trained without the collection's labels)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if compare_with_scratch and mode == COMPARED_MODE:
-        raise ValueError(f"the {mode} mode cannot be compared with training from scratch: choose another mode")
-    args = ["finetune", str(data), "--out", str(run_dir), "--mode", mode, "--iterations", str(iterations),
-            "--patch", str(patch), "--batch", str(batch), "--lr", repr(float(lr)), "--val-every", str(val_every),
-            "--precision", precision, "--device", device, "--no-progress"]
-    arms = [COMPARED_MODE, *(COLLECTION_ARMS if unlabelled else ())]
-    return gvsl_command(*args, *(["--init", str(init)] if mode in PRETRAINED_MODES else []),
+    """``gvsl finetune DATA --init CHECKPOINT --out RUN_DIR ...`` for a new run (no ``--mode`` for ``AUTO_MODE``;
+    ``init`` is the network's start in the pre-trained modes and, with ``unlabelled``, the network that matches the
+    scans in every mode). ``unlabelled``: a folder of unlabelled scans, each labelled case matched onto each of them
+    and the network trained on the propagated labels too (``--unlabelled``). ``compare_with_scratch`` adds
+    ``--compare scratch`` (the same network also trained from scratch on the same cases, crops and budget; RUN_DIR
+    then holds a comparison; left out when the run itself trains from scratch), and with ``unlabelled`` also
+    ``matching`` and ``collection`` (``COLLECTION_ARMS``: the labelled cases carried by matching alone, and the run
+    trained with the collection's labels; the run's own arm trains on the labelled cases alone)."""
+    trained = effective_mode(mode, unlabelled)
+    if compare_with_scratch and trained == COMPARED_MODE and not unlabelled:
+        raise ValueError(f"the {trained} mode cannot be compared with training from scratch: choose another mode")
+    args = ["finetune", str(data), "--out", str(run_dir), *(["--mode", mode] if mode != AUTO_MODE else []),
+            "--iterations", str(iterations), "--patch", str(patch), "--batch", str(batch), "--lr", repr(float(lr)),
+            "--val-every", str(val_every), "--precision", precision, "--device", device, "--no-progress"]
+    arms = [*([COMPARED_MODE] if trained != COMPARED_MODE else []), *(COLLECTION_ARMS if unlabelled else ())]
+    takes_init = init is not None and (trained in PRETRAINED_MODES or unlabelled)
+    return gvsl_command(*args, *(["--init", str(init)] if takes_init else []),
                         *(["--unlabelled", str(unlabelled)] if unlabelled else []),
                         *(["--compare", ",".join(arms)] if compare_with_scratch else []))
 

@@ -103,6 +103,27 @@ def test_modes(real, tmp_path, mode):
         assert all(torch.equal(v, backbone[f"unet.{k}"]) for k, v in model.unet.state_dict().items())
 
 
+def test_with_a_collection_the_checkpoint_matches_and_the_network_starts_from_random_weights(real):
+    """``--unlabelled`` without ``--mode``: scratch, the network of the scratch arm (``--init``'s widths, the same
+    seeded draw, none of the checkpoint's weights); ``--init`` is then the matching network. Without a collection,
+    and with ``--mode finetune``, the network starts from the checkpoint as before."""
+    from gvsl.finetune.compare import Arm, arm_config
+    from gvsl.finetune.model import build_segmentation_net
+
+    common = dict(data=str(real["data"]), out="run", init=str(real["ours"]))
+    assert FinetuneConfig(**common, unlabelled="scans").mode == "scratch"
+    assert FinetuneConfig(**common).mode == FinetuneConfig(**common, unlabelled="scans", mode="finetune").mode \
+        == "finetune"
+    started = build_segmentation_net("scratch", 3, 0, init=str(real["ours"]))
+    scratch = build_segmentation_net("scratch", 3, 0, channels=WIDTHS)
+    backbone = load_checkpoint(real["ours"])["model"]
+    assert started.channels == WIDTHS
+    assert all(torch.equal(v, scratch.state_dict()[k]) for k, v in started.state_dict().items())
+    assert not all(torch.equal(v, backbone[f"unet.{k}"]) for k, v in started.unet.state_dict().items())
+    arm = arm_config(FinetuneConfig(**common, unlabelled="scans"), Arm("collection", "scratch", None, "scans"), 0)
+    assert (arm.init, arm.match_checkpoint) == (None, str(real["ours"]))
+
+
 def test_widths_must_match_init(real, tmp_path):
     config = FinetuneConfig(data=str(real["data"]), out=str(tmp_path / "run"), init=str(real["ours"]),
                             iterations=1, **{**TINY, "channels": (8, 8, 16, 16, 32, 16, 16, 8, 8)})

@@ -295,6 +295,15 @@ def test_commands_and_names_agree_with_the_backend(tmp_path):
     with pytest.raises(ValueError, match="cannot be compared with training from scratch"):
         finetuning.finetune_command("d", None, "r", mode="scratch", iterations=1, patch=32, batch=1, lr=1e-4,
                                     val_every=1, precision="auto", device="auto", compare_with_scratch=True)
+    auto = parser.parse_args(finetuning.finetune_command(
+        "d", "i.pt", "r", mode=finetuning.AUTO_MODE, iterations=1, patch=32, batch=1, lr=1e-4, val_every=1,
+        precision="auto", device="auto", compare_with_scratch=True, unlabelled="scans")[3:])
+    assert (hasattr(auto, "mode"), auto.init, auto.unlabelled, auto.compare) == (
+        False, "i.pt", "scans", "matching,collection")
+    resolved = config.FinetuneConfig(data="d", out="r", init="i.pt", unlabelled="scans")
+    assert resolved.mode == finetuning.effective_mode(finetuning.AUTO_MODE, "scans") == config.COLLECTION_MODE
+    assert config.FinetuneConfig(data="d", out="r", init="i.pt").mode == finetuning.effective_mode(
+        finetuning.AUTO_MODE, None)
     assert parser.parse_args(runs.resume_command(tmp_path / "run", "finetune")[3:]).resume == str(tmp_path / "run")
     segment = parser.parse_args(finetuning.segment_command("in.nrrd", tmp_path / "run", "out.nii.gz")[3:])
     assert (segment.image, segment.model, segment.out, segment.device) == ("in.nrrd", str(tmp_path / "run"),

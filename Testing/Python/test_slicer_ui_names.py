@@ -118,4 +118,6 @@ def test_module_run_defaults_are_the_backends(module):
             expected = expected[0]
         if field == "batchSize" and expected == AUTO_BATCH:
             expected = 0
+        if field == "mode" and expected is None:
+            expected = "auto"  # finetuning.AUTO_MODE: no --mode, the backend's default
         assert defaults[field] == expected, f"{module}.{field}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gvsl.commands.training_run import add_run_arguments, start_run
-from gvsl.finetune.config import MODES, PRETRAINED_MODES, SCHEDULES, FinetuneConfig
+from gvsl.finetune.config import COLLECTION_MODE, MODES, PRETRAINED_MODES, SCHEDULES, FinetuneConfig
 from gvsl.train.config import parse_channels, parse_patch, parse_spacing
 
 if TYPE_CHECKING:
@@ -36,16 +36,18 @@ gvsl match: network and refinement; kept in RUN_DIR/collection, so a run started
 label maps are fused by vote into pseudo-labels (voxels where they disagree are left out of the loss), and each
 labelled case warped onto each scan (with the scan's intensity histogram) is a further exact training pair. Crops
 come equally from the labelled cases, the pseudo-labelled scans and the warped pairs. DIR may hold the very scans you
-will segment later.
+will segment later. With --unlabelled the default mode is scratch: --init (or --match-checkpoint) matches, and the
+network starts from random weights with --init's widths, which segmented better than starting from --init on every
+donor measured; --mode finetune starts it from --init.
 
 Does pre-training pay on my data? --compare scratch[,linear,random-linear] trains the --mode arm and each listed
 mode, each with --seeds seeds, on the same cases, crops and budget (RUN_DIR/arms/ARM-seedK, one cache), scores
 each final model on the held-out cases (--test-data, else the validation cases) by segmenting them whole, and
 writes RUN_DIR/comparison.json (Dice per label, mean and sd over seeds, learning curves, a verdict against scratch)
 and RUN_DIR/comparison.png. One process; stop as above; --resume RUN_DIR continues it. Does my unlabelled collection
-pay? --unlabelled DIR --compare scratch,matching,collection adds two rows: matching (no training: the labelled cases'
+pay? --unlabelled DIR --compare matching,collection adds two rows: matching (no training: the labelled cases'
 labels carried onto each held-out case by gvsl match and fused) and collection (the --mode arm trained with DIR as
-above); the --mode arm itself trains on the labelled cases alone."""
+above); the --mode arm itself (scratch unless given) trains on the labelled cases alone."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS  # unset flags stay absent, so the config file and a resumed run's settings apply
     parser.add_argument("data", nargs="?", default=s, metavar="DATA", help="labelled cases (see below)")
     parser.add_argument("--init", default=s, metavar="CHECKPOINT",
-                        help="pre-trained checkpoint (ours or the published GVSL state dict); not for --mode scratch")
+                        help="pre-trained checkpoint (ours or the published GVSL state dict): the network's start "
+                             "(finetune, linear) and, with --unlabelled, the network that matches the collection")
     parser.add_argument("--out", default=s, metavar="RUN_DIR", help="new run folder (refused if it holds a run)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--config", metavar="FILE", help="JSON file of settings (field names as in config.json)")
-    parser.add_argument("--mode", choices=MODES, default=s, help="what to train (default finetune)")
+    parser.add_argument("--mode", choices=MODES, default=s,
+                        help=f"what to train (default finetune; {COLLECTION_MODE} with --unlabelled)")
     parser.add_argument("--labels", default=s, metavar="FILE", help="label table JSON or nnU-Net dataset.json")
     parser.add_argument("--cache", default=s, metavar="DIR", help="preprocessing cache (default RUN_DIR/cache)")
     parser.add_argument("--iterations", type=int, default=s, help="total iterations (default 5000)")
@@ -122,7 +126,8 @@ def comparison_arms(config: FinetuneConfig, compare: str) -> list[Arm]:
         raise ValueError(f"--compare {compare}: {', '.join(unknown)} is not a mode; the modes are "
                          f"{', '.join((*MODES, *EXTRA_ARMS))}")
     if len(set(names)) != len(names):
-        raise ValueError(f"--compare {compare} with --mode {config.mode}: each mode is trained once")
+        default = " (the default with --unlabelled)" if config.unlabelled and config.mode == COLLECTION_MODE else ""
+        raise ValueError(f"--compare {compare} with --mode {config.mode}{default}: each mode is trained once")
     if len(names) < 2:
         raise ValueError("--compare needs at least one mode to compare with, e.g. --compare scratch")
     needing = [name for name in names if name in PRETRAINED_MODES]

@@ -128,10 +128,11 @@ def check_plan(arms: Sequence[Arm], seeds: Sequence[int]) -> None:
 
 
 def shared_widths(base: FinetuneConfig, arms: Sequence[Arm]) -> tuple[int, ...]:
-    """The backbone widths of every arm: ``base.channels``, else those of the arms' checkpoints, else the default;
-    ValueError when a checkpoint has others (the arms would train different networks)."""
-    found = {init: tuple(backbone_state(init)[1])
-             for init in sorted({arm.init for arm in arms if arm.init and arm.mode != MATCHING_MODE})}
+    """The backbone widths of every arm: ``base.channels``, else those of the arms' checkpoints and ``base.init``
+    (as a single run's random-weight modes take ``init``'s), else the default; ValueError when a checkpoint has others
+    (the arms would train different networks)."""
+    inits = {arm.init for arm in arms if arm.init and arm.mode != MATCHING_MODE} | ({base.init} if base.init else set())
+    found = {init: tuple(backbone_state(init)[1]) for init in sorted(inits)}
     widths = tuple(base.channels or next(iter(found.values()), DEFAULT_CHANNELS))
     for init, init_widths in found.items():
         if init_widths != widths:
@@ -142,8 +143,10 @@ def shared_widths(base: FinetuneConfig, arms: Sequence[Arm]) -> tuple[int, ...]:
 
 def arm_config(base: FinetuneConfig, arm: Arm, seed: int) -> FinetuneConfig:
     """The configuration of ``arm``'s run with ``seed``: ``base`` (whose ``out`` is the comparison's folder) with
-    ``mode``, ``init``, ``unlabelled``, ``seed`` and the run folder replaced (not for the matching arm)."""
+    ``mode``, ``init``, ``unlabelled``, ``seed`` and the run folder replaced (not for the matching arm); the
+    collection is matched by ``base``'s matching network (``match_checkpoint``, else ``init``) in every arm."""
     return replace(base, mode=arm.mode, init=arm.init, seed=seed, unlabelled=arm.unlabelled,
+                   match_checkpoint=base.match_checkpoint or base.init,
                    out=str(Path(base.out) / ARMS_DIR / arm_run_name(arm.name, seed)))
 
 

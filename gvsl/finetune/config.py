@@ -13,6 +13,7 @@ from gvsl.train.config import RunConfig
 MODES = ("finetune", "linear", "scratch", "random-linear")
 PRETRAINED_MODES = frozenset({"finetune", "linear"})  # start from --init's backbone
 FROZEN_BACKBONE_MODES = frozenset({"linear", "random-linear"})  # train the new head only
+COLLECTION_MODE = "scratch"  # the default network start of a run with an unlabelled collection (see FinetuneConfig)
 SCHEDULES = ("poly", "constant")
 RESUME_OVERRIDABLE = frozenset({
     "iterations", "device", "precision", "workers", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -27,7 +28,11 @@ class FinetuneConfig(RunConfig):
     ``data``: image/label pairs (see ``gvsl.finetune.data.find_cases``); ``labels``: a label table file (default:
     the one found with the data). ``init``: pre-trained checkpoint (ours or the published GVSL state dict).
     ``mode``: "finetune" (all weights), "linear" (frozen backbone, head only), "scratch" (random init),
-    "random-linear" (frozen *random* backbone, head only: the control for "linear"; no ``init``).
+    "random-linear" (frozen *random* backbone, head only: the control for "linear"; no ``init``); None (the
+    default) resolves to ``COLLECTION_MODE`` with ``unlabelled``, else "finetune". With a collection, ``init`` is
+    the network that matches it, and a network started from random weights segmented better than one started from
+    it on every donor measured (benchmarks/RESULTS.md); "finetune" remains a choice. The random-weight modes take
+    ``init``'s widths when it is given and ``channels`` is not.
     Sizes in voxels of the preprocessed grid (``spacing`` mm, x, y, z); ``lr``: Adam's initial learning rate,
     then ``schedule`` "poly" (lr (1 - i / iterations) ** 0.9 at iteration i, as nnU-Net) or "constant";
     ``*_every`` in iterations;
@@ -49,7 +54,7 @@ class FinetuneConfig(RunConfig):
     init: Optional[str] = None
     labels: Optional[str] = None
     cache: Optional[str] = None
-    mode: str = "finetune"
+    mode: Optional[str] = None
     iterations: int = 5000
     patch: Tuple[int, int, int] = (96, 96, 96)
     batch: int = 2
@@ -81,6 +86,8 @@ class FinetuneConfig(RunConfig):
 
     def __post_init__(self) -> None:
         self._check_shared(("iterations", "batch", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"))
+        if self.mode is None:
+            self.mode = COLLECTION_MODE if self.unlabelled else "finetune"
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode in PRETRAINED_MODES and self.init is None:

@@ -27,20 +27,23 @@ def backbone_state(init: str) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]
 
 def build_segmentation_net(mode: str, n_classes: int, seed: int, init: Optional[str] = None,
                            channels: Optional[Sequence[int]] = None) -> SegmentationNet:
-    """A ``SegmentationNet`` for ``mode``: "scratch" and "random-linear" are random (seeded); "finetune"/"linear" load
-    ``init``'s backbone.
+    """A ``SegmentationNet`` for ``mode``: "scratch" and "random-linear" are random (seeded; ``init``'s widths
+    when ``channels`` is not given, e.g. a collection run's matching network); "finetune"/"linear" load ``init``'s
+    backbone.
 
     The head is always new and, for one seed and one set of widths, the same in every mode (the random backbone is
     drawn first in every mode). ``channels`` must equal the checkpoint's widths when both are given (ValueError
     naming the mis-shaped keys otherwise). "linear" and "random-linear" freeze the backbone (``requires_grad=False``).
     """
-    torch.manual_seed(derive_seed(seed, "init"))
     if mode not in PRETRAINED_MODES:
-        model = SegmentationNet(n_classes, channels or DEFAULT_CHANNELS)
+        widths = channels or (backbone_state(init)[1] if init else DEFAULT_CHANNELS)
+        torch.manual_seed(derive_seed(seed, "init"))
+        model = SegmentationNet(n_classes, widths)
     elif init is None:
         raise ValueError(f"--mode {mode} needs --init CHECKPOINT")
     else:
         state, init_channels = backbone_state(init)
+        torch.manual_seed(derive_seed(seed, "init"))
         model = SegmentationNet(n_classes, channels or init_channels)
         try:
             model_state_dict_matches(model.unet, state)
