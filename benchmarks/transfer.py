@@ -210,6 +210,8 @@ def atlas(out: Path, tests: Sequence[str], budgets: Sequence[int], recipe: str =
 UNLABELLED_DRAWS = 2  # generator draws of each open donor in a test donor's unlabelled folder
 MATCH_CHECKPOINT_ITERATIONS = 60  # the collection's matching checkpoint: a short pre-training on the folder
 COLLECTION_MODES = ("finetune", "scratch")  # the collection step's trainings: from that checkpoint, from scratch
+# What each adds to the acceptance command; "scratch" adds nothing: with --unlabelled that is gvsl finetune's default.
+COLLECTION_MODE_FLAGS = {"finetune": ("--mode", "finetune"), "scratch": ()}
 
 
 def unlabelled_folder(out: Path, test: str) -> Path:
@@ -259,8 +261,9 @@ def timed_run(command: Sequence[str]) -> float:
 def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iterations: int, modes: Sequence[str]
                ) -> None:
     """For each test donor: its unlabelled folder and a ``MATCH_CHECKPOINT_ITERATIONS``-iteration pre-training on it
-    (the checkpoint CK); for each label budget and mode ("finetune": from CK; "scratch": CK's widths, random
-    weights), ``gvsl finetune DATA --init CK --unlabelled DIR`` exactly as the issue's acceptance check, then
+    (the checkpoint CK); for each label budget and mode ("scratch": CK's widths, random weights, the default of a
+    run with a collection; "finetune": from CK), ``gvsl finetune DATA --init CK --unlabelled DIR`` as the issue's
+    acceptance check (exactly, for "scratch"), then
     ``gvsl segment`` of the test donor's scan (a scan of the collection: the run's matches are fused in) and
     ``gvsl segment --no-matches`` (the model alone), scored against its labels, beside matching alone (the run's own
     matches onto that scan, fused by ``vote``). Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``.
@@ -296,8 +299,7 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
                     str(folder), "--out", str(run_folder), "--iterations", str(iterations), "--patch", str(PATCH),
                     "--batch", "2", "--lr", "3e-3", "--spacing", str(SPACING_MM), "--val-every", str(iterations),
                     "--seed", "0", "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu",
-                    *(["--mode", "scratch", "--match-checkpoint", str(checkpoint), "--channels", WIDTHS]
-                      if mode == "scratch" else [])])
+                    *COLLECTION_MODE_FLAGS[mode]])
                 model_only = segmentation.with_name(f"model-only-{test}.nii.gz")
                 segment = [sys.executable, "-m", "gvsl", "segment", str(donors / "images" / f"{test}.nii.gz"),
                            "--model", str(run_folder), "--device", "cpu", "--out"]
