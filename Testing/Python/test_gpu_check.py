@@ -64,7 +64,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(cache, tmp_path):
         ("bf16", 2, "contiguous"), ("bf16", 2, "channels_last"), ("fp32", 1, "contiguous"),
         ("fp32", 1, "channels_last")]
     for record in summary["steps"]:
-        assert record["s_per_it_mean"] > 0 and record["estimated_peak_bytes"] > 0, record
+        assert record.get("s_per_it_mean", 0) > 0 and record.get("estimated_peak_bytes", 0) > 0, record  # shows why
         assert record["channels_last"] == (record["layout"] == "channels_last")
     assert summary["loader"]["data"] == "loader" and summary["loader"]["s_per_it_mean"] > 0
     pretrain = summary["pretrain"]
