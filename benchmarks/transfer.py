@@ -258,15 +258,16 @@ def timed_run(command: Sequence[str]) -> float:
     return time.perf_counter() - started
 
 
-def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iterations: int, modes: Sequence[str]
-               ) -> None:
+def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iterations: int, modes: Sequence[str],
+               seed: int = 0) -> None:
     """For each test donor: its unlabelled folder and a ``MATCH_CHECKPOINT_ITERATIONS``-iteration pre-training on it
     (the checkpoint CK); for each label budget and mode ("scratch": CK's widths, random weights, the default of a
     run with a collection; "finetune": from CK), ``gvsl finetune DATA --init CK --unlabelled DIR`` as the issue's
     acceptance check (exactly, for "scratch"), then
     ``gvsl segment`` of the test donor's scan (a scan of the collection: the run's matches are fused in) and
     ``gvsl segment --no-matches`` (the model alone), scored against its labels, beside matching alone (the run's own
-    matches onto that scan, fused by ``vote``). Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``.
+    matches onto that scan, fused by ``vote``). Results in ``OUT/collection/test-<D>/<mode>-budget-<n>/result.json``
+    (``...-seed<k>`` for a ``seed`` other than 0; the matches are the seed-0 runs', as they do not depend on it).
     """
     import SimpleITK as sitk
 
@@ -288,7 +289,7 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
             labelled = roles(test).training[:budget]
             data = nnunet_folder(base / f"data-{budget}", donors, labelled)
             for mode in modes:
-                work = base / f"{mode}-budget-{budget}"
+                work = base / f"{mode}-budget-{budget}" if seed == 0 else base / f"{mode}-budget-{budget}-seed{seed}"
                 result_file = work / "result.json"
                 if result_file.is_file():
                     continue
@@ -298,7 +299,7 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
                     sys.executable, "-m", "gvsl", "finetune", str(data), "--init", str(checkpoint), "--unlabelled",
                     str(folder), "--out", str(run_folder), "--iterations", str(iterations), "--patch", str(PATCH),
                     "--batch", "2", "--lr", "3e-3", "--spacing", str(SPACING_MM), "--val-every", str(iterations),
-                    "--seed", "0", "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu",
+                    "--seed", str(seed), "--workers", "0", "--no-progress", "--no-tensorboard", "--device", "cpu",
                     *COLLECTION_MODE_FLAGS[mode]])
                 model_only = segmentation.with_name(f"model-only-{test}.nii.gz")
                 segment = [sys.executable, "-m", "gvsl", "segment", str(donors / "images" / f"{test}.nii.gz"),
@@ -310,7 +311,8 @@ def collection(out: Path, tests: Sequence[str], budgets: Sequence[int], iteratio
                 scores = {name: class_dice(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), truth, values)
                           for name, path in (("collection", segmentation), ("model", model_only))}
                 scores["matching"] = class_dice(vote(carried, values), truth, values)
-                result = {"test": test, "labelled": list(labelled), "mode": mode, "checkpoint": str(checkpoint),
+                result = {"test": test, "labelled": list(labelled), "mode": mode, "seed": seed,
+                          "checkpoint": str(checkpoint),
                           "unlabelled_scans": len(list(folder.glob("*.nii.gz"))), "train_seconds": train_seconds,
                           "segment_seconds": segment_seconds, "model_segment_seconds": model_seconds,
                           **{f"{name}_mean_dice": float(np.mean([d for d in dice if d is not None]))
@@ -385,6 +387,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500, help="fine-tuning iterations of every arm")
     parser.add_argument("--collection-modes", default="finetune",
                         help="collection step: train from the short pre-training (finetune) and/or scratch")
+    parser.add_argument("--collection-seed", type=int, default=0, help="collection step: the runs' --seed (default 0)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -408,7 +411,7 @@ def main() -> None:
         atlas(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")])
     if args.step == "collection":
         collection(args.out, args.tests.split(","), [int(b) for b in args.budgets.split(",")], args.iterations,
-                   args.collection_modes.split(","))
+                   args.collection_modes.split(","), args.collection_seed)
     if "table" in steps:
         print(table(args.out))
 
