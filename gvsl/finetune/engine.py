@@ -46,7 +46,7 @@ from gvsl.finetune.collection import (
     default_match_workers,
     find_unlabelled_scans,
 )
-from gvsl.finetune.config import FROZEN_BACKBONE_MODES, PRETRAINED_MODES, FinetuneConfig
+from gvsl.finetune.config import COLLECTION_MODE, FROZEN_BACKBONE_MODES, FinetuneConfig
 from gvsl.finetune.data import Case, find_split_cases
 from gvsl.finetune.fusion import IGNORE_VALUE
 from gvsl.finetune.model import build_segmentation_net
@@ -191,10 +191,10 @@ class FinetuneTrainer(Trainer):
         if [c.name for c in self.val_cases] == [c.name for c in self.train_cases]:
             notes.append(f"{'a single labelled case' if len(self.train_cases) == 1 else 'no held-out case'}: "
                          "validation reuses the training case(s), so its Dice is optimistic")
-        if self.config.unlabelled and self.config.init and self.config.mode not in PRETRAINED_MODES:
+        if self.config.unlabelled and self.config.init and self.config.mode == COLLECTION_MODE:
             notes.append(f"--init {self.config.init} matches the unlabelled scans; the segmentation network starts "
-                         f"from random weights ({self.config.mode}: the better start measured; --mode finetune "
-                         "starts it from the checkpoint)")
+                         "from random weights (the better start measured; --mode finetune starts it from the "
+                         "checkpoint)")
         return {"mode": self.config.mode, "train_cases": [c.name for c in self.train_cases],
                 "collection_cases": [c.name for c in self.collection],
                 "val_cases": [c.name for c in self.val_cases], "labels": self.table, "warnings": notes}
