@@ -55,7 +55,7 @@ def oblique_grid(reference: sitk.Image) -> sitk.Image:
 
 def test_output_has_the_input_geometry(mni, model_file, tmp_path):
     """Oblique, anisotropic input: the label map has exactly its size, spacing, origin and direction (API and CLI,
-    NRRD out with the table alongside, with test-time flips and largest components)."""
+    NRRD out with the table alongside, with largest components)."""
     image = sitk.Resample(mni["t1"], oblique_grid(mni["t1"]), sitk.Transform(), sitk.sitkLinear, 0.0,
                           sitk.sitkFloat32)
     label, table = segment_image(image, model_file, overlap=0.25, sw_batch_size=1)
@@ -67,7 +67,7 @@ def test_output_has_the_input_geometry(mni, model_file, tmp_path):
     sitk.WriteImage(image, str(tmp_path / "oblique.nii.gz"))
     out = tmp_path / "seg" / "labels.nrrd"
     assert main(["segment", str(tmp_path / "oblique.nii.gz"), "--model", str(model_file), "--out", str(out),
-                 "--tta", "--largest-component", "--device", "cpu"]) == 0
+                 "--largest-component", "--device", "cpu"]) == 0
     written = sitk.ReadImage(str(out))
     assert written.GetSize() == image.GetSize()
     assert np.allclose(written.GetSpacing(), image.GetSpacing()) and np.allclose(written.GetOrigin(),
@@ -100,15 +100,15 @@ def test_mapping_back_to_the_input_grid_is_physical(mni):
     assert np.array_equal(to_input_grid(probabilities, canonical, canonical), probabilities)  # same grid: untouched
 
 
-def test_probabilities_and_flips(mni, model_file):
+def test_probabilities_sum_to_one(mni, model_file):
     net = SegmentationNet(3, WIDTHS)
     net.load_state_dict(load_checkpoint(model_file)["model"])
     volume = torch.rand(1, 1, 20, 30, 18)
-    plain = predict_probabilities(net.eval(), volume, (16, 32, 16))  # 2 x 1 x 2 windows
-    flipped = predict_probabilities(net, volume, (32, 32, 32), tta=True, sw_batch_size=4)  # 1 window, 8 flips
-    assert plain.shape == flipped.shape == (1, 3, 20, 30, 18)
-    assert torch.allclose(plain.sum(1), torch.ones(1, 20, 30, 18), atol=1e-4)
-    assert torch.allclose(flipped.sum(1), torch.ones(1, 20, 30, 18), atol=1e-4)
+    windowed = predict_probabilities(net.eval(), volume, (16, 32, 16))  # 2 x 1 x 2 windows
+    whole = predict_probabilities(net, volume, (32, 32, 32), sw_batch_size=4)  # 1 window
+    assert windowed.shape == whole.shape == (1, 3, 20, 30, 18)
+    assert torch.allclose(windowed.sum(1), torch.ones(1, 20, 30, 18), atol=1e-4)
+    assert torch.allclose(whole.sum(1), torch.ones(1, 20, 30, 18), atol=1e-4)
 
 
 @pytest.mark.parametrize("size,window,overlap", [(91, 48, 0.5), (109, 48, 0.25), (48, 48, 0.5), (30, 48, 0.5),
@@ -123,15 +123,14 @@ def test_windows_cover_every_voxel_and_end_flush(size, window, overlap):
     assert all(b - a <= max(1, int(window * (1 - overlap))) for a, b in zip(starts, starts[1:]))
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_a_voxelwise_model_gives_its_whole_volume_answer(tta):
-    """A 1x1x1 convolution sees nothing beyond its voxel, so the blended windows (flipped and put back with ``tta``)
-    must give exactly its softmax over the whole volume: a window placed, flipped or weighted wrongly shows."""
+def test_a_voxelwise_model_gives_its_whole_volume_answer():
+    """A 1x1x1 convolution sees nothing beyond its voxel, so the blended windows must give exactly its softmax over
+    the whole volume: a window placed or weighted wrongly shows."""
     torch.manual_seed(0)
     model = torch.nn.Conv3d(1, 3, 1).eval()
     volume = torch.rand(1, 1, 37, 50, 29)
     expected = torch.softmax(model(volume), dim=1).detach()
-    got = predict_probabilities(model, volume, (16, 32, 16), overlap=0.4, sw_batch_size=3, tta=tta)
+    got = predict_probabilities(model, volume, (16, 32, 16), overlap=0.4, sw_batch_size=3)
     assert torch.allclose(got, expected, atol=1e-6)
 
 

@@ -32,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default the labels the run carried onto it by matching are fused in)")
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     parser.add_argument("--sw-batch", type=int, default=2, help="windows per forward pass (default 2)")
-    parser.add_argument("--tta", action="store_true", help="average over the 8 axis flips (8x slower)")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected component of each label")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"gvsl segment: {args.image} is scan {scan} of the run's unlabelled collection: fused with the "
                   f"{len(label_maps)} label map(s) the run carried onto it (--no-matches: the model alone)")
         label, table = segment_image(image, args.model, overlap=args.overlap, sw_batch_size=args.sw_batch,
-                                     tta=args.tta, largest_component=args.largest_component, device=args.device,
+                                     largest_component=args.largest_component, device=args.device,
                                      precision=args.precision, label_maps=label_maps)
         written = list(write_segmentation(label, table, args.out))
         if sources is not None:

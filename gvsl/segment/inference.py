@@ -16,14 +16,6 @@ FP32 = Precision("fp32", None, False)
 GAUSSIAN_SIGMA_FRACTION = 0.125  # sigma of the blending weight per axis, as a fraction of the window (as MONAI)
 
 
-def flip_sets(tta: bool) -> list[tuple[int, ...]]:
-    """Spatial axes of (N, C, D, H, W) to flip for each pass: none, or all 8 combinations with ``tta``."""
-    axes = (2, 3, 4)
-    if not tta:
-        return [()]
-    return [combo for r in range(4) for combo in itertools.combinations(axes, r)]
-
-
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
     """First voxel of each window along one axis of ``size`` voxels: every ``window * (1 - overlap)`` voxels (at
     least 1), the last window flush with the end; one window at 0 when ``window >= size``."""
@@ -45,8 +37,7 @@ def blending_weights(window: Sequence[int]) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, volume: torch.Tensor, window: Sequence[int], *,
-                          overlap: float = 0.5, sw_batch_size: int = 2, tta: bool = False,
-                          precision: Precision = FP32,
+                          overlap: float = 0.5, sw_batch_size: int = 2, precision: Precision = FP32,
                           device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
     """Softmax probabilities of ``model`` over a whole volume.
 
@@ -58,7 +49,6 @@ def predict_probabilities(model: torch.nn.Module, volume: torch.Tensor, window: 
         window: (d, h, w) window in voxels; along an axis where the volume is smaller, the whole axis.
         overlap: fraction of a window shared with its neighbour per axis, in [0, 1).
         sw_batch_size: windows per forward pass.
-        tta: average the predictions of the 8 axis flips (8x the time).
         precision: autocast of the forward pass (probabilities are accumulated in float32).
         channels_last: feed windows in the channels-last-3d layout (for a model converted to it).
     Returns:
@@ -76,22 +66,16 @@ def predict_probabilities(model: torch.nn.Module, volume: torch.Tensor, window: 
     weights = blending_weights(window).to(volume.device)
     boxes = [tuple(slice(c, c + w) for c, w in zip(corner, window))
              for corner in itertools.product(*(window_starts(s, w, overlap) for s, w in zip(shape, window)))]
-    flips = flip_sets(tta)
     total, weight_sum = None, torch.zeros(shape, dtype=torch.float32, device=volume.device)
-    for axes in flips:
-        flipped = volume.flip(axes) if axes else volume
-        for first in range(0, len(boxes), sw_batch_size):
-            batch = boxes[first:first + sw_batch_size]
-            windows = torch.cat([flipped[(slice(None), slice(None), *box)] for box in batch]).to(device)
-            with precision.autocast(device):
-                logits = model(windows.contiguous(memory_format=memory_format))
-            probabilities = torch.softmax(logits.float(), dim=1).to(volume.device)
-            if total is None:
-                total = torch.zeros((1, probabilities.shape[1], *shape), dtype=torch.float32, device=volume.device)
-            for box, p in zip(batch, probabilities):
-                box = tuple(slice(s - b.stop, s - b.start) if a + 2 in axes else b  # the box on the unflipped grid
-                            for a, (b, s) in enumerate(zip(box, shape)))
-                p = p.flip([a - 1 for a in axes]) if axes else p
-                total[(0, slice(None), *box)] += p * weights
-                weight_sum[box] += weights
+    for first in range(0, len(boxes), sw_batch_size):
+        batch = boxes[first:first + sw_batch_size]
+        windows = torch.cat([volume[(slice(None), slice(None), *box)] for box in batch]).to(device)
+        with precision.autocast(device):
+            logits = model(windows.contiguous(memory_format=memory_format))
+        probabilities = torch.softmax(logits.float(), dim=1).to(volume.device)
+        if total is None:
+            total = torch.zeros((1, probabilities.shape[1], *shape), dtype=torch.float32, device=volume.device)
+        for box, p in zip(batch, probabilities):
+            total[(0, slice(None), *box)] += p * weights
+            weight_sum[box] += weights
     return total / weight_sum

@@ -57,7 +57,7 @@ def keep_largest_components(classes: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Image, *, overlap: float = 0.5,
-                 sw_batch_size: int = 2, tta: bool = False, largest_component: bool = False,
+                 sw_batch_size: int = 2, largest_component: bool = False,
                  device: str | torch.device = "cpu", precision: str = "auto",
                  window: Optional[tuple[int, int, int]] = None, label_maps: Sequence[np.ndarray] = ()
                  ) -> sitk.Image:
@@ -81,7 +81,7 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
     probabilities = predict_probabilities(model, volume, window or info.patch, overlap=overlap,
-                                          sw_batch_size=sw_batch_size, tta=tta,
+                                          sw_batch_size=sw_batch_size,
                                           precision=select_inference_precision(precision, device), device=device,
                                           channels_last=channels_last)
     on_input = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
@@ -97,7 +97,7 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
 
 
 def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: float = 0.5, sw_batch_size: int = 2,
-                  tta: bool = False, largest_component: bool = False, device: str = "cpu",
+                  largest_component: bool = False, device: str = "cpu",
                   precision: str = "auto", label_maps: Sequence[np.ndarray] = ()) -> tuple[sitk.Image, LabelTable]:
     """Segment ``image`` with the model in ``model_path`` (a checkpoint file or a fine-tuning run folder).
 
@@ -111,7 +111,7 @@ def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: 
         raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
     torch_device = select_device(device)
     model, info = load_segmentation_model(model_path, torch_device)
-    label = segment_with(model, info, image, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+    label = segment_with(model, info, image, overlap=overlap, sw_batch_size=sw_batch_size,
                          largest_component=largest_component, device=torch_device, precision=precision,
                          label_maps=label_maps)
     return label, info.label_table
