@@ -357,20 +357,41 @@ def table(out: Path) -> str:
             if arm in summary["results"] and reference in summary["results"]:
                 differences.append(f"| {test} | {budget} | {arm} - {reference} | "
                                    f"{mean_sd(paired(summary, arm, reference))} |")
-    for path in sorted((out / "collection").glob("test-*/*-budget-*/result.json")):
-        result = json.loads(path.read_text())
-        budget = len(result["labelled"])
-        for name in ("matching", "collection"):
-            arm = f"{name} ({result['mode']})" if name == "collection" else "matching (the run's matches, fused)"
-            seconds = f"{result['train_seconds']:.0f}" if name == "collection" else "–"
-            rows.append(f"| {result['test']} | {budget} | {arm} | {result[name + '_mean_dice']:.3f} | "
-                        f"{'1500' if name == 'collection' else '–'} | {seconds} |")
     for path in sorted((out / "atlas").glob("test-*.json")):
         result = json.loads(path.read_text())
         for budget, entry in result["budgets"].items():
             for method, scores in entry["methods"].items():
                 rows.append(f"| {result['test']} | {budget} | atlas: {method} | {scores['mean_dice']:.3f} | – | – |")
-    return "\n".join(rows) + "\n\n" + "\n".join(differences)
+    return "\n".join(rows) + "\n\n" + "\n".join(differences) + "\n\n" + collection_table(out)
+
+
+def collection_table(out: Path) -> str:
+    """The collection runs (``collection``'s result files): one row per run, then per label budget and mode the
+    mean over test donors and seeds of matching alone, the model alone and ``gvsl segment``'s fused map, and of the
+    fused map's margin over matching (± sd over runs)."""
+    results = [json.loads(path.read_text()) for path in sorted((out / "collection").glob("test-*/*/result.json"))]
+    rows = ["| test donor | labelled donors | mode | seed | matching | model | fused | fused − matching | "
+            "training min |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in results:
+        minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "–"
+        rows.append(f"| {r['test']} | {', '.join(r['labelled'])} | {r['mode']} | {r.get('seed', 0)} | "
+                    f"{r['matching_mean_dice']:.3f} | {r['model_mean_dice']:.3f} | {r['collection_mean_dice']:.3f} | "
+                    f"{r['collection_mean_dice'] - r['matching_mean_dice']:+.3f} | {minutes} |")
+        groups.setdefault((len(r["labelled"]), r["mode"]), []).append(r)
+    rows += ["", "| labelled donors | mode | runs (donors × seeds) | matching | model | fused | fused − matching | "
+             "fused − matching, each seed's mean |", "|---|---|---|---|---|---|---|---|"]
+    for (budget, mode), runs in sorted(groups.items()):
+        means = [np.mean([r[f"{name}_mean_dice"] for r in runs]) for name in ("matching", "model", "collection")]
+        margins = [r["collection_mean_dice"] - r["matching_mean_dice"] for r in runs]
+        donors = len({r["test"] for r in runs})
+        by_seed: dict[int, list[float]] = {}
+        for margin, r in zip(margins, runs):
+            by_seed.setdefault(r.get("seed", 0), []).append(margin)
+        per_seed = ", ".join(f"seed {seed}: {np.mean(values):+.3f}" for seed, values in sorted(by_seed.items()))
+        rows.append(f"| {budget} | {mode} | {len(runs)} ({donors} × {len(runs) / donors:g}) | {means[0]:.3f} | "
+                    f"{means[1]:.3f} | {means[2]:.3f} | {mean_sd(margins)} | {per_seed} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
