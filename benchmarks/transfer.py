@@ -379,7 +379,7 @@ def collection_table(out: Path) -> str:
                     f"{r['matching_mean_dice']:.3f} | {r['model_mean_dice']:.3f} | {r['collection_mean_dice']:.3f} | "
                     f"{r['collection_mean_dice'] - r['matching_mean_dice']:+.3f} | {minutes} |")
         groups.setdefault((len(r["labelled"]), r["mode"]), []).append(r)
-    rows += ["", "| labelled donors | mode | runs (donors × seeds) | matching | model | fused | fused − matching | "
+    rows += ["", "| labelled donors | mode | runs | matching | model | fused | fused − matching | "
              "fused − matching, each seed's mean |", "|---|---|---|---|---|---|---|---|"]
     for (budget, mode), runs in sorted(groups.items()):
         means = [np.mean([r[f"{name}_mean_dice"] for r in runs]) for name in ("matching", "model", "collection")]
@@ -389,7 +389,7 @@ def collection_table(out: Path) -> str:
         for margin, r in zip(margins, runs):
             by_seed.setdefault(r.get("seed", 0), []).append(margin)
         per_seed = ", ".join(f"seed {seed}: {np.mean(values):+.3f}" for seed, values in sorted(by_seed.items()))
-        rows.append(f"| {budget} | {mode} | {len(runs)} ({donors} × {len(runs) / donors:g}) | {means[0]:.3f} | "
+        rows.append(f"| {budget} | {mode} | {len(runs)} ({donors} donors) | {means[0]:.3f} | "
                     f"{means[1]:.3f} | {means[2]:.3f} | {mean_sd(margins)} | {per_seed} |")
     return "\n".join(rows)
 

@@ -83,3 +83,23 @@ def test_atlas_rows_join_the_table(tmp_path):
     text = transfer.table(tmp_path)
     assert "| 14380 | 1 | atlas: gvsl match | 0.712 | – | – |" in text
     assert "| 14380 | 1 | atlas: SimpleITK affine | 0.500 | – | – |" in text
+
+
+def test_collection_runs_are_tabled_and_averaged_over_donors_and_seeds(tmp_path):
+    def result(test: str, seed: int, matching: float, model: float, fused: float) -> None:
+        folder = tmp_path / "collection" / f"test-{test}" / f"scratch-budget-1{f'-seed{seed}' if seed else ''}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "test": test, "labelled": ["12876"], "mode": "scratch", "seed": seed,
+            "train_seconds": 600.0 if seed else None, "matching_mean_dice": matching, "model_mean_dice": model,
+            "collection_mean_dice": fused}))
+
+    result("14380", 0, 0.70, 0.69, 0.72)
+    result("14380", 1, 0.70, 0.71, 0.75)
+    result("15496", 0, 0.60, 0.62, 0.64)
+    text = transfer.table(tmp_path)
+    assert "| 14380 | 12876 | scratch | 1 | 0.700 | 0.710 | 0.750 | +0.050 | 10.0 |" in text
+    assert "| 15496 | 12876 | scratch | 0 | 0.600 | 0.620 | 0.640 | +0.040 | – |" in text
+    # margins 0.02, 0.05, 0.04: mean 0.0367, sd 0.0153; seed 0 is the mean of its two donors
+    assert ("| 1 | scratch | 3 (2 donors) | 0.667 | 0.673 | 0.703 | 0.037 ± 0.015 (n=3) | seed 0: +0.030, "
+            "seed 1: +0.050 |") in text
