@@ -86,7 +86,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     precision = select_precision(args.precision, device)
     torch.manual_seed(0)
     model = GVSL(channels=args.channels, architecture=args.architecture).to(device)
-    args.channels_last = use_channels_last(args.channels_last, device, args.channels)
+    args.channels_last = use_channels_last(args.channels_last, device, args.channels, precision)
     if args.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if args.activation_checkpointing:

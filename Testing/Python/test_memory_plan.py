@@ -144,10 +144,12 @@ def test_a_run_records_the_resolved_batch(tmp_path):
 
 
 def test_gpu_defaults_contiguous_layout_and_cudnn_autotuning(monkeypatch):
-    assert not use_channels_last(None, torch.device("cuda", 0), DEFAULT_CHANNELS)  # measured faster on an H200
-    assert use_channels_last(True, torch.device("cuda", 0), DEFAULT_CHANNELS)  # the flag still wins
-    assert use_channels_last(None, torch.device("cpu"), DEFAULT_CHANNELS)
-    assert not use_channels_last(None, torch.device("cpu"), (4, 8, 8, 8, 8, 8, 8, 8, 4))
+    fp32, bf16 = select_precision("fp32", torch.device("cpu")), select_precision("bf16", torch.device("cpu"))
+    assert not use_channels_last(None, torch.device("cuda", 0), DEFAULT_CHANNELS, bf16)  # measured faster on an H200
+    assert use_channels_last(True, torch.device("cuda", 0), DEFAULT_CHANNELS, bf16)  # the flag still wins
+    assert use_channels_last(None, torch.device("cpu"), DEFAULT_CHANNELS, fp32)
+    assert not use_channels_last(None, torch.device("cpu"), (4, 8, 8, 8, 8, 8, 8, 8, 4), fp32)
+    assert not use_channels_last(None, torch.device("cpu"), DEFAULT_CHANNELS, bf16)  # its backward is not reliable
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     use_fast_kernels(torch.device("cpu"))
     assert torch.backends.cudnn.benchmark is False

@@ -64,6 +64,7 @@ from gvsl.segment.model import BEST_NAME, SegmentationInfo, SegmentationNet, seg
 from gvsl.train.device import Precision, use_channels_last, use_fast_kernels
 from gvsl.train.distributed import DistributedContext
 from gvsl.train.events import EventLog, Listener
+from gvsl.train.finite_update import FiniteUpdate
 from gvsl.train.panels import slice_panel
 from gvsl.train.run import CACHE_NAME, Trainer, run_lifecycle
 from gvsl.train.state import derive_seed, rng_state
@@ -152,12 +153,13 @@ class FinetuneTrainer(Trainer):
         else:
             model = build_segmentation_net(config.mode, len(self.values) + 1, config.seed, config.init, config.channels)
         use_fast_kernels(device)  # cuDNN autotuning on CUDA: training patches and validation windows have one size
-        channels_last = use_channels_last(None, device, model.channels)
+        channels_last = use_channels_last(None, device, model.channels, precision)
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         model.to(device, memory_format=self.memory_format)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
         super().__init__(config, run_dir, context, device, precision, events, model, optimizer, payload)
+        self.update = FiniteUpdate(model, self.optimizer, self.scaler)
         self.best_dice = payload.get("best_dice") if payload else None
         self.dice_loss = DiceLoss()
         groups = [train_cases, *collection_groups(self.collection)]
@@ -228,10 +230,7 @@ class FinetuneTrainer(Trainer):
             logits = self.network(image.contiguous(memory_format=self.memory_format))
         terms = segmentation_loss(logits.float(), label, self.dice_loss)
         loss = terms["dice_loss"] + terms["ce"]
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.update(loss)
         return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
     def checkpoint_payload(self) -> dict:

@@ -143,7 +143,7 @@ class PretrainTrainer(Trainer):
         self.cache = cache
         self.preprocessing = cache_preprocessing(cache)  # recorded in checkpoints: matching must preprocess alike
         model = load_gvsl(payload, device=device)[0] if payload else build_gvsl(config, device)
-        channels_last = use_channels_last(config.channels_last, device, model.channels)
+        channels_last = use_channels_last(config.channels_last, device, model.channels, precision)
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -17,6 +17,7 @@ from gvsl.networks.blocks import DoubleConv
 from gvsl.networks.warp import warp_affine
 from gvsl.pretrain.synthetic import affine_supervision_loss, make_synthetic_pairs
 from gvsl.train.device import Precision, use_fast_kernels
+from gvsl.train.finite_update import FiniteUpdate
 
 # (a, b, generator) -> (A, A', B), each (N, 1, D, H, W) on the device: see gvsl.augment.GVSLAugmentation.
 Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -106,6 +107,7 @@ class TrainStep:
         self.synthetic_fraction = synthetic_fraction
         use_fast_kernels(device)  # cuDNN autotuning on CUDA: crops have one size
         self.conventions = getattr(model, "module", model).conventions
+        self.update = FiniteUpdate(model, optimizer, scaler)
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator,
                  keep_views: bool = False) -> StepOutput:
@@ -133,10 +135,7 @@ class TrainStep:
                 "the loss is not finite (" + ", ".join(f"{k} {float(v.detach()):g}" for k, v in losses.items()) + "): "
                 "training diverged; the weights were not updated and the last checkpoint is intact: resume from it "
                 "with a lower --lr")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.update(losses["loss"])
         views = None
         if keep_views:
             views = tuple(v[0, 0].detach().float() for v in (clean_a, b, warped_b, restored_a))

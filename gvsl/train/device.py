@@ -97,18 +97,23 @@ def forward_channels_last(device: torch.device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def use_channels_last(setting: Optional[bool], device: torch.device, channels: Sequence[int]) -> bool:
-    """The channels-last-3d layout: as set, or (None) on the CPU when every width is >= 32; contiguous on CUDA/MPS.
+def use_channels_last(setting: Optional[bool], device: torch.device, channels: Sequence[int],
+                      precision: Precision) -> bool:
+    """The channels-last-3d layout for training: as set, or (None) on the CPU in float32 when every width is >= 32;
+    contiguous on CUDA/MPS and for bfloat16 on the CPU.
 
     Each rule is a measurement (benchmarks/RESULTS.md), not an assumption. CPU (the project's 2-core machine, fp32):
     channels-last faster at the default widths (13.1-15.5 against 18.2 s per 64³ step), several times slower
-    convolution backward at narrow ones. CUDA (H200, torch 2.11+cu130, default widths, 128³, bf16 batch 2, with
-    ``torch.backends.cudnn.benchmark``): contiguous 0.36 s per step against 0.43 s channels-last, so contiguous;
-    not yet measured in fp32 or on other cards: benchmarks/gpu_check.sh times both layouts in both precisions.
+    convolution backward at narrow ones. CPU bfloat16 (torch 2.13.0+cpu, AVX512-BF16): the channels-last
+    convolution backward gives different weight gradients in every process, and NaN ones in some, where contiguous
+    and float32 channels-last repeat exactly. CUDA (H200, torch 2.11+cu130, default widths, 128³, bf16 batch 2,
+    with ``torch.backends.cudnn.benchmark``): contiguous 0.36 s per step against 0.43 s channels-last, so
+    contiguous; not yet measured in fp32 or on other cards: benchmarks/gpu_check.sh times both layouts in both
+    precisions.
     """
     if setting is not None:
         return bool(setting)
-    return device.type == "cpu" and min(channels) >= 32
+    return device.type == "cpu" and precision.autocast_dtype is None and min(channels) >= 32
 
 
 def use_fast_kernels(device: torch.device) -> None:
