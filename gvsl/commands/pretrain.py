@@ -74,8 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activation-checkpointing", action=boolean, default=s,
                         help="recompute activations in backward to save memory (costs about one more forward pass)")
     parser.add_argument("--channels-last", action=boolean, default=s,
-                        help="channels-last-3d memory layout (default: on CPU if all widths >= 32; contiguous on "
-                             "CUDA, measured faster there)")
+                        help="channels-last-3d memory layout (default: on CPU in fp32 if all widths >= 32; contiguous "
+                             "on CUDA, measured faster there, and for bf16 on CPU, whose backward is unreliable)")
     add_run_arguments(parser, TrainConfig)
 
 

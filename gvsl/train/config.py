@@ -86,8 +86,8 @@ class TrainConfig(RunConfig):
     under a known affine, where the affine head's error is a loss term of
     weight ``weight_synthetic_affine`` (``gvsl.pretrain.synthetic``; 0: the
     paper's pairs). ``channels_last`` of None
-    means: on the CPU when every width is >= 32, contiguous on CUDA (measured
-    faster there; see ``gvsl.train.device.use_channels_last``).
+    means: on the CPU in float32 when every width is >= 32, else contiguous
+    (measured; see ``gvsl.train.device.use_channels_last``).
     """
 
     RESUME_OVERRIDABLE = RESUME_OVERRIDABLE
