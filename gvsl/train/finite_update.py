@@ -14,7 +14,7 @@ class FiniteUpdate:
 
     Why: a finite loss can still give a NaN weight gradient, and one such update makes every weight NaN; the next
     checkpoint would then keep them. It happens without any divergence: oneDNN's bfloat16 channels-last
-    convolution backward on the CPU gave a NaN weight gradient in about one process of twelve, on its first call
+    convolution backward on the CPU gave a NaN weight gradient in 1 of 12 and 4 of 16 processes on the first step
     (torch 2.13.0+cpu, AVX512-BF16; benchmarks/RESULTS.md). Such an update is skipped, as float16's loss scaler
     skips its own overflows; ``limit`` skipped updates in a row raise ``NonFiniteGradientError`` (that is
     divergence, not a kernel's accident).
