@@ -114,12 +114,12 @@ def test_patches_come_equally_from_each_group():
         def label_array(self):
             return np.ones((32, 32, 32), np.uint16)
 
-    cases = [Stub(n) for n in range(11)]  # 1 labelled, 5 pseudo-labelled, 5 synthesised
-    batches = PatchBatches(cases, [1], (16, 16, 16), 2, 0.5, seed=3, group_sizes=[1, 5, 5])
+    cases = [Stub(n) for n in range(11)]  # 1 labelled, 10 pseudo-labelled
+    batches = PatchBatches(cases, [1], (16, 16, 16), 2, 0.5, seed=3, group_sizes=[1, 10])
     rng = np.random.default_rng(0)
     drawn = np.bincount([batches.draw_case(rng) for _ in range(3000)], minlength=11)
-    assert abs(drawn[0] / 3000 - 1 / 3) < 0.04  # the single labelled case: a third of the crops, not 1/11
-    assert abs(drawn[1:6].sum() / 3000 - 1 / 3) < 0.04
+    assert abs(drawn[0] / 3000 - 1 / 2) < 0.04  # the single labelled case: half the crops, not 1/11
+    assert drawn[1:].min() > 3000 / 20 * 0.6  # every pseudo-labelled scan drawn about as often as another
     with pytest.raises(ValueError, match="do not add up"):
         PatchBatches(cases, [1], (16, 16, 16), 2, 0.5, seed=3, group_sizes=[1, 5])
 
@@ -150,16 +150,16 @@ def test_matches_are_computed_once_and_carry_the_labels(donors, tmp_path):
     image, labels = donors["written"][LABELLED]
     case = Case(LABELLED, image, labels)
     scans, _ = find_unlabelled_scans(donors["unlabelled"])
-    first = CollectionMatcher(tmp_path / "collection", identity).run([case], scans)
+    matcher = CollectionMatcher(tmp_path / "collection", identity)
+    first = matcher.run([case], scans)
     assert len(calls) == 1 and [c.name for c in first.pseudo] == [f"unlabelled-{OTHER}"]
-    carried = sitk.ReadImage(str(first.synthesised[0].label))
+    carried = sitk.ReadImage(str(matcher.carried_file(scans[0], case)))
     scan = sitk.ReadImage(str(donors["written"][OTHER][0]))
     expected = sitk.Resample(sitk.ReadImage(str(labels)), scan, sitk.Transform(), sitk.sitkNearestNeighbor)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(carried), sitk.GetArrayFromImage(expected))
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(first.synthesised[0].image))).max() > 0
     again = CollectionMatcher(tmp_path / "collection", identity).run([case], scans)
     assert len(calls) == 1 and again == first
-    first.synthesised[0].label.unlink()  # as if killed between the image and the labels of this match
+    matcher.carried_file(scans[0], case).unlink()  # as if killed before this match's labels were written
     CollectionMatcher(tmp_path / "collection", identity).run([case], scans)
     assert len(calls) == 2
     assert not list((tmp_path / "collection").rglob("*.partial"))
@@ -187,10 +187,13 @@ def test_parallel_matching_writes_what_one_process_writes(donors, tmp_path):
     assert [c.name for c in found[2].pseudo] == [c.name for c in found[1].pseudo] == [
         f"unlabelled-{s.name}" for s in scans]
     assert [(w, d) for w, d, _ in progress if w == 2] == [(2, 1), (2, 2)]
-    for one, two in zip(found[1].pseudo + found[1].synthesised, found[2].pseudo + found[2].synthesised):
+    for one, two in zip(found[1].pseudo, found[2].pseudo):
         for a, b in ((one.image, two.image), (one.label, two.label)):
             np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))),
                                           sitk.GetArrayFromImage(sitk.ReadImage(str(b))))
+    kept = [sorted(p.relative_to(folder) for p in folder.rglob("*.labels.nii.gz"))
+            for folder in (tmp_path / "workers-1", tmp_path / "workers-2")]
+    assert kept[0] == kept[1] and len(kept[0]) == 2 * len(scans)  # each scan: its carried map and its pseudo-labels
 
 
 def _finetune(donors, out: Path, *extra: str) -> int:
@@ -206,7 +209,7 @@ def test_collection_run_trains_on_the_carried_labels_and_resumes_without_matchin
                      "--val-every", "2", "--checkpoint-every", "1") == 0
     assert "matching 1/1 scans" in capsys.readouterr().err
     split = json.loads((out / "split.json").read_text())
-    assert split["collection"] == [f"unlabelled-{OTHER}", f"synthesised-{LABELLED}-to-{OTHER}"]
+    assert split["collection"] == [f"unlabelled-{OTHER}"]
     carried = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "collection" / "pseudo" / f"{OTHER}.labels.nii.gz")))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(donors["written"][OTHER][1])))
     assert np.mean([d for d in class_dice(carried, truth, LABELS) if d is not None]) > 0.5  # a real match
@@ -228,19 +231,22 @@ def _mean_dice(path: Path, truth_path: Path) -> float:
 def test_the_collection_model_beats_the_labelled_only_model(donors, tmp_path, capsys):
     """The second donor's scan, of another contrast than the labelled case, is in the unlabelled folder, as a user's
     collection holds the scans they will segment. Trained on the same budget from the same seed, the collection model
-    alone (``--no-matches``) segments it better than the model of the labelled case alone; with the pseudo-labels and
-    warped pairs ignored, the two runs would be the same. Segmenting that scan by default fuses the run's matches in:
-    better again than the model alone. A scan outside the collection is segmented by the model alone."""
+    alone (``--no-matches``) segments it better than the model of the labelled case alone; with the pseudo-labels
+    ignored, the two runs would be the same. Segmenting that scan by default fuses the run's matches in: better than
+    the model alone and than the carried labels alone. A scan outside the collection gets the model alone.
+
+    Seeds 0-4 (benchmarks/RESULTS.md): the labelled-only model 0.36-0.59, the collection model 0.78-0.80, fused
+    0.80-0.81; at 60 or 150 iterations the collection model lost to the labelled-only one on some seeds."""
     scores, image, truth = {}, donors["written"][OTHER][0], donors["written"][OTHER][1]
     for name, extra in (("labelled", ()), ("collection", ("--unlabelled", str(donors["unlabelled"])))):
         out = tmp_path / name
-        assert _finetune(donors, out, "--iterations", "60", "--val-every", "60", "--no-augment", "--lr", "5e-3",
+        assert _finetune(donors, out, "--iterations", "300", "--val-every", "300", "--no-augment", "--lr", "5e-3",
                          *extra) == 0
         segmentation = tmp_path / f"{name}.nii.gz"
         assert main(["segment", str(image), "--model", str(out), "--out", str(segmentation), "--device", "cpu",
                      "--no-matches"]) == 0
         scores[name] = _mean_dice(segmentation, truth)
-    assert scores["collection"] > scores["labelled"] + 0.05, scores
+    assert scores["collection"] > scores["labelled"] + 0.1, scores
 
     capsys.readouterr()
     run = tmp_path / "collection"
@@ -248,7 +254,8 @@ def test_the_collection_model_beats_the_labelled_only_model(donors, tmp_path, ca
                  "--device", "cpu"]) == 0
     assert f"scan {OTHER} of the run's unlabelled collection" in capsys.readouterr().out
     scores["fused"] = _mean_dice(tmp_path / "fused.nii.gz", truth)
-    assert scores["fused"] > scores["collection"] + 0.01, scores
+    scores["carried"] = _mean_dice(run / "collection" / "pseudo" / f"{OTHER}.labels.nii.gz", truth)
+    assert scores["fused"] > max(scores["collection"], scores["carried"]), scores
     labelled_image = donors["written"][LABELLED][0]  # not a scan of the collection
     for name, extra in (("outside", ()), ("outside-model", ("--no-matches",))):
         assert main(["segment", str(labelled_image), "--model", str(run), "--out", str(tmp_path / f"{name}.nii.gz"),

@@ -33,9 +33,8 @@ with --resume RUN_DIR. Several GPUs: torchrun --nproc_per_node=N -m gvsl finetun
 
 Your unlabelled collection (--unlabelled DIR): every labelled case is matched onto every usable scan of DIR (as
 gvsl match: network and refinement; kept in RUN_DIR/collection, so a run started again reuses them), the carried
-label maps are fused by vote into pseudo-labels (voxels where they disagree are left out of the loss), and each
-labelled case warped onto each scan (with the scan's intensity histogram) is a further exact training pair. Crops
-come equally from the labelled cases, the pseudo-labelled scans and the warped pairs. DIR may hold the very scans you
+label maps are fused by vote into pseudo-labels (voxels where they disagree are left out of the loss), and crops
+come equally from the labelled cases and the pseudo-labelled scans. DIR may hold the very scans you
 will segment later. With --unlabelled the default mode is scratch: --init (or --match-checkpoint) matches, and the
 network starts from random weights with --init's widths, which segmented better than starting from --init on every
 donor measured; --mode finetune starts it from --init.

@@ -1,19 +1,19 @@
 """The unlabelled collection as training data (``gvsl finetune --unlabelled DIR``): every labelled case matched onto
 every usable scan of DIR (``gvsl.match.match_volumes``: network and refinement), the carried label maps fused into
-pseudo-labels, and synthesised pairs (Zhao et al., CVPR 2019): the labelled image warped onto the scan's shape by the
-match and given the scan's intensity histogram, with the labels carried by the same match (exact for that image).
+pseudo-labels. Zhao et al.'s synthesised pairs (CVPR 2019: each labelled image warped onto each scan, with the labels
+carried by the same match) are not made: trained on beside the pseudo-labels, they changed neither the model nor the
+fused segmentation in eight paired runs (benchmarks/RESULTS.md).
 
 Files, in ``RUN/collection/``::
 
     scans.json                            the usable scans of DIR (name, source files) and the skipped ones with why
     scans/<scan>.nii.gz                   each usable scan as read (float32; a DICOM series becomes one volume)
     matches/<scan>/<case>.labels.nii.gz   labelled case <case>'s label map carried onto the scan (uint16)
-    matches/<scan>/<case>.image.nii.gz    <case>'s image warped onto the scan, the scan's histogram (float32)
     pseudo/<scan>.labels.nii.gz           the carried maps fused by ``vote``, ``IGNORE_VALUE`` where fewer than
                                           ``min_agreement`` of them agree
 
-Each file is written whole or not at all (``write_image_atomically``), the labels of a match last: a match whose
-labels file exists is never computed again, so a killed run started again (or resumed) goes on from the next match.
+Each file is written whole or not at all (``write_image_atomically``): a match whose labels file exists is never
+computed again, so a killed run started again (or resumed) goes on from the next match.
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ from gvsl.io.series import error_text
 
 COLLECTION_DIR = "collection"
 PSEUDO_PREFIX = "unlabelled-"
-SYNTHESISED_PREFIX = "synthesised-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _VOLUME_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", re.IGNORECASE)
 
@@ -48,11 +47,10 @@ Progress = Callable[[int, int, str], None]  # (scans done, scans in all, the sca
 
 @dataclass(frozen=True)
 class CollectionCases:
-    """What the collection adds to training: ``pseudo`` (each scan with its fused pseudo-labels), ``synthesised``
-    (each labelled case warped onto each scan, with the carried labels), and ``notes`` (scans left out, and why)."""
+    """What the collection adds to training: ``pseudo`` (each scan with its fused pseudo-labels) and ``notes`` (scans
+    left out, and why)."""
 
     pseudo: list[Case]
-    synthesised: list[Case]
     notes: list[str]
 
 
@@ -133,10 +131,9 @@ class CollectionMatcher:
     def scan_file(self, scan: UnlabelledScan) -> Path:
         return kept_scan_file(self.folder, scan.name)
 
-    def match_files(self, scan: UnlabelledScan, case: Case) -> tuple[Path, Path]:
-        """(warped image, carried labels) of ``case`` on ``scan``."""
-        stem = self.folder / "matches" / scan.name / _UNSAFE.sub("_", case.name)
-        return stem.with_name(stem.name + ".image.nii.gz"), stem.with_name(stem.name + ".labels.nii.gz")
+    def carried_file(self, scan: UnlabelledScan, case: Case) -> Path:
+        """``case``'s labels carried onto ``scan``."""
+        return self.folder / "matches" / scan.name / f"{_UNSAFE.sub('_', case.name)}.labels.nii.gz"
 
     def pseudo_file(self, scan: UnlabelledScan) -> Path:
         return self.folder / "pseudo" / f"{scan.name}.labels.nii.gz"
@@ -173,12 +170,10 @@ class CollectionMatcher:
                            for n, reason in sorted(left_out.items()) if reason is not None)]
         matched = [scan for n, scan in enumerate(scans) if left_out[n] is None]
         pseudo = [Case(PSEUDO_PREFIX + scan.name, self.scan_file(scan), self.pseudo_file(scan)) for scan in matched]
-        synthesised = [Case(f"{SYNTHESISED_PREFIX}{case.name}-to-{scan.name}", *self.match_files(scan, case))
-                       for scan in matched for case in labelled_cases]
         write_text_atomically(self.folder / "scans.json", json.dumps(
             {"scans": [{"name": s.name, "files": s.series.files[:1], "n_files": len(s.series.files)} for s in scans],
              "notes": notes}, indent=1) + "\n")
-        return CollectionCases(pseudo, synthesised, notes)
+        return CollectionCases(pseudo, notes)
 
     def match_scan(self, scan: UnlabelledScan, labelled_cases: Sequence[Case], values: Sequence[int]
                    ) -> Optional[str]:
@@ -202,14 +197,11 @@ class CollectionMatcher:
     def _carried(self, scan: UnlabelledScan, case: Case, fixed: sitk.Image, image: sitk.Image, labels: sitk.Image
                  ) -> sitk.Image:
         """``case``'s labels carried onto ``scan`` (computed once: read back when its file exists)."""
-        image_file, labels_file = self.match_files(scan, case)
-        if labels_file.is_file() and image_file.is_file():
+        labels_file = self.carried_file(scan, case)
+        if labels_file.is_file():
             return sitk.ReadImage(str(labels_file), sitk.sitkUInt16)
         labels_file.parent.mkdir(parents=True, exist_ok=True)
-        transform = self.match(fixed, image)
-        warped = sitk.Resample(image, fixed, transform, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
-        write_image_atomically(image_file, sitk.HistogramMatching(warped, fixed))
-        carried = carry_labels(sitk.Cast(labels, sitk.sitkUInt16), fixed, transform)
+        carried = carry_labels(sitk.Cast(labels, sitk.sitkUInt16), fixed, self.match(fixed, image))
         write_image_atomically(labels_file, carried)
         return carried
 

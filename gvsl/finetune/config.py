@@ -41,7 +41,7 @@ class FinetuneConfig(RunConfig):
     ``val_data``: labelled cases (layouts as ``data``) used only for validation, instead of a share of ``data``;
     ``val_windows``: validation crops (fixed for the run, see ``gvsl.finetune.validation``), 0 for whole volumes.
     ``unlabelled``: a folder of unlabelled scans (anything ``gvsl scan`` reads) that every labelled case is matched
-    onto, giving pseudo-labelled and synthesised training cases (``gvsl.finetune.collection``); ``match_checkpoint``:
+    onto, giving pseudo-labelled training cases (``gvsl.finetune.collection``); ``match_checkpoint``:
     the GVSL network that matches them (default ``init``; neither: an untrained network, the refinement carries the
     match); ``min_agreement``: share of the carried label maps that must agree for a voxel's pseudo-label to count;
     ``match_workers``: scans matched at once, each in its own process (None: ``default_match_workers``).

@@ -50,7 +50,7 @@ from gvsl.finetune.config import COLLECTION_MODE, FROZEN_BACKBONE_MODES, Finetun
 from gvsl.finetune.data import Case, find_split_cases
 from gvsl.finetune.fusion import IGNORE_VALUE
 from gvsl.finetune.model import build_segmentation_net
-from gvsl.finetune.sampling import IGNORED_CLASS, PatchBatches, collection_groups
+from gvsl.finetune.sampling import IGNORED_CLASS, PatchBatches
 from gvsl.finetune.validation import choose_validation_windows, volume_dice, window_dice
 from gvsl.labels import (
     LabelTable,
@@ -162,7 +162,7 @@ class FinetuneTrainer(Trainer):
         self.update = FiniteUpdate(model, self.optimizer, self.scaler)
         self.best_dice = payload.get("best_dice") if payload else None
         self.dice_loss = DiceLoss()
-        groups = [train_cases, *collection_groups(self.collection)]
+        groups = [train_cases, self.collection]  # a crop from each as often: one labelled case is half the crops
         self.patch_batches = PatchBatches([c for group in groups for c in group], self.values, config.patch,
                                           config.batch, config.foreground, derive_seed(config.seed, "data"),
                                           context.rank, group_sizes=[len(group) for group in groups])
@@ -275,7 +275,7 @@ class FinetuneTrainer(Trainer):
 
 
 def collection_cases(config: FinetuneConfig, run_dir: Path, labelled: list[Case], events: EventLog) -> list[Case]:
-    """The cases ``--unlabelled`` adds (``gvsl.finetune.collection``: pseudo-labelled scans, then synthesised pairs),
+    """The cases ``--unlabelled`` adds (``gvsl.finetune.collection``: the pseudo-labelled scans),
     matched into ``RUN_DIR/collection`` with a ``pseudo_labels`` event after each scan; scans left out become
     ``collection_notes`` (printed by the command)."""
     scans, notes = find_unlabelled_scans(config.unlabelled, [case.image for case in labelled])
@@ -288,7 +288,7 @@ def collection_cases(config: FinetuneConfig, run_dir: Path, labelled: list[Case]
         "pseudo_labels", done=done, total=total, scan=scan), workers=workers)
     if found.notes:
         events.write("collection_notes", notes=found.notes)
-    return found.pseudo + found.synthesised
+    return found.pseudo
 
 
 def _prepare_data(config: FinetuneConfig, run_dir: Path, context: DistributedContext, resume: bool,

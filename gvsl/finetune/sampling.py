@@ -13,7 +13,6 @@ from torch.utils.data import Dataset
 
 from gvsl.data.cache import from_storage
 from gvsl.finetune.cache import CachedCase
-from gvsl.finetune.collection import PSEUDO_PREFIX, SYNTHESISED_PREFIX
 from gvsl.finetune.fusion import IGNORE_VALUE
 from gvsl.train.state import derive_seed
 
@@ -43,13 +42,6 @@ def class_lookup(cases: list[CachedCase], values: Sequence[int]) -> np.ndarray:
     return lookup
 
 
-def collection_groups(cases: Sequence[CachedCase]) -> list[list[CachedCase]]:
-    """The collection's cases in their groups, each drawn as often as the labelled cases (``PatchBatches``'s
-    ``group_sizes``): the pseudo-labelled scans, then the synthesised pairs; empty groups left out."""
-    groups = [[c for c in cases if c.name.startswith(prefix)] for prefix in (PSEUDO_PREFIX, SYNTHESISED_PREFIX)]
-    return [group for group in groups if group]
-
-
 class PatchBatches(Dataset):
     """Item ``i``: the batch of iteration ``i`` for one rank: ``(image, label)`` with image (batch, 1, D, H, W)
     float32 in [0, 1] and label (batch, 1, D, H, W) int64 class indices (0 background).
@@ -59,8 +51,8 @@ class PatchBatches(Dataset):
     classes present in the case, so small structures are seen as often as large ones; otherwise it lies
     uniformly in the volume (volumes smaller than the patch are zero-padded).
 
-    ``group_sizes``: the cases are consecutive groups of these sizes (labelled, then the collection's; see
-    ``collection_groups``); each patch comes from a group drawn uniformly, then a case of it. None: one group.
+    ``group_sizes``: the cases are consecutive groups of these sizes (the labelled cases, then the collection's
+    pseudo-labelled scans); each patch comes from a group drawn uniformly, then a case of it. None: one group.
     """
 
     def __init__(self, cases: list[CachedCase], values: Sequence[int], patch: Sequence[int], batch: int,
