@@ -23,7 +23,7 @@ from gvsl.finetune.engine import segmentation_loss
 from gvsl.finetune.fusion import IGNORE_VALUE, fuse_with_confidence
 from gvsl.finetune.heldout import class_dice
 from gvsl.finetune.sampling import IGNORED_CLASS, PatchBatches, class_lookup
-from gvsl.segment.collection_matches import find_collection_scan, fuse_with_label_maps
+from gvsl.segment.collection_matches import class_scores, find_collection_scan, fuse_with_label_maps
 from gvsl.synth.brain_images import T1_APPEARANCE, TISSUE_INDEX, labels_on, synthesize
 from gvsl.synth.datasets import donor_tissues
 from gvsl.synth.donors import OPEN_DONORS
@@ -286,6 +286,30 @@ def test_fused_boundaries_follow_the_model_within_a_voxel_and_the_matches_beyond
     np.testing.assert_array_equal(two_maps, carried // 7)  # two agreeing maps outvote the model at their edges
     with pytest.raises(ValueError, match="3 classes of probabilities for 1 label values"):
         fuse_with_label_maps(probabilities, [carried], values=[7])
+
+
+def test_fusion_smooths_each_class_within_its_box_as_over_the_whole_volume(donors):
+    """The fusion smooths each class only near its bounding box and takes the background as the complement: the
+    scores of the whole-volume smoothing, on a real label map cut so that structures touch the volume's faces, with a
+    value outside the table and two maps."""
+    from scipy import ndimage
+
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(donors["written"][LABELLED][1])))[5:-9, 12:, :-15].copy()
+    labels[0, :3, :3] = 9  # not in the table: votes for background
+    maps = [labels, np.roll(labels, 2, axis=1)]
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(3), labels.shape).transpose(3, 0, 1, 2)
+    probabilities = probabilities.astype(np.float32) * 0.5
+    scores = probabilities.copy()
+    for carried in maps:
+        classes = np.select([carried == 1, carried == 2], [1, 2], 0)
+        for k in range(3):
+            scores[k] += ndimage.gaussian_filter((classes == k).astype(np.float32), 1.5)
+    assert (labels[:, :, -1] > 0).any() and (labels[0] > 0).any()
+    np.testing.assert_allclose(np.stack(list(class_scores(probabilities, maps, values=[1, 2], sigma_voxels=1.5))),
+                               scores, atol=1e-6)
+    np.testing.assert_array_equal(fuse_with_label_maps(probabilities, maps, values=[1, 2], sigma_voxels=1.5),
+                                  scores.argmax(axis=0))
+    np.testing.assert_array_equal(fuse_with_label_maps(probabilities, [], values=[1, 2]), probabilities.argmax(axis=0))
 
 
 def test_a_collection_scan_is_recognised_by_content_not_by_path(donors, tmp_path):

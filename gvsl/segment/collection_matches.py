@@ -10,7 +10,7 @@ about a voxel of their boundaries, where matching errs most, the model's probabi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,6 +20,7 @@ from gvsl.io.geometry import grid_differences
 
 #: Gaussian sigma (voxels of the scan) that softens the carried maps' class indicators before the vote
 MATCH_SMOOTHING_VOXELS = 0.5
+GAUSSIAN_TRUNCATE = 4.0  # the smoothing kernel's radius in sigmas (scipy's default)
 
 
 def find_collection_scan(run_dir: str | Path, image: sitk.Image) -> Optional[str]:
@@ -66,18 +67,48 @@ def collection_label_maps(run_dir: str | Path, image: sitk.Image) -> tuple[Optio
 def fuse_with_label_maps(probabilities: np.ndarray, label_maps: Sequence[np.ndarray], values: Sequence[int],
                          sigma_voxels: float = MATCH_SMOOTHING_VOXELS) -> np.ndarray:
     """Class indices (int64 (D, H, W); 0 background, k for ``values[k - 1]``) of the model's probabilities
-    ((C, D, H, W), C = len(values) + 1) and the carried label maps (each (D, H, W) of label values) voting together:
-    argmax over classes of the probability plus, per map, its class indicator smoothed by a Gaussian of
-    ``sigma_voxels``. Values of a map outside ``values`` vote for background."""
+    ((C, D, H, W), C = len(values) + 1) and the carried label maps (each (D, H, W) of label values; none: the
+    model alone) voting together: per voxel the first class of the highest ``class_scores``."""
+    classes, best = None, None
+    for k, score in enumerate(class_scores(probabilities, label_maps, values, sigma_voxels)):
+        if best is None:  # a running arg-max: numpy's along the first axis copies the whole (C, D, H, W) array
+            classes, best = np.zeros(score.shape, np.int64), np.array(score, np.float32)
+            continue
+        higher = score > best
+        classes[higher] = k
+        np.maximum(best, score, out=best)
+    return classes
+
+
+def class_scores(probabilities: np.ndarray, label_maps: Sequence[np.ndarray], values: Sequence[int],
+                 sigma_voxels: float = MATCH_SMOOTHING_VOXELS) -> Iterator[np.ndarray]:
+    """Each class's (D, H, W) float32 score, class 0 first: its probability plus, per map, its class indicator
+    smoothed by a Gaussian of ``sigma_voxels`` (arguments as ``fuse_with_label_maps``). Values of a map outside
+    ``values`` vote for background."""
     from scipy import ndimage
 
     if probabilities.shape[0] != len(values) + 1:
         raise ValueError(f"{probabilities.shape[0]} classes of probabilities for {len(values)} label values")
-    scores = np.array(probabilities, dtype=np.float32, copy=True)
     lookup = np.zeros(max([0, *values, *(int(m.max()) for m in label_maps)]) + 1, np.int64)
     lookup[list(values)] = np.arange(1, len(values) + 1)
+    # A class's smoothed indicator is zero beyond its bounding box grown by the kernel's radius, so each class is
+    # smoothed there only (a zero margin of that radius makes the crop's reflected edges the whole volume's zeros);
+    # the background's is one minus the others' (the filter is linear and keeps constants).
+    radius = int(GAUSSIAN_TRUNCATE * sigma_voxels + 0.5)
+    votes: list[list[tuple[tuple[slice, ...], np.ndarray]]] = [[] for _ in range(probabilities.shape[0])]
+    background = np.full(probabilities.shape[1:], float(len(label_maps)), np.float32)
     for labels in label_maps:
         classes = lookup[labels]
-        for k in range(scores.shape[0]):
-            scores[k] += ndimage.gaussian_filter((classes == k).astype(np.float32), sigma_voxels)
-    return scores.argmax(axis=0)
+        for k, box in enumerate(ndimage.find_objects(classes), start=1):
+            if box is None:
+                continue
+            grown = tuple(slice(max(b.start - radius, 0), min(b.stop + radius, n)) for b, n in zip(box, classes.shape))
+            smoothed = ndimage.gaussian_filter((classes[grown] == k).astype(np.float32), sigma_voxels,
+                                               truncate=GAUSSIAN_TRUNCATE)
+            votes[k].append((grown, smoothed))
+            background[grown] -= smoothed
+    for k, probability in enumerate(probabilities):
+        score = background + probability if k == 0 else np.array(probability, np.float32)
+        for grown, smoothed in votes[k]:
+            score[grown] += smoothed
+        yield score

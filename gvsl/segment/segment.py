@@ -85,8 +85,7 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
                                           precision=select_inference_precision(precision, device), device=device,
                                           channels_last=channels_last)
     on_input = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
-    classes = (fuse_with_label_maps(on_input, label_maps, info.label_values) if label_maps
-               else on_input.argmax(axis=0)).astype(np.uint8)
+    classes = fuse_with_label_maps(on_input, label_maps, info.label_values).astype(np.uint8)
     if largest_component:
         classes = keep_largest_components(classes, info.n_classes)
     lookup = np.array([0, *info.label_values])
