@@ -1,5 +1,5 @@
 import sys
 
-from gvsl.cli import main
+from gvsl.cli import run_process
 
-sys.exit(main())
+sys.exit(run_process())
