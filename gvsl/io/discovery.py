@@ -16,15 +16,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
 from .completeness import IncompleteFileError, check_volume_file
 from .series import DICOM, VOLUME, Geometry, SeriesInfo, error_text, hash_id
+
+if TYPE_CHECKING:  # pydicom is imported where DICOM is read: reading a volume file (gvsl segment) does without it
+    import pydicom
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUPPORTED_MODALITIES = ("CT", "MR")
@@ -189,6 +191,9 @@ def _read_header(path: str) -> _Header | SeriesInfo | None:
     where a damaged one (wrong length, unknown VR, a UID that is no transfer syntax...) makes this one file
     unreadable instead of stopping the scan later.
     """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         with open(path, "rb") as fp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # malformed values: judged with the rest of the series
@@ -222,6 +227,8 @@ def _series_named_in(path: str, series_uids: Iterable[str]) -> str:
 def _series_uid_of(path: str) -> str:
     """The Series Instance UID of a file whose header as a whole cannot be parsed, when that one element can be
     ("" when not)."""
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

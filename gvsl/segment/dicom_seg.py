@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 
 from gvsl import __version__
 from gvsl.labels import Code, LabelTable, check_label_table, terminology_codes
+
+if TYPE_CHECKING:  # imported where a SEG is written: segmenting to NIfTI does without pydicom
+    import pydicom
 
 INSTALL_HINT = "DICOM SEG export needs highdicom: pip install 'gvsl[dicom-seg]' (or: pip install highdicom)"
 SERIES_NUMBER = 300  # series number of the SEG (a derived series; the source keeps its own)
@@ -43,6 +45,8 @@ def require_highdicom() -> Any:
 def read_source(path: str | os.PathLike) -> pydicom.Dataset:
     """A source image's header (no pixels: the SEG needs none), with the ``COPIED_TYPE2`` attributes it lacks
     added empty."""
+    import pydicom
+
     ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     for keyword in COPIED_TYPE2:
         if keyword not in ds:
