@@ -69,11 +69,10 @@ def fuse_with_label_maps(probabilities: np.ndarray, label_maps: Sequence[np.ndar
     """Class indices (int64 (D, H, W); 0 background, k for ``values[k - 1]``) of the model's probabilities
     ((C, D, H, W), C = len(values) + 1) and the carried label maps (each (D, H, W) of label values; none: the
     model alone) voting together: per voxel the first class of the highest ``class_scores``."""
-    classes, best = None, None
-    for k, score in enumerate(class_scores(probabilities, label_maps, values, sigma_voxels)):
-        if best is None:  # a running arg-max: numpy's along the first axis copies the whole (C, D, H, W) array
-            classes, best = np.zeros(score.shape, np.int64), np.array(score, np.float32)
-            continue
+    scores = class_scores(probabilities, label_maps, values, sigma_voxels)
+    best = np.asarray(next(scores), np.float32)  # a running arg-max: numpy's along the first axis copies all scores
+    classes = np.zeros(best.shape, np.int64)
+    for k, score in enumerate(scores, start=1):
         higher = score > best
         classes[higher] = k
         np.maximum(best, score, out=best)
