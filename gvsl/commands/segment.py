@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-matches", action="store_true",
                         help="the model alone, even where IMAGE is a scan of the run's unlabelled collection (by "
                              "default the labels the run carried onto it by matching are fused in)")
+    parser.add_argument("--no-intensity", action="store_true",
+                        help="keep the model's (and matches') labels as they are (by default the voxels near the "
+                             "structures are refined by IMAGE's own intensities, each structure's histogram learnt "
+                             "from its sure voxels)")
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     parser.add_argument("--sw-batch", type=int, default=2, help="windows per forward pass (default 2)")
     parser.add_argument("--largest-component", action="store_true",
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{len(label_maps)} label map(s) the run carried onto it (--no-matches: the model alone)")
         label, table = segment_image(image, args.model, overlap=args.overlap, sw_batch_size=args.sw_batch,
                                      largest_component=args.largest_component, device=args.device,
-                                     precision=args.precision, label_maps=label_maps)
+                                     precision=args.precision, label_maps=label_maps,
+                                     intensity_refinement=not args.no_intensity)
         written = list(write_segmentation(label, table, args.out))
         if sources is not None:
             written.append(write_dicom_seg(label, table, sources, args.dicom_seg))

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from gvsl.finetune.collection import COLLECTION_DIR, kept_label_maps
 from gvsl.io.geometry import grid_differences
+from gvsl.segment.intensity_refinement import refine_by_intensity, refinement_box
 
 #: Gaussian sigma (voxels of the scan) that softens the carried maps' class indicators before the vote
 MATCH_SMOOTHING_VOXELS = 0.5
@@ -65,12 +66,32 @@ def collection_label_maps(run_dir: str | Path, image: sitk.Image) -> tuple[Optio
 
 
 def fuse_with_label_maps(probabilities: np.ndarray, label_maps: Sequence[np.ndarray], values: Sequence[int],
-                         sigma_voxels: float = MATCH_SMOOTHING_VOXELS) -> np.ndarray:
+                         sigma_voxels: float = MATCH_SMOOTHING_VOXELS, intensities: Optional[np.ndarray] = None
+                         ) -> np.ndarray:
     """Class indices (int64 (D, H, W); 0 background, k for ``values[k - 1]``) of the model's probabilities
     ((C, D, H, W), C = len(values) + 1) and the carried label maps (each (D, H, W) of label values; none: the
-    model alone) voting together: per voxel the first class of the highest ``class_scores``."""
-    scores = class_scores(probabilities, label_maps, values, sigma_voxels)
-    best = np.asarray(next(scores), np.float32)  # a running arg-max: numpy's along the first axis copies all scores
+    model alone) voting together: per voxel the first class of the highest ``class_scores``. With the scan's
+    ``intensities`` ((D, H, W)), the voxels near the structures are then refined by them
+    (``gvsl.segment.intensity_refinement``), the scores being the prior."""
+    classes = _running_arg_max(class_scores(probabilities, label_maps, values, sigma_voxels))
+    box = None if intensities is None else refinement_box(classes)
+    if box is None:
+        return classes
+    # The scores again, in the box only: grown by the smoothing's radius, whose reflected edges then lie outside it.
+    radius = int(GAUSSIAN_TRUNCATE * sigma_voxels + 0.5)
+    grown = tuple(slice(max(b.start - radius, 0), min(b.stop + radius, n)) for b, n in zip(box, classes.shape))
+    inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))
+    scores = np.stack([score[inner] for score in class_scores(probabilities[(slice(None), *grown)],
+                                                              [labels[grown] for labels in label_maps], values,
+                                                              sigma_voxels)])
+    classes[box] = refine_by_intensity(classes[box], scores, intensities[box])
+    return classes
+
+
+def _running_arg_max(scores: Iterator[np.ndarray]) -> np.ndarray:
+    """The index of the first highest of ``scores`` (each (D, H, W)) per voxel, as int64: numpy's arg-max along a
+    first axis would need them all stacked (a copy)."""
+    best = np.asarray(next(scores), np.float32)
     classes = np.zeros(best.shape, np.int64)
     for k, score in enumerate(scores, start=1):
         higher = score > best

@@ -59,12 +59,14 @@ def keep_largest_components(classes: np.ndarray, n_classes: int) -> np.ndarray:
 def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Image, *, overlap: float = 0.5,
                  sw_batch_size: int = 2, largest_component: bool = False,
                  device: str | torch.device = "cpu", precision: str = "auto",
-                 window: Optional[tuple[int, int, int]] = None, label_maps: Sequence[np.ndarray] = ()
-                 ) -> sitk.Image:
+                 window: Optional[tuple[int, int, int]] = None, label_maps: Sequence[np.ndarray] = (),
+                 intensity_refinement: bool = True) -> sitk.Image:
     """The label map of ``image`` (3D, physical units, any orientation) by a loaded model on ``device``.
 
     ``label_maps``: label maps carried onto ``image`` by matching (each [k, j, i] of its grid, label values), fused
-    with the model's probabilities (``gvsl.segment.collection_matches.fuse_with_label_maps``).
+    with the model's probabilities (``gvsl.segment.collection_matches.fuse_with_label_maps``);
+    ``intensity_refinement``: the voxels near the structures are then refined by ``image``'s own intensities
+    (``gvsl.segment.intensity_refinement``).
 
     Returns a UInt8 (or UInt16 for values > 255) image with exactly
     ``image``'s size, spacing, origin and direction; values are the label
@@ -85,7 +87,9 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
                                           precision=select_inference_precision(precision, device), device=device,
                                           channels_last=channels_last)
     on_input = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
-    classes = fuse_with_label_maps(on_input, label_maps, info.label_values).astype(np.uint8)
+    scalar = image.GetNumberOfComponentsPerPixel() == 1
+    intensities = sitk.GetArrayViewFromImage(image) if intensity_refinement and scalar else None
+    classes = fuse_with_label_maps(on_input, label_maps, info.label_values, intensities=intensities).astype(np.uint8)
     if largest_component:
         classes = keep_largest_components(classes, info.n_classes)
     lookup = np.array([0, *info.label_values])
@@ -97,14 +101,15 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
 
 def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: float = 0.5, sw_batch_size: int = 2,
                   largest_component: bool = False, device: str = "cpu",
-                  precision: str = "auto", label_maps: Sequence[np.ndarray] = ()) -> tuple[sitk.Image, LabelTable]:
+                  precision: str = "auto", label_maps: Sequence[np.ndarray] = (), intensity_refinement: bool = True
+                  ) -> tuple[sitk.Image, LabelTable]:
     """Segment ``image`` with the model in ``model_path`` (a checkpoint file or a fine-tuning run folder).
 
     ``device``: "cpu", "cuda", "cuda:N", "mps" or "auto"; ``precision``: "auto" (bf16/fp16 autocast on GPUs, bf16
     on CPUs that compute it natively, float32 elsewhere: ``gvsl.train.device.select_inference_precision``), "fp32",
-    "bf16", "fp16". Returns the label map (the input's exact geometry) and the label table
-    ``{"labels": [{"value", "name", "color"}, ...]}``; ``label_maps``: as ``segment_with``. Raises
-    ValueError for a 2D image, a pre-training checkpoint, or weights that do not fit the recorded widths.
+    "bf16", "fp16"; ``label_maps``, ``intensity_refinement``: as ``segment_with``. Returns the label map (the
+    input's exact geometry) and the label table ``{"labels": [{"value", "name", "color"}, ...]}``. Raises ValueError
+    for a 2D image, a pre-training checkpoint, or weights that do not fit the recorded widths.
     """
     if image.GetDimension() != 3:
         raise ValueError(f"{image.GetDimension()}D image: segmentation needs a 3D volume")
@@ -112,7 +117,7 @@ def segment_image(image: sitk.Image, model_path: str | os.PathLike, *, overlap: 
     model, info = load_segmentation_model(model_path, torch_device)
     label = segment_with(model, info, image, overlap=overlap, sw_batch_size=sw_batch_size,
                          largest_component=largest_component, device=torch_device, precision=precision,
-                         label_maps=label_maps)
+                         label_maps=label_maps, intensity_refinement=intensity_refinement)
     return label, info.label_table
 
 
