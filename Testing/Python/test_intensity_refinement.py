@@ -109,3 +109,25 @@ def test_what_it_cannot_learn_from_is_left_as_it_is(mni):
     assert not np.array_equal(refined[1::2], fused[1::2])
     with pytest.raises(ValueError, match="intensities"):
         refine_by_intensity(truth, scores, t1[:-1])
+
+
+def test_gvsl_segment_refines_unless_told_not_to(mni, tmp_path, monkeypatch):
+    """The command passes the refinement on by default and off with ``--no-intensity``."""
+    from gvsl.cli import main
+    from gvsl.commands import segment as segment_command
+    from gvsl.labels import make_label_table
+
+    asked = []
+
+    def segment_image(image, model, **options):
+        asked.append(options["intensity_refinement"])
+        label = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+        label.CopyInformation(image)
+        return label, make_label_table([1], {1: "grey matter"})
+
+    monkeypatch.setattr(segment_command, "segment_image", segment_image)
+    sitk.WriteImage(sitk.GetImageFromArray(mni["t1"]), str(tmp_path / "t1.nii.gz"))
+    for extra in ((), ("--no-intensity",)):
+        assert main(["segment", str(tmp_path / "t1.nii.gz"), "--model", str(tmp_path / "run"), "--out",
+                     str(tmp_path / "labels.nii.gz"), "--device", "cpu", *extra]) == 0
+    assert asked == [True, False]
