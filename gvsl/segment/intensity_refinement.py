@@ -43,13 +43,17 @@ def class_histograms(intensities: np.ndarray, classes: np.ndarray, n_classes: in
 
     low, high = np.percentile(intensities, [0.5, 99.5])
     edges = np.linspace(low, high, bins + 1)
-    index = np.clip(np.searchsorted(edges, intensities, side="right") - 1, 0, bins - 1)
     counts = np.zeros((n_classes, bins))
-    np.add.at(counts, (classes, index), 1.0)
+    np.add.at(counts, (classes, _bin_of(intensities, edges)), 1.0)
     everything = counts.sum(axis=0)
     counts += PRIOR_VOXELS * everything / everything.sum()
     counts = ndimage.gaussian_filter1d(counts + _LOWEST_COUNT, HISTOGRAM_SMOOTHING_BINS, axis=1)
     return counts / counts.sum(axis=1, keepdims=True), edges
+
+
+def _bin_of(intensities: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The histogram bin of each intensity (values beyond the edges go to the first or last bin)."""
+    return np.clip(np.searchsorted(edges, intensities, side="right") - 1, 0, len(edges) - 2)
 
 
 def refinement_box(classes: np.ndarray) -> Optional[tuple[slice, ...]]:
@@ -86,8 +90,7 @@ def refine_by_intensity(classes: np.ndarray, scores: np.ndarray, intensities: np
     if not sure.any() or np.ptp(values[sure]) == 0:
         return refined
     likelihoods, edges = class_histograms(values[sure], current[sure], len(scores))
-    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
-    log_likelihood = np.log(likelihoods[:, index])
+    log_likelihood = np.log(likelihoods[:, _bin_of(values, edges)])
     choice = np.argmax(np.log(prior + 1e-6) + weight * log_likelihood, axis=0)
     gain = log_likelihood[choice, np.arange(choice.size)] - log_likelihood[current, np.arange(current.size)]
     refined[near] = np.where(gain >= np.log(LIKELIHOOD_RATIO_TO_CHANGE), choice, current)

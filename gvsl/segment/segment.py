@@ -87,8 +87,7 @@ def segment_with(model: SegmentationNet, info: SegmentationInfo, image: sitk.Ima
                                           precision=select_inference_precision(precision, device), device=device,
                                           channels_last=channels_last)
     on_input = to_input_grid(probabilities[0].cpu().numpy(), prepared.image, image)
-    scalar = image.GetNumberOfComponentsPerPixel() == 1
-    intensities = sitk.GetArrayViewFromImage(image) if intensity_refinement and scalar else None
+    intensities = sitk.GetArrayViewFromImage(image) if intensity_refinement else None
     classes = fuse_with_label_maps(on_input, label_maps, info.label_values, intensities=intensities).astype(np.uint8)
     if largest_component:
         classes = keep_largest_components(classes, info.n_classes)
